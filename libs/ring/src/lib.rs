@@ -1,0 +1,154 @@
+//! The consistent-hash ring that maps (tenant, trace id) to a storage shard.
+//!
+//! Each shard owns `vnodes` points on a 64-bit hash ring. A tenant is shuffle-sharded onto a
+//! small, stable subset of shards (walking the ring from the tenant's hash and taking the first
+//! `shards_per_tenant` distinct owners), so one noisy tenant cannot touch every shard. Within the
+//! tenant's subset a trace id picks its shard with jump consistent hashing, so every span of a
+//! trace lands on the same shard and adding a shard moves few traces.
+
+use std::collections::BTreeMap;
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Identifies a storage shard (one Raft group).
+pub type ShardId = u32;
+
+/// Errors building a ring.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RingError {
+    /// A ring needs at least one shard.
+    #[error("the ring has no shards")]
+    Empty,
+}
+
+/// The ring: shard ownership of hash points, plus the shuffle-shard size.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    points: BTreeMap<u64, ShardId>,
+    shard_count: usize,
+    shards_per_tenant: usize,
+}
+
+const TENANT_SEED: u64 = 0x5350_494e_444c_4531;
+const TRACE_SEED: u64 = 0x5350_494e_444c_4532;
+
+impl Ring {
+    /// Builds a ring over `shards` with `vnodes` points each; tenants get `shards_per_tenant`
+    /// shards (0 means all shards).
+    pub fn new(shards: &[ShardId], vnodes: usize, shards_per_tenant: usize) -> Result<Self, RingError> {
+        if shards.is_empty() {
+            return Err(RingError::Empty);
+        }
+        let mut points = BTreeMap::new();
+        for &shard in shards {
+            for v in 0..vnodes.max(1) {
+                let key = format!("shard-{shard}-{v}");
+                points.insert(xxh3_64_with_seed(key.as_bytes(), TENANT_SEED), shard);
+            }
+        }
+        let mut distinct: Vec<_> = shards.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let shard_count = distinct.len();
+        let per_tenant = if shards_per_tenant == 0 { shard_count } else { shards_per_tenant.min(shard_count) };
+        Ok(Self { points, shard_count, shards_per_tenant: per_tenant })
+    }
+
+    /// A ring with a single shard (all-in-one mode).
+    pub fn single() -> Self {
+        // One shard, one point: cannot fail.
+        let mut points = BTreeMap::new();
+        points.insert(0, 0);
+        Self { points, shard_count: 1, shards_per_tenant: 1 }
+    }
+
+    /// The shards a tenant's data lives on, in ring order.
+    pub fn tenant_shards(&self, tenant: &str) -> Vec<ShardId> {
+        let start = xxh3_64_with_seed(tenant.as_bytes(), TENANT_SEED);
+        let mut out = Vec::with_capacity(self.shards_per_tenant);
+        for (_, &shard) in self.points.range(start..).chain(self.points.range(..start)) {
+            if !out.contains(&shard) {
+                out.push(shard);
+                if out.len() == self.shards_per_tenant {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The shard that stores a trace of a tenant.
+    pub fn shard_for(&self, tenant_shards: &[ShardId], trace_id: &[u8]) -> ShardId {
+        if tenant_shards.len() <= 1 {
+            return tenant_shards.first().copied().unwrap_or(0);
+        }
+        let h = xxh3_64_with_seed(trace_id, TRACE_SEED);
+        tenant_shards[jump_hash(h, tenant_shards.len())]
+    }
+
+    /// How many distinct shards the ring has.
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+}
+
+/// Lamping & Veach's jump consistent hash: a bucket in `0..buckets`.
+fn jump_hash(mut key: u64, buckets: usize) -> usize {
+    let (mut b, mut j) = (-1i64, 0i64);
+    while j < buckets as i64 {
+        b = j;
+        key = key.wrapping_mul(2862933555777941757).wrapping_add(1);
+        j = (((b + 1) as f64) * ((1u64 << 31) as f64 / (((key >> 33) + 1) as f64))) as i64;
+    }
+    b as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_gets_stable_distinct_subset() {
+        let ring = Ring::new(&[0, 1, 2, 3, 4, 5, 6, 7], 64, 3).unwrap();
+        let a = ring.tenant_shards("acme");
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, ring.tenant_shards("acme"));
+        let mut d = a.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), 3);
+        // Different tenants usually get different subsets.
+        let others: Vec<_> = (0..20).map(|i| ring.tenant_shards(&format!("t{i}"))).collect();
+        assert!(others.iter().any(|o| o != &a));
+    }
+
+    #[test]
+    fn trace_maps_to_one_shard_and_spreads() {
+        let ring = Ring::new(&[0, 1, 2, 3], 64, 0).unwrap();
+        let shards = ring.tenant_shards("t");
+        assert_eq!(shards.len(), 4);
+        let mut counts = [0usize; 4];
+        for i in 0u64..4000 {
+            let id = i.to_be_bytes();
+            let s = ring.shard_for(&shards, &id);
+            assert_eq!(s, ring.shard_for(&shards, &id));
+            counts[s as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 700), "{counts:?}");
+    }
+
+    #[test]
+    fn adding_a_shard_moves_few_traces() {
+        let ids: Vec<[u8; 8]> = (0u64..2000).map(|i| i.to_le_bytes()).collect();
+        let before: Vec<_> = ids.iter().map(|id| jump_hash(xxh3_64_with_seed(id, TRACE_SEED), 4)).collect();
+        let after: Vec<_> = ids.iter().map(|id| jump_hash(xxh3_64_with_seed(id, TRACE_SEED), 5)).collect();
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert!(moved < 600, "moved {moved}");
+    }
+
+    #[test]
+    fn empty_ring_is_an_error() {
+        assert_eq!(Ring::new(&[], 8, 1).unwrap_err(), RingError::Empty);
+        assert_eq!(Ring::single().tenant_shards("x"), vec![0]);
+    }
+}

@@ -1,0 +1,203 @@
+//! Writing one Parquet block from buffered span batches.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::PutPayload;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
+use spindle_schema::{col, span_schema};
+
+use crate::tenant::TenantId;
+use crate::Result;
+
+/// Version of the block layout written by this code (the span schema plus writer settings).
+pub const BLOCK_LAYOUT_VERSION: u32 = 1;
+
+/// Everything a querier needs to decide whether to open a block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    /// Unique block id (UUIDv7, so ids sort by creation time).
+    pub id: String,
+    /// Shard that wrote the block.
+    pub shard: u32,
+    /// Position of the block in its shard's flush sequence (1, 2, ...).
+    pub seq: u64,
+    /// Object path of the Parquet file.
+    pub path: String,
+    /// Earliest span start, unix nanoseconds.
+    pub min_time_ns: i64,
+    /// Latest span end, unix nanoseconds.
+    pub max_time_ns: i64,
+    /// Smallest trace id, hex.
+    pub min_trace_id: String,
+    /// Largest trace id, hex.
+    pub max_trace_id: String,
+    /// Number of spans.
+    pub rows: u64,
+    /// Size of the Parquet file in bytes.
+    pub bytes: u64,
+    /// When the block was written, unix milliseconds.
+    pub created_unix_ms: u64,
+    /// Layout version ([`BLOCK_LAYOUT_VERSION`]).
+    pub layout: u32,
+}
+
+impl BlockMeta {
+    /// Whether the block may hold spans overlapping `[start_ns, end_ns]`.
+    pub fn overlaps(&self, start_ns: i64, end_ns: i64) -> bool {
+        self.min_time_ns <= end_ns && self.max_time_ns >= start_ns
+    }
+
+    /// Whether the block's trace-id range contains `trace_id` (hex, 32 chars).
+    pub fn may_contain_trace(&self, trace_id_hex: &str) -> bool {
+        self.min_trace_id.as_str() <= trace_id_hex && trace_id_hex <= self.max_trace_id.as_str()
+    }
+}
+
+/// Tunables for block writing.
+#[derive(Debug, Clone)]
+pub struct BlockOptions {
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        Self { row_group_rows: 256 * 1024, zstd_level: 3 }
+    }
+}
+
+/// Object path of a block.
+pub fn block_path(tenant: &TenantId, shard: u32, id: &str) -> Path {
+    Path::from(format!("{}/blocks/shard-{shard:05}/{id}.parquet", tenant.as_str()))
+}
+
+/// Sorts `batches` by trace id then start time and writes them as one Parquet block.
+/// Encoding runs on a blocking thread so it never stalls the async runtime.
+/// Returns `None` when there are no rows.
+pub async fn write_block(
+    store: Arc<dyn ObjectStore>,
+    tenant: &TenantId,
+    shard: u32,
+    seq: u64,
+    batches: Vec<RecordBatch>,
+    options: &BlockOptions,
+) -> Result<Option<BlockMeta>> {
+    let options = options.clone();
+    let encoded = tokio::task::spawn_blocking(move || encode_block(&batches, &options))
+        .await
+        .map_err(|e| std::io::Error::other(format!("block encoder panicked: {e}")))??;
+    let Some(encoded) = encoded else { return Ok(None) };
+    let id = uuid::Uuid::now_v7().to_string();
+    let path = block_path(tenant, shard, &id);
+    let size = encoded.parquet.len() as u64;
+    store.put(&path, PutPayload::from(encoded.parquet)).await?;
+    Ok(Some(BlockMeta {
+        id,
+        shard,
+        seq,
+        path: path.to_string(),
+        min_time_ns: encoded.min_time_ns,
+        max_time_ns: encoded.max_time_ns,
+        min_trace_id: encoded.min_trace_id,
+        max_trace_id: encoded.max_trace_id,
+        rows: encoded.rows,
+        bytes: size,
+        created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        layout: BLOCK_LAYOUT_VERSION,
+    }))
+}
+
+/// A block encoded in memory, with the facts its [`BlockMeta`] needs.
+pub struct EncodedBlock {
+    /// The Parquet file.
+    pub parquet: Vec<u8>,
+    /// Rows.
+    pub rows: u64,
+    /// Earliest span start.
+    pub min_time_ns: i64,
+    /// Latest span end.
+    pub max_time_ns: i64,
+    /// Smallest trace id, hex.
+    pub min_trace_id: String,
+    /// Largest trace id, hex.
+    pub max_trace_id: String,
+}
+
+/// Sorts and encodes span batches as a Parquet file. `None` when there are no rows.
+pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<Option<EncodedBlock>> {
+    let schema = span_schema();
+    let all = concat_batches(&schema, batches)?;
+    if all.num_rows() == 0 {
+        return Ok(None);
+    }
+    let trace_idx = schema.index_of(col::TRACE_ID)?;
+    let start_idx = schema.index_of(col::START_TIME)?;
+    let indices = lexsort_to_indices(
+        &[
+            SortColumn { values: all.column(trace_idx).clone(), options: None },
+            SortColumn { values: all.column(start_idx).clone(), options: None },
+        ],
+        None,
+    )?;
+    let sorted = take_record_batch(&all, &indices)?;
+    drop(all);
+
+    let trace_ids = sorted.column(trace_idx).as_fixed_size_binary();
+    let distinct_traces = 1 + (1..trace_ids.len()).filter(|&i| trace_ids.value(i) != trace_ids.value(i - 1)).count();
+    let starts = sorted.column(start_idx).as_primitive::<TimestampNanosecondType>();
+    let durations = sorted.column(schema.index_of(col::DURATION_NS)?).as_primitive::<Int64Type>();
+    let min_time_ns = arrow::compute::min(starts).unwrap_or(0);
+    let max_time_ns =
+        (0..starts.len()).map(|i| starts.value(i).saturating_add(durations.value(i).max(0))).max().unwrap_or(0);
+
+    let props = writer_properties(options, distinct_traces.min(options.row_group_rows) as u64, trace_idx, start_idx)?;
+    let mut parquet = Vec::with_capacity(sorted.get_array_memory_size() / 8);
+    let mut w = ArrowWriter::try_new(&mut parquet, schema.clone(), Some(props))?;
+    w.write(&sorted)?;
+    w.close()?;
+    Ok(Some(EncodedBlock {
+        parquet,
+        rows: sorted.num_rows() as u64,
+        min_time_ns,
+        max_time_ns,
+        min_trace_id: hex::encode(trace_ids.value(0)),
+        max_trace_id: hex::encode(trace_ids.value(trace_ids.len() - 1)),
+    }))
+}
+
+fn writer_properties(options: &BlockOptions, bloom_ndv: u64, trace_idx: usize, start_idx: usize) -> Result<WriterProperties> {
+    let id_columns = [col::TRACE_ID, col::SPAN_ID, col::PARENT_SPAN_ID];
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(options.zstd_level)?))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        .set_column_bloom_filter_enabled(ColumnPath::from(col::TRACE_ID), true)
+        .set_column_bloom_filter_fpp(ColumnPath::from(col::TRACE_ID), 0.01)
+        .set_column_bloom_filter_max_ndv(ColumnPath::from(col::TRACE_ID), bloom_ndv.max(1))
+        .set_sorting_columns(Some(vec![
+            SortingColumn { column_idx: trace_idx as i32, descending: false, nulls_first: false },
+            SortingColumn { column_idx: start_idx as i32, descending: false, nulls_first: false },
+        ]))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "spindle.block_layout".to_string(),
+            BLOCK_LAYOUT_VERSION.to_string(),
+        )]));
+    for c in id_columns {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
+    Ok(b.build())
+}

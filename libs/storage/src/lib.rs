@@ -1,0 +1,40 @@
+//! Parquet blocks in object storage: writing them, describing them, and finding them.
+//!
+//! A storage shard turns its buffered spans into a [`block`] (one Parquet file, rows sorted by
+//! trace id then start time, zstd, dictionaries, page index, trace-id bloom filter) and records
+//! it in the per-tenant, per-shard [`index`] that queriers read instead of listing the bucket.
+//! [`tenant`] validates tenant ids, which become path segments; [`store`] opens the object store.
+
+pub mod block;
+pub mod index;
+pub mod store;
+pub mod tenant;
+
+pub use block::{write_block, BlockMeta, BlockOptions};
+pub use tenant::TenantId;
+
+/// Errors of block storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object store failed.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// Parquet encoding or decoding failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Arrow compute failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A block index could not be parsed.
+    #[error("block index {path}: {source}")]
+    Index { path: String, source: serde_json::Error },
+    /// A tenant id is not usable.
+    #[error("{0}")]
+    InvalidTenant(String),
+    /// Local I/O failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,8 @@
+//! Compiles `spindle/*.proto` with protox (pure Rust: no `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=spindle");
+    let fds = protox::compile(["spindle/storage.proto"], ["."])?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! The shard's Raft log on local disk: the write-ahead log of every acknowledged span.
+//!
+//! Entries go to segment files (`<first index>.log`) as records `[len u32][crc32 u32][bincode
+//! entry]`; a segment is closed at [`SEGMENT_BYTES`] and a new one started. Appends are
+//! `fsync`ed before openraft is told they are durable. Purging deletes whole segments. On open,
+//! every segment is scanned and a torn record at the tail of the last one (a crash mid-write)
+//! is cut off. Vote, committed id and purge point live in small files replaced atomically.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, StorageIOError, Vote};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig};
+
+/// Size at which a segment is closed and a new one started.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const HEADER: usize = 8;
+
+/// Where one entry is on disk.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    log_id: LogId,
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    fsync: bool,
+    /// Segment first index -> open file.
+    segments: BTreeMap<u64, File>,
+    /// Locations of entries `first_index ..`, contiguous.
+    locs: VecDeque<Loc>,
+    /// End offset of the last segment.
+    tail_offset: u64,
+    last_purged: Option<LogId>,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId>,
+}
+
+/// A shard's Raft log. Cheap to clone: clones share the same files.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn log_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, verb, e)
+}
+
+/// Writes `value` as JSON to `path` atomically (write, fsync, rename).
+pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads a JSON file written by [`write_atomic`]; a missing file is `None`.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.log"))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, recovering from a torn tail.
+    pub fn open(dir: &Path, fsync: bool) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut firsts: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        firsts.sort_unstable();
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            fsync,
+            segments: BTreeMap::new(),
+            locs: VecDeque::new(),
+            tail_offset: 0,
+            last_purged: read_json(&dir.join("purged.json"))?,
+            vote: read_json(&dir.join("vote.json"))?,
+            committed: read_json(&dir.join("committed.json"))?,
+        };
+        for (i, &first) in firsts.iter().enumerate() {
+            let path = segment_path(dir, first);
+            let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let is_last = i + 1 == firsts.len();
+            let end = scan_segment(&mut file, first, &mut inner.locs, is_last)?;
+            if is_last {
+                let len = file.metadata()?.len();
+                if end < len {
+                    tracing::warn!(segment = %path.display(), kept = end, dropped = len - end, "cutting torn tail of raft log");
+                    file.set_len(end)?;
+                    file.sync_all()?;
+                }
+                inner.tail_offset = end;
+            }
+            inner.segments.insert(first, file);
+        }
+        // Entries at or below the purge point may survive in a partly purged segment: skip them.
+        if let Some(p) = inner.last_purged {
+            while inner.locs.front().is_some_and(|l| l.log_id.index <= p.index) {
+                inner.locs.pop_front();
+            }
+        }
+        Ok(Self { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while writing; the data on disk is still checked by CRC.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of entries held (for metrics).
+    pub fn len(&self) -> usize {
+        self.lock().locs.len()
+    }
+
+    /// Whether the log holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads records of one segment into `locs`; returns the offset after the last good record.
+fn scan_segment(file: &mut File, first: u64, locs: &mut VecDeque<Loc>, is_last: bool) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = io::BufReader::new(file);
+    let mut offset = 0u64;
+    let mut header = [0u8; HEADER];
+    while offset + HEADER as u64 <= len {
+        reader.read_exact(&mut header)?;
+        let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if offset + (HEADER as u64) + size as u64 > len {
+            break;
+        }
+        let mut payload = vec![0u8; size as usize];
+        reader.read_exact(&mut payload)?;
+        if crc32fast::hash(&payload) != crc {
+            break;
+        }
+        let entry: Entry = match bincode::deserialize(&payload) {
+            Ok(e) => e,
+            Err(_) => break,
+        };
+        // A truncate may have left entries that no longer continue the log: keep the log contiguous.
+        if let Some(prev) = locs.back() {
+            if entry.log_id.index != prev.log_id.index + 1 {
+                while locs.back().is_some_and(|l| l.log_id.index >= entry.log_id.index) {
+                    locs.pop_back();
+                }
+            }
+        }
+        locs.push_back(Loc { log_id: entry.log_id, segment: first, offset, len: size });
+        offset += HEADER as u64 + size as u64;
+    }
+    if offset < len && !is_last {
+        tracing::warn!(segment = first, "raft log segment has a bad record before its end");
+    }
+    Ok(offset)
+}
+
+impl Inner {
+    fn first_index(&self) -> Option<u64> {
+        self.locs.front().map(|l| l.log_id.index)
+    }
+
+    fn read_entry(&self, loc: &Loc) -> io::Result<Entry> {
+        let file = self
+            .segments
+            .get(&loc.segment)
+            .ok_or_else(|| io::Error::other(format!("raft log segment {} is missing", loc.segment)))?;
+        let mut buf = vec![0u8; HEADER + loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        let payload = &buf[HEADER..];
+        let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        if crc32fast::hash(payload) != crc {
+            return Err(io::Error::other(format!("raft log entry {} fails its checksum", loc.log_id.index)));
+        }
+        bincode::deserialize(payload).map_err(io::Error::other)
+    }
+
+    fn entries(&self, start: u64, end_exclusive: u64) -> io::Result<Vec<Entry>> {
+        let Some(first) = self.first_index() else { return Ok(Vec::new()) };
+        let from = start.max(first);
+        let to = end_exclusive.min(first + self.locs.len() as u64);
+        (from..to).map(|i| self.read_entry(&self.locs[(i - first) as usize])).collect()
+    }
+
+    fn append(&mut self, entries: Vec<Entry>) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut new_locs = Vec::with_capacity(entries.len());
+        if self.segments.is_empty() || self.tail_offset >= SEGMENT_BYTES {
+            let first = entries[0].log_id.index;
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(&self.dir, first))?;
+            self.segments.insert(first, file);
+            self.tail_offset = 0;
+            if self.fsync {
+                File::open(&self.dir)?.sync_all()?;
+            }
+        }
+        let (&segment, _) = self.segments.last_key_value().ok_or_else(|| io::Error::other("no active segment"))?;
+        for entry in &entries {
+            let payload = bincode::serialize(entry).map_err(io::Error::other)?;
+            let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("raft log entry larger than 4 GiB"))?;
+            new_locs.push(Loc { log_id: entry.log_id, segment, offset: self.tail_offset + buf.len() as u64, len });
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            buf.extend_from_slice(&payload);
+        }
+        let file = self.segments.get(&segment).ok_or_else(|| io::Error::other("no active segment"))?;
+        file.write_all_at(&buf, self.tail_offset)?;
+        if self.fsync {
+            file.sync_data()?;
+        }
+        self.tail_offset += buf.len() as u64;
+        self.locs.extend(new_locs);
+        Ok(())
+    }
+
+    fn truncate(&mut self, index: u64) -> io::Result<()> {
+        let Some(first) = self.first_index() else { return Ok(()) };
+        if index < first {
+            self.locs.clear();
+        } else {
+            let keep = (index - first) as usize;
+            if keep >= self.locs.len() {
+                return Ok(());
+            }
+            self.locs.truncate(keep);
+        }
+        // Cut the segment holding `index` and delete every later one.
+        let (cut_segment, cut_offset) = match self.locs.back() {
+            Some(l) => (l.segment, l.offset + HEADER as u64 + l.len as u64),
+            None => (self.segments.keys().next().copied().unwrap_or(0), 0),
+        };
+        let later: Vec<u64> = self.segments.range(cut_segment + 1..).map(|(k, _)| *k).collect();
+        for s in later {
+            self.segments.remove(&s);
+            fs::remove_file(segment_path(&self.dir, s))?;
+        }
+        if let Some(file) = self.segments.get(&cut_segment) {
+            file.set_len(cut_offset)?;
+            file.sync_all()?;
+        }
+        self.tail_offset = cut_offset;
+        Ok(())
+    }
+
+    fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        write_atomic(&self.dir.join("purged.json"), &Some(log_id))?;
+        self.last_purged = Some(log_id);
+        while self.locs.front().is_some_and(|l| l.log_id.index <= log_id.index) {
+            self.locs.pop_front();
+        }
+        // A segment can go once the next segment starts at or before the first kept entry.
+        let keep_from = self.locs.front().map(|l| l.segment);
+        let removable: Vec<u64> = match keep_from {
+            Some(seg) => self.segments.range(..seg).map(|(k, _)| *k).collect(),
+            None => {
+                // Nothing left: drop all but the active segment, which we empty.
+                let active = self.segments.keys().last().copied();
+                self.segments.keys().copied().filter(|k| Some(*k) != active).collect()
+            }
+        };
+        for s in removable {
+            self.segments.remove(&s);
+            fs::remove_file(segment_path(&self.dir, s))?;
+        }
+        if self.locs.is_empty() {
+            // Start the next append in a fresh segment named after its first index.
+            if let Some(active) = self.segments.keys().last().copied() {
+                self.segments.remove(&active);
+                fs::remove_file(segment_path(&self.dir, active))?;
+            }
+            self.tail_offset = 0;
+        }
+        Ok(())
+    }
+}
+
+fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_bounds(&range);
+        self.lock().entries(start, end).map_err(|e| log_err(ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        let last_purged_log_id = inner.last_purged;
+        let last_log_id = inner.locs.back().map(|l| l.log_id).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        write_atomic(&inner.dir.join("vote.json"), vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if inner.committed != committed {
+            write_atomic(&inner.dir.join("committed.json"), &committed).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            inner.committed = committed;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
+            guard.append(entries)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let kind = e.kind();
+                let message = e.to_string();
+                callback.log_io_completed(Err(io::Error::new(kind, message)));
+                Err(log_err(ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.lock().truncate(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.lock().purge(log_id).map_err(|e| log_err(ErrorVerb::Delete, e))
+    }
+}
+

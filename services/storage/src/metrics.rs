@@ -1,0 +1,43 @@
+//! Storage node metrics (`spindle_storage_*`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges of a storage node.
+#[derive(Debug, Clone, Default)]
+pub struct StorageMetrics {
+    /// Spans committed through Raft.
+    pub spans_appended: Counter,
+    /// Pushes refused because the shard is overloaded.
+    pub pushes_rejected_overload: Counter,
+    /// Blocks flushed.
+    pub flushes: Counter,
+    /// Failed flush attempts.
+    pub flush_errors: Counter,
+    /// Bytes of Parquet written.
+    pub block_bytes_written: Counter,
+    /// Spans written to blocks.
+    pub block_spans_written: Counter,
+    /// Committed blocks.
+    pub blocks: Gauge,
+    /// In-memory bytes of unflushed spans.
+    pub unflushed_bytes: Gauge,
+}
+
+impl StorageMetrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("spindle_storage");
+        r.register("spans_appended", "Spans committed to a shard's Raft log", m.spans_appended.clone());
+        r.register("pushes_rejected_overload", "Pushes refused with backpressure", m.pushes_rejected_overload.clone());
+        r.register("flushes", "Parquet blocks flushed", m.flushes.clone());
+        r.register("flush_errors", "Failed flush attempts", m.flush_errors.clone());
+        r.register("block_bytes_written", "Bytes of Parquet blocks written", m.block_bytes_written.clone());
+        r.register("block_spans_written", "Spans written to Parquet blocks", m.block_spans_written.clone());
+        r.register("blocks", "Committed blocks on this node's shards", m.blocks.clone());
+        r.register("unflushed_bytes", "In-memory bytes of spans not yet in a block", m.unflushed_bytes.clone());
+        m
+    }
+}
