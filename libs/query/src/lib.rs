@@ -1,0 +1,144 @@
+//! Query execution over a tenant's spans.
+//!
+//! [`table::SpansTable`] is a DataFusion table whose scan asks the storage shards for their
+//! unflushed spans and committed blocks ([`source::SpanSource`]), prunes blocks by time and trace
+//! id, and unions a Parquet scan of the blocks (bloom filter, page index and predicate pushdown)
+//! with an in-memory scan of the unflushed batches. [`QueryEngine`] builds the Tempo-style
+//! queries (trace by id, search, tags) and user SQL on top of that table.
+
+pub mod filter;
+pub mod hints;
+pub mod search;
+pub mod source;
+pub mod table;
+pub mod tags;
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::parser::ParserError;
+use spindle_schema::col as c;
+use spindle_storage::TenantId;
+
+pub use source::SpanSource;
+
+/// Errors of query execution, classified for HTTP status mapping.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query is wrong (bad SQL, bad TraceQL, bad parameter): HTTP 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A storage shard cannot answer now: HTTP 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The query exceeded a resource limit: HTTP 429/413.
+    #[error("{0}")]
+    ResourcesExhausted(String),
+    /// Anything else: HTTP 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<datafusion::error::DataFusionError> for QueryError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError as E;
+        match e.find_root() {
+            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => QueryError::BadRequest(e.to_string()),
+            E::ResourcesExhausted(_) => QueryError::ResourcesExhausted(e.to_string()),
+            E::External(inner) if inner.downcast_ref::<ParserError>().is_some() => QueryError::BadRequest(e.to_string()),
+            E::External(inner) => match inner.downcast_ref::<QueryError>() {
+                Some(QueryError::Unavailable(m)) => QueryError::Unavailable(m.clone()),
+                _ => QueryError::Internal(e.to_string()),
+            },
+            _ => QueryError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for QueryError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        QueryError::Internal(e.to_string())
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;
+
+/// Limits and tuning of query execution.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// Memory all running queries may use together (bytes).
+    pub memory_limit: usize,
+    /// Parallelism of one query.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { memory_limit: 512 * 1024 * 1024, target_partitions: 2 }
+    }
+}
+
+/// Runs queries for any tenant.
+pub struct QueryEngine {
+    source: Arc<SpanSource>,
+    runtime: Arc<RuntimeEnv>,
+    config: QueryConfig,
+}
+
+impl QueryEngine {
+    /// An engine reading through `source`.
+    pub fn new(source: Arc<SpanSource>, config: QueryConfig) -> Result<Self> {
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(config.memory_limit, 1.0).build_arc()?;
+        runtime.register_object_store(table::BLOCKS_URL.as_ref(), source.object_store());
+        Ok(Self { source, runtime, config })
+    }
+
+    /// A DataFusion session where table `spans` is `tenant`'s spans.
+    pub fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(self.config.target_partitions)
+            .with_information_schema(false);
+        let options = config.options_mut();
+        options.execution.parquet.schema_force_view_types = false;
+        options.execution.parquet.pushdown_filters = true;
+        options.execution.parquet.reorder_filters = true;
+        options.execution.parquet.bloom_filter_on_read = true;
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        ctx.register_table("spans", Arc::new(table::SpansTable::new(tenant.clone(), self.source.clone())))?;
+        Ok(ctx)
+    }
+
+    /// Every span of a trace, optionally only those starting within `[start, end]` (unix ns).
+    pub async fn trace_by_id(&self, tenant: &TenantId, trace_id: [u8; 16], range: Option<(i64, i64)>) -> Result<Vec<RecordBatch>> {
+        let ctx = self.session(tenant)?;
+        let mut predicate = col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(trace_id.to_vec()))));
+        if let Some((start, end)) = range {
+            predicate = predicate.and(hints::time_filter(start, end));
+        }
+        Ok(ctx.table("spans").await?.filter(predicate)?.collect().await?)
+    }
+
+    /// Runs user SQL against the tenant's `spans` table. Only queries are allowed: no DDL,
+    /// DML or `SET` statements.
+    pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = self.session(tenant)?;
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, options).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+
+    /// The span source (for callers that need raw access).
+    pub fn source(&self) -> &Arc<SpanSource> {
+        &self.source
+    }
+}
