@@ -1,0 +1,90 @@
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::{Code, Request, Response, Status};
+
+use crate::rpc_status::{retry_after, RpcStatus};
+use crate::{tenant_from_header, IngestError, Ingester};
+
+/// The OTLP trace service.
+pub struct OtlpGrpc {
+    ingester: Arc<Ingester>,
+}
+
+impl OtlpGrpc {
+    /// The tonic service, accepting gzip and limiting message size.
+    pub fn service(ingester: Arc<Ingester>) -> TraceServiceServer<Self> {
+        let max = ingester.config().max_request_bytes;
+        TraceServiceServer::new(Self { ingester })
+            .max_decoding_message_size(max)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+    }
+}
+
+/// The gRPC status for an ingest failure. Retryable failures carry `RetryInfo`, which OTLP
+/// clients need before they retry `RESOURCE_EXHAUSTED`.
+pub fn status_for(e: &IngestError) -> Status {
+    let retryable = |code: Code, message: &str| {
+        let details = RpcStatus { code: code as i32, message: message.to_string(), details: vec![retry_after(1)] };
+        Status::with_details(code, message.to_string(), details.encode_to_vec().into())
+    };
+    match e {
+        IngestError::Invalid(m) => Status::invalid_argument(m.clone()),
+        IngestError::TooLarge(m) => Status::resource_exhausted(m.clone()),
+        IngestError::Overloaded(m) => retryable(Code::ResourceExhausted, m),
+        IngestError::Unavailable(m) => retryable(Code::Unavailable, m),
+        IngestError::Internal(m) => Status::internal(m.clone()),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let metrics = self.ingester.metrics();
+        let tenant = tenant_from_header(request.metadata().get("x-scope-orgid").and_then(|v| v.to_str().ok()))
+            .map_err(|e| status_for(&e))?;
+        let request = request.into_inner();
+        metrics.request_bytes.inc_by(request.encoded_len() as u64);
+        match self.ingester.ingest(&tenant, request).await {
+            Ok(outcome) => {
+                metrics.request("grpc", if outcome.rejected > 0 { "partial" } else { "ok" });
+                let partial_success = (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: outcome.rejected as i64,
+                    error_message: outcome.message.unwrap_or_default(),
+                });
+                Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+            }
+            Err(e) => {
+                metrics.request("grpc", "error");
+                Err(status_for(&e))
+            }
+        }
+    }
+}
+
+/// Rewrites tonic's `OUT_OF_RANGE` "message length too large" into `RESOURCE_EXHAUSTED`, the
+/// code gRPC clients (and the OTLP spec) expect for an oversized message. The message, which
+/// states the limit, is kept.
+pub fn oversize_to_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let is_oversize = response.headers().get("grpc-status").is_some_and(|v| v == "11")
+        && response
+            .headers()
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if is_oversize {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}

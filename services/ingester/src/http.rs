@@ -1,0 +1,152 @@
+//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip-compressed.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use crate::rpc_status::RpcStatus;
+use crate::{tenant_from_header, IngestError, Ingester};
+
+/// Routes of the OTLP/HTTP receiver.
+pub fn router(ingester: Arc<Ingester>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export_traces))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(ingester)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: &str) -> Response {
+    let body = RpcStatus { code: grpc_code, message: message.to_string(), details: Vec::new() };
+    let bytes = match format {
+        Format::Protobuf => body.encode_to_vec(),
+        Format::Json => serde_json::to_vec(&serde_json::json!({ "code": grpc_code, "message": message })).unwrap_or_default(),
+    };
+    let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn ingest_error_response(format: Format, e: &IngestError) -> Response {
+    let (status, code) = match e {
+        IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, 3),
+        IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
+        IngestError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
+        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
+    };
+    error_response(format, status, code, &e.to_string())
+}
+
+async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap, body: Body) -> Response {
+    let metrics = ingester.metrics();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let format = match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
+        "application/json" => Format::Json,
+        _ => {
+            metrics.request("http", "error");
+            return error_response(
+                Format::Json,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                3,
+                &format!("unsupported content type {content_type:?}: use application/x-protobuf or application/json"),
+            );
+        }
+    };
+    let result = async {
+        let tenant = tenant_from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()))?;
+        let limit = ingester.config().max_request_bytes;
+        let raw = to_bytes(body, limit).await.map_err(|e| {
+            if is_length_limit(&e) {
+                IngestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
+            } else {
+                IngestError::Invalid(format!("reading request body: {e}"))
+            }
+        })?;
+        metrics.request_bytes.inc_by(raw.len() as u64);
+        let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+        let body = decompress(encoding, raw, limit)?;
+        let request = match format {
+            Format::Protobuf => ExportTraceServiceRequest::decode(body.as_ref())
+                .map_err(|e| IngestError::Invalid(format!("invalid OTLP protobuf: {e}")))?,
+            Format::Json => spindle_otlp::json::decode_export_trace_request(&body).map_err(|e| IngestError::Invalid(e.to_string()))?,
+        };
+        ingester.ingest(&tenant, request).await
+    }
+    .await;
+    match result {
+        Ok(outcome) => {
+            metrics.request("http", if outcome.rejected > 0 { "partial" } else { "ok" });
+            let partial_success = (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: outcome.rejected as i64,
+                error_message: outcome.message.unwrap_or_default(),
+            });
+            let response = ExportTraceServiceResponse { partial_success };
+            let bytes = match format {
+                Format::Protobuf => response.encode_to_vec(),
+                Format::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response()
+        }
+        Err(e) => {
+            metrics.request("http", if matches!(e, IngestError::TooLarge(_)) { "too_large" } else { "error" });
+            ingest_error_response(format, &e)
+        }
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Undoes `Content-Encoding`, refusing anything that inflates past `limit` bytes.
+fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(raw),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
+            decoder.read_to_end(&mut out).map_err(|e| IngestError::Invalid(format!("invalid gzip body: {e}")))?;
+            if out.len() > limit {
+                return Err(IngestError::TooLarge(format!("decompressed request body exceeds the limit of {limit} bytes")));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(IngestError::Invalid(format!("unsupported content encoding {other:?}: use gzip or none"))),
+    }
+}

@@ -1,0 +1,43 @@
+//! Ingest metrics (`spindle_ingester_*`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Counters of the ingester.
+#[derive(Debug, Clone, Default)]
+pub struct IngestMetrics {
+    /// Spans accepted and committed.
+    pub spans_received: Counter,
+    /// Spans refused, by reason.
+    pub spans_rejected: Family<Vec<(String, String)>, Counter>,
+    /// Requests, by protocol and outcome.
+    pub requests: Family<Vec<(String, String)>, Counter>,
+    /// Request bytes received (before decompression).
+    pub request_bytes: Counter,
+}
+
+impl IngestMetrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("spindle_ingester");
+        r.register("spans_received", "Spans accepted and committed", m.spans_received.clone());
+        r.register("spans_rejected", "Spans refused, by reason", m.spans_rejected.clone());
+        r.register("requests", "OTLP export requests, by protocol and outcome", m.requests.clone());
+        r.register("request_bytes", "OTLP request bytes received", m.request_bytes.clone());
+        m
+    }
+
+    /// Counts `n` spans refused for `reason`.
+    pub fn rejected(&self, reason: &str, n: u64) {
+        self.spans_rejected.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+    }
+
+    /// Counts one request.
+    pub fn request(&self, protocol: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&vec![("protocol".into(), protocol.into()), ("outcome".into(), outcome.into())])
+            .inc();
+    }
+}
