@@ -109,10 +109,17 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
                 rejected_spans: outcome.rejected as i64,
                 error_message: outcome.message.unwrap_or_default(),
             });
-            let response = ExportTraceServiceResponse { partial_success };
             let bytes = match format {
-                Format::Protobuf => response.encode_to_vec(),
-                Format::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+                Format::Protobuf => ExportTraceServiceResponse { partial_success }.encode_to_vec(),
+                // OTLP/JSON: `{}` on full success; 64-bit counts as strings.
+                Format::Json => match partial_success {
+                    None => b"{}".to_vec(),
+                    Some(p) => serde_json::json!({
+                        "partialSuccess": { "rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message }
+                    })
+                    .to_string()
+                    .into_bytes(),
+                },
             };
             (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response()
         }

@@ -73,7 +73,7 @@ impl ShardState {
                     let rows: u64 = buffered.iter().map(|b| b.batch.num_rows() as u64).sum();
                     let t = self.tenants.entry(tenant).or_default();
                     for b in buffered {
-                        let size = b.batch.get_array_memory_size();
+                        let size = batch_bytes(&b.batch);
                         t.unflushed_bytes += size;
                         self.unflushed_bytes += size;
                         t.unflushed.push(b);
@@ -92,7 +92,7 @@ impl ShardState {
                 t.unflushed.retain(|b| {
                     let keep = b.index > through_index;
                     if !keep {
-                        freed += b.batch.get_array_memory_size();
+                        freed += batch_bytes(&b.batch);
                     }
                     keep
                 });
@@ -116,6 +116,12 @@ fn decode_buffered(index: u64, bytes: &[u8]) -> Result<Vec<Buffered>, arrow::err
             Ok(Buffered { index, batch, min_time, max_time, applied_at: now })
         })
         .collect()
+}
+
+/// Bytes of data a batch holds (IPC-decoded arrays share one buffer, which
+/// `get_array_memory_size` would count once per column).
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
 }
 
 /// Earliest start and latest end of the spans in a batch.
@@ -214,7 +220,7 @@ impl StateMachine {
             let mut ts = TenantState { blocks: t.blocks, ..Default::default() };
             for sb in t.unflushed {
                 for b in decode_buffered(sb.index, &sb.ipc)? {
-                    let size = b.batch.get_array_memory_size();
+                    let size = batch_bytes(&b.batch);
                     ts.unflushed_bytes += size;
                     total += size;
                     ts.unflushed.push(b);

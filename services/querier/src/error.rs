@@ -1,0 +1,44 @@
+//! Errors of the HTTP API and their status codes.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use spindle_query::QueryError;
+
+/// An error answer: a status and a message saying what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let status = match &e {
+            QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::ResourcesExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self { status, message: e.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.message)).into_response();
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
