@@ -142,7 +142,8 @@ impl<'a> RowReader<'a> {
         let kind = self.str(col::KIND, row);
         let status_code = self.str(col::STATUS_CODE, row);
         let status_message = self.str(col::STATUS_MESSAGE, row);
-        let status = (status_code != STATUS_CODES[0] || !status_message.is_empty()).then(|| Status {
+        // Status is always present (SDKs always send one, and Tempo always returns one).
+        let status = Some(Status {
             message: status_message.to_string(),
             code: STATUS_CODES.iter().position(|c| *c == status_code).unwrap_or(0) as i32,
         });

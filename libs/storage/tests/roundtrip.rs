@@ -87,6 +87,8 @@ fn sample() -> Vec<ResourceSpans> {
         start_time_unix_nano: 1_700_000_000_010_000_000,
         end_time_unix_nano: 1_700_000_000_020_000_000,
         attributes: vec![kv("db.system", s("postgresql")), kv("db.statement", s("SELECT 1"))],
+        // Spans come back with a status even when sent without (as from Tempo).
+        status: Some(Status::default()),
         ..Default::default()
     };
     let other = Span {

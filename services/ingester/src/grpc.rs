@@ -73,18 +73,21 @@ impl TraceService for OtlpGrpc {
     }
 }
 
-/// Rewrites tonic's `OUT_OF_RANGE` "message length too large" into `RESOURCE_EXHAUSTED`, the
-/// code gRPC clients (and the OTLP spec) expect for an oversized message. The message, which
-/// states the limit, is kept.
-pub fn oversize_to_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let is_oversize = response.headers().get("grpc-status").is_some_and(|v| v == "11")
-        && response
-            .headers()
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
-    if is_oversize {
-        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+/// Rewrites two of tonic's codec errors into the codes OTLP clients expect: an oversized
+/// message (`OUT_OF_RANGE` "message length too large") becomes `RESOURCE_EXHAUSTED`, and an
+/// undecodable protobuf (`INTERNAL` "failed to decode Protobuf message") becomes
+/// `INVALID_ARGUMENT`, so clients do not retry it. Messages, which state the limit or the
+/// decode error, are kept.
+pub fn map_codec_errors<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+        Some("11") if message.contains("too%20large") || message.contains("too large") => Some("8"),
+        Some("13") if message.contains("failed%20to%20decode") || message.contains("failed to decode") => Some("3"),
+        _ => None,
+    };
+    if let Some(code) = code {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
 }

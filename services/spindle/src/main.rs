@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use spindle_ingester::grpc::{oversize_to_resource_exhausted, OtlpGrpc};
+use spindle_ingester::grpc::{map_codec_errors, OtlpGrpc};
 use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
 use spindle_querier::{Querier, QueryMetrics};
 use spindle_query::{QueryConfig, QueryEngine, SpanSource};
@@ -116,7 +116,7 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
     let otlp_http_server = axum::serve(otlp_http_listener, spindle_ingester::http::router(ingester.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let otlp_grpc_server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(oversize_to_resource_exhausted::<tonic::body::Body>))
+        .layer(tower::util::MapResponseLayer::new(map_codec_errors::<tonic::body::Body>))
         .add_service(OtlpGrpc::service(ingester))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(otlp_grpc_listener),

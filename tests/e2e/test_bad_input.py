@@ -1,0 +1,122 @@
+"""Malformed, oversized and hostile input gets a clear error, never a panic or silent loss."""
+
+import gzip
+import json
+
+import grpc
+import requests
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from spindle_proc import Spindle
+
+
+def otlp_json(trace_ids):
+    spans = [
+        {"traceId": t, "spanId": "eee19b7ec3c1b174", "name": "s", "kind": 1, "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000100000000"}
+        for t in trace_ids
+    ]
+    return {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "bad-input"}}]}, "scopeSpans": [{"spans": spans}]}]}
+
+
+def big_request(n_spans):
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i in range(n_spans):
+        span = ss.spans.add()
+        span.trace_id = bytes([1] * 15 + [i % 255 + 1])
+        span.span_id = bytes([2] * 7 + [i % 255 + 1])
+        span.name = "x" * 200
+    return req
+
+
+def test_http_errors():
+    s = Spindle(extra_args=["--max-request-size", "64KiB"]).start()
+    try:
+        url = s.otlp_http + "/v1/traces"
+        r = requests.post(url, data=b"\xff\xff\xff garbage", headers={"Content-Type": "application/x-protobuf"})
+        assert r.status_code == 400
+        r = requests.post(url, data=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "invalid OTLP/JSON" in r.json()["message"]
+        r = requests.post(url, data=json.dumps(otlp_json(["zz"])), headers={"Content-Type": "application/json"})
+        assert r.status_code == 400
+        r = requests.post(url, data=b"x" * 100_000, headers={"Content-Type": "application/x-protobuf"})
+        assert r.status_code == 413 and "65536" in r.text
+        bomb = gzip.compress(b"\0" * 10_000_000)
+        r = requests.post(url, data=bomb, headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+        assert r.status_code == 413 and "65536" in r.text
+        r = requests.post(url, data=b"{}", headers={"Content-Type": "text/xml"})
+        assert r.status_code == 415
+        r = requests.post(url, data=b"{}", headers={"Content-Type": "application/json", "X-Scope-OrgID": "../etc"})
+        assert r.status_code == 400
+        # Partial success: one valid span, one with a bad trace id length (valid hex).
+        r = requests.post(url, data=json.dumps(otlp_json(["5b8efff798038103d269b633813fc60c", "abcd"])), headers={"Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.json()["partialSuccess"]["rejectedSpans"] == "1"
+        assert "trace id" in r.json()["partialSuccess"]["errorMessage"]
+        # Protobuf partial success.
+        req = big_request(1)
+        req.resource_spans[0].scope_spans[0].spans.add().trace_id = b"\0" * 16
+        r = requests.post(url, data=req.SerializeToString(), headers={"Content-Type": "application/x-protobuf"})
+        resp = trace_service_pb2.ExportTraceServiceResponse.FromString(r.content)
+        assert r.status_code == 200 and resp.partial_success.rejected_spans == 1
+        # The server is still healthy and kept the valid spans.
+        assert s.sql("SELECT count(*) FROM spans").json()["rows"] == [[2]]
+    finally:
+        s.stop()
+
+
+def test_grpc_errors():
+    s = Spindle(extra_args=["--max-request-size", "64KiB"]).start()
+    try:
+        channel = grpc.insecure_channel(s.otlp_grpc)
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        try:
+            stub.Export(big_request(1000), timeout=10)
+            raise AssertionError("oversized request was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+            assert "65536" in e.details()
+        garbage = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        try:
+            garbage(b"\xff\xff\xff\xff", timeout=10)
+            raise AssertionError("garbage was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+        try:
+            stub.Export(big_request(1), metadata=[("x-scope-orgid", "a/b")], timeout=10)
+            raise AssertionError("bad tenant was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+        resp = stub.Export(big_request(3), timeout=10)
+        assert not resp.HasField("partial_success") or resp.partial_success.rejected_spans == 0
+        channel.close()
+    finally:
+        s.stop()
+
+
+def test_query_errors(spindle):
+    s = spindle
+    r = requests.get(f"{s.api}/api/traces/not-hex")
+    assert r.status_code == 400 and "invalid trace id" in r.text
+    r = requests.get(f"{s.api}/api/v2/traces/{'a' * 40}")
+    assert r.status_code == 400
+    r = s.sql("SELEC nonsense")
+    assert r.status_code == 400 and "SQL error" in r.json()["error"]
+    r = s.sql("SELECT no_such_column FROM spans")
+    assert r.status_code == 400 and "no_such_column" in r.json()["error"]
+    r = s.sql("CREATE TABLE x (a INT)")
+    assert r.status_code == 400
+    r = s.sql("SELECT * FROM other_table")
+    assert r.status_code == 400
+    r = requests.post(f"{s.api}/api/v1/sql", data=b"{\"nope\": 1}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    r = s.sql("SELECT 1", fmt="xml")
+    assert r.status_code == 400
+    r = requests.get(f"{s.api}/api/search", params={"limit": "-1"})
+    assert r.status_code == 400
+    assert requests.get(f"{s.api}/ready").status_code == 200

@@ -1,0 +1,79 @@
+"""Acknowledged spans survive `kill -9` and a restart, flushed to Parquet or not; SIGTERM
+flushes and exits 0."""
+
+import glob
+import os
+import time
+
+import requests
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from otlp_util import assert_same_trace, get_trace_all_ways, make_trace
+from spindle_proc import Spindle
+from test_sdk_roundtrip import export_grpc, export_http
+
+
+def blocks(s):
+    return glob.glob(os.path.join(s.data_dir, "data", "blocks", "**", "*.parquet"), recursive=True)
+
+
+def test_unflushed_spans_survive_kill_9():
+    s = Spindle().start()
+    try:
+        sent = []
+        for i in range(5):
+            spans, trace_id = make_trace(f"crash-{i}")
+            export = export_grpc if i % 2 else export_http
+            assert export(s, spans) == SpanExportResult.SUCCESS
+            sent.append((spans, trace_id))
+        assert blocks(s) == [], "nothing should be flushed yet (default flush age is 2m)"
+        s.kill9()
+        s.start()
+        for spans, trace_id in sent:
+            for returned in get_trace_all_ways(s.api, trace_id):
+                assert_same_trace(spans, returned)
+    finally:
+        s.stop()
+
+
+def test_flushed_and_unflushed_spans_survive_kill_9():
+    s = Spindle(extra_args=["--flush-max-age", "1s"]).start()
+    try:
+        early, early_id = make_trace("flushed-svc")
+        assert export_http(s, early) == SpanExportResult.SUCCESS
+        deadline = time.time() + 30
+        while not blocks(s) and time.time() < deadline:
+            time.sleep(0.2)
+        assert blocks(s), "a block should have been flushed"
+        metrics = requests.get(f"{s.api}/metrics").text
+        assert "spindle_storage_flushes_total 0" not in metrics
+        late, late_id = make_trace("unflushed-svc")
+        assert export_grpc(s, late) == SpanExportResult.SUCCESS
+        s.kill9()
+        s.start()
+        for spans, trace_id in [(early, early_id), (late, late_id)]:
+            for returned in get_trace_all_ways(s.api, trace_id):
+                assert_same_trace(spans, returned)
+        r = s.sql("SELECT service_name, count(*) FROM spans GROUP BY 1 ORDER BY 1")
+        assert r.json()["rows"] == [["flushed-svc", 4], ["unflushed-svc", 4]]
+    finally:
+        s.stop()
+
+
+def test_sigterm_flushes_and_exits_zero():
+    s = Spindle().start()
+    try:
+        spans, trace_id = make_trace("term-svc")
+        assert export_grpc(s, spans) == SpanExportResult.SUCCESS
+        assert s.terminate() == 0
+        assert len(blocks(s)) == 1
+        raft_logs = glob.glob(os.path.join(s.data_dir, "data", "raft", "**", "*.log"), recursive=True)
+        assert all(os.path.getsize(p) == 0 for p in raft_logs), "the raft log is purged after the final flush"
+        s.start()
+        for returned in get_trace_all_ways(s.api, trace_id):
+            assert_same_trace(spans, returned)
+        # The trace is found through search from the block too.
+        r = requests.get(f"{s.api}/api/search", params={"tags": "service.name=term-svc"})
+        assert len(r.json()["traces"]) == 1
+    finally:
+        s.stop()
