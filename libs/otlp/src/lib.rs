@@ -22,6 +22,9 @@ pub enum ConvertError {
     /// The input could not be parsed.
     #[error("{0}")]
     Invalid(String),
+    /// The input would expand past the allowed size once every span carries its resource.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Result alias for this crate.

@@ -27,11 +27,42 @@ pub struct Converted {
     pub first_error: Option<String>,
 }
 
+/// Largest span data one request may expand to by default (Arrow string columns overflow at 2 GiB).
+pub const DEFAULT_MAX_EXPANDED_BYTES: usize = 512 * 1024 * 1024;
+
+/// Converts OTLP resource spans into one batch with the span schema, refusing requests whose
+/// rows would exceed [`DEFAULT_MAX_EXPANDED_BYTES`].
+pub fn resource_spans_to_batch(resource_spans: &[ResourceSpans]) -> Result<Converted> {
+    resource_spans_to_batch_limited(resource_spans, DEFAULT_MAX_EXPANDED_BYTES)
+}
+
+/// Estimated bytes of the rows a request becomes: each span repeats its resource and scope.
+pub fn expanded_size(resource_spans: &[ResourceSpans]) -> usize {
+    use prost::Message;
+    let mut total = 0usize;
+    for rs in resource_spans {
+        let resource = rs.resource.as_ref().map(|r| r.encoded_len()).unwrap_or(0) + rs.schema_url.len();
+        for ss in &rs.scope_spans {
+            let scope = ss.scope.as_ref().map(|s| s.encoded_len()).unwrap_or(0) + ss.schema_url.len();
+            let spans: usize = ss.spans.iter().map(|s| s.encoded_len()).sum();
+            total = total.saturating_add((resource + scope).saturating_mul(ss.spans.len())).saturating_add(spans);
+        }
+    }
+    total
+}
+
 /// Converts OTLP resource spans into one batch with the span schema.
 ///
-/// Invalid spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, parent id neither
+/// A request whose rows would exceed `max_expanded_bytes` (see [`expanded_size`]) is refused
+/// with [`crate::ConvertError::TooLarge`]. Invalid spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, parent id neither
 /// empty nor 8 bytes, times beyond year 2262) are counted in [`Converted::rejected`], not stored.
-pub fn resource_spans_to_batch(resource_spans: &[ResourceSpans]) -> Result<Converted> {
+pub fn resource_spans_to_batch_limited(resource_spans: &[ResourceSpans], max_expanded_bytes: usize) -> Result<Converted> {
+    let expanded = expanded_size(resource_spans);
+    if expanded > max_expanded_bytes {
+        return Err(crate::ConvertError::TooLarge(format!(
+            "request expands to {expanded} bytes of span data (every span repeats its resource and scope); the limit is {max_expanded_bytes} bytes"
+        )));
+    }
     let capacity: usize = resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let mut b = BatchBuilder::with_capacity(capacity);
     let mut rejected = 0;

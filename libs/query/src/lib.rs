@@ -75,11 +75,13 @@ pub struct QueryConfig {
     pub memory_limit: usize,
     /// Parallelism of one query.
     pub target_partitions: usize,
+    /// Longest a user SQL query may run.
+    pub sql_timeout: std::time::Duration,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { memory_limit: 512 * 1024 * 1024, target_partitions: 2 }
+        Self { memory_limit: 512 * 1024 * 1024, target_partitions: 2, sql_timeout: std::time::Duration::from_secs(60) }
     }
 }
 
@@ -131,10 +133,16 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, options).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok((schema, batches))
+        let run = async {
+            let df = ctx.sql_with_options(sql, options).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            Ok::<_, QueryError>((schema, batches))
+        };
+        let limit = self.config.sql_timeout;
+        tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs())))?
     }
 
     /// The span source (for callers that need raw access).

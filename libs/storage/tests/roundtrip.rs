@@ -188,3 +188,20 @@ fn hex_of(prefix: [u8; 15], last: u8) -> String {
     s.push_str(&format!("{last:02x}"));
     s
 }
+
+#[test]
+fn a_resource_repeated_per_span_cannot_blow_up_memory() {
+    let mut input = sample();
+    input[0].resource.as_mut().unwrap().attributes.push(kv("huge", s(&"x".repeat(1 << 20))));
+    let template = input[0].scope_spans[0].spans[1].clone();
+    input[0].scope_spans[0].spans = (0..1000u32)
+        .map(|i| {
+            let mut sp = template.clone();
+            sp.span_id = [&[1u8; 4][..], &i.to_be_bytes()[..]].concat();
+            sp
+        })
+        .collect();
+    let err = resource_spans_to_batch(&input).unwrap_err();
+    assert!(matches!(err, spindle_otlp::ConvertError::TooLarge(_)), "{err}");
+    assert!(err.to_string().contains("limit"));
+}

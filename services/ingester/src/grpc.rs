@@ -52,8 +52,12 @@ impl TraceService for OtlpGrpc {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let metrics = self.ingester.metrics();
-        let tenant = tenant_from_header(request.metadata().get("x-scope-orgid").and_then(|v| v.to_str().ok()))
-            .map_err(|e| status_for(&e))?;
+        let header = match request.metadata().get("x-scope-orgid").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => return Err(Status::invalid_argument("x-scope-orgid is not valid ASCII text")),
+        };
+        let tenant = tenant_from_header(header).map_err(|e| status_for(&e))?;
         let request = request.into_inner();
         metrics.request_bytes.inc_by(request.encoded_len() as u64);
         match self.ingester.ingest(&tenant, request).await {

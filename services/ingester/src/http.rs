@@ -82,7 +82,7 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
         }
     };
     let result = async {
-        let tenant = tenant_from_header(headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()))?;
+        let tenant = tenant_from_header(header_text(&headers, "x-scope-orgid")?)?;
         let limit = ingester.config().max_request_bytes;
         let raw = to_bytes(body, limit).await.map_err(|e| {
             if is_length_limit(&e) {
@@ -130,6 +130,14 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
     }
 }
 
+/// A header as text; present but not visible ASCII is an error (not "absent").
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, IngestError> {
+    headers
+        .get(name)
+        .map(|v| v.to_str().map_err(|_| IngestError::Invalid(format!("header {name} is not valid ASCII text"))))
+        .transpose()
+}
+
 fn is_length_limit(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
@@ -147,7 +155,7 @@ fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestE
         "" | "identity" => Ok(raw),
         "gzip" | "x-gzip" => {
             let mut out = Vec::new();
-            let mut decoder = flate2::read::GzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
+            let mut decoder = flate2::read::MultiGzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
             decoder.read_to_end(&mut out).map_err(|e| IngestError::Invalid(format!("invalid gzip body: {e}")))?;
             if out.len() > limit {
                 return Err(IngestError::TooLarge(format!("decompressed request body exceeds the limit of {limit} bytes")));

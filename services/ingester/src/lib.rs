@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use spindle_otlp::to_arrow::resource_spans_to_batch;
+use spindle_otlp::to_arrow::{resource_spans_to_batch_limited, DEFAULT_MAX_EXPANDED_BYTES};
 use spindle_ring::Ring;
 use spindle_schema::col;
 use spindle_storage::TenantId;
@@ -28,11 +28,13 @@ pub use metrics::IngestMetrics;
 pub struct IngesterConfig {
     /// Largest accepted request, compressed and decompressed (bytes).
     pub max_request_bytes: usize,
+    /// Largest span data one request may expand to once every span carries its resource.
+    pub max_expanded_bytes: usize,
 }
 
 impl Default for IngesterConfig {
     fn default() -> Self {
-        Self { max_request_bytes: 16 * 1024 * 1024 }
+        Self { max_request_bytes: 16 * 1024 * 1024, max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES }
     }
 }
 
@@ -104,7 +106,10 @@ impl Ingester {
 
     /// Stores the spans of one export request; returns once every shard has committed them.
     pub async fn ingest(&self, tenant: &TenantId, request: ExportTraceServiceRequest) -> Result<Outcome, IngestError> {
-        let converted = resource_spans_to_batch(&request.resource_spans).map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let converted = resource_spans_to_batch_limited(&request.resource_spans, self.config.max_expanded_bytes).map_err(|e| match e {
+            spindle_otlp::ConvertError::TooLarge(m) => IngestError::TooLarge(m),
+            other => IngestError::Invalid(other.to_string()),
+        })?;
         drop(request);
         if converted.rejected > 0 {
             self.metrics.rejected("invalid_span", converted.rejected);

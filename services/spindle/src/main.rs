@@ -90,7 +90,7 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
     let ingester = Arc::new(Ingester::new(
         ring.clone(),
         storage.clone(),
-        IngesterConfig { max_request_bytes: config.max_request_bytes },
+        IngesterConfig { max_request_bytes: config.max_request_bytes, ..IngesterConfig::default() },
         IngestMetrics::register(&mut registry),
     ));
     let source = Arc::new(SpanSource::new(storage, ring, store));

@@ -178,6 +178,12 @@ fn scan_segment(file: &mut File, first: u64, locs: &mut VecDeque<Loc>, is_last: 
         };
         // A truncate may have left entries that no longer continue the log: keep the log contiguous.
         if let Some(prev) = locs.back() {
+            if entry.log_id.index > prev.log_id.index + 1 {
+                return Err(io::Error::other(format!(
+                    "raft log has a gap: entry {} follows entry {} (segment {first}); refusing to start on a damaged log",
+                    entry.log_id.index, prev.log_id.index
+                )));
+            }
             if entry.log_id.index != prev.log_id.index + 1 {
                 while locs.back().is_some_and(|l| l.log_id.index >= entry.log_id.index) {
                     locs.pop_back();
@@ -271,9 +277,14 @@ impl Inner {
             None => (self.segments.keys().next().copied().unwrap_or(0), 0),
         };
         let later: Vec<u64> = self.segments.range(cut_segment + 1..).map(|(k, _)| *k).collect();
+        let removed_any = !later.is_empty();
         for s in later {
             self.segments.remove(&s);
             fs::remove_file(segment_path(&self.dir, s))?;
+        }
+        if removed_any {
+            // A removed segment must not come back after a crash and outrank newer entries.
+            File::open(&self.dir)?.sync_all()?;
         }
         if let Some(file) = self.segments.get(&cut_segment) {
             file.set_len(cut_offset)?;

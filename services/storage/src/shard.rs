@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow::array::{FixedSizeBinaryArray, RecordBatch, Scalar};
 use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::cmp::eq;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use spindle_schema::{col, ipc};
@@ -199,6 +199,13 @@ impl Shard {
                 _ = tick.tick() => {}
                 _ = self.stop.notified() => return,
             }
+            {
+                // Under the flush lock: a merge must not straddle the index a flush is cutting at.
+                let _guard = self.flush_lock.lock().await;
+                if let Err(e) = state_machine::coalesce_small_batches(&self.state, 4096, 65536) {
+                    tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
+                }
+            }
             self.metrics.unflushed_bytes.set(state_machine::read(&self.state).unflushed_bytes as i64);
             if let Err(e) = self.flush(false).await {
                 self.metrics.flush_errors.inc();
@@ -240,11 +247,18 @@ impl Shard {
             else {
                 continue;
             };
-            blocks.push(block.clone());
-            write_index(self.store.as_ref(), &tenant, self.id, &blocks).await?;
             let (rows, bytes) = (block.rows, block.bytes);
-            let command = ShardCommand::BlockFlushed { tenant: load.tenant.clone(), block, through_index };
-            self.raft.client_write(command).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+            let command = ShardCommand::BlockFlushed { tenant: load.tenant.clone(), block: block.clone(), through_index };
+            if let Err(e) = self.raft.client_write(command).await {
+                // Not committed: the spans stay buffered and the next flush writes a new block.
+                if let Err(del) = self.store.delete(&object_store::path::Path::from(block.path.as_str())).await {
+                    tracing::warn!(shard = self.id, block = %block.id, error = %del, "could not delete uncommitted block");
+                }
+                return Err(NodeError::Raft(e.to_string()));
+            }
+            // The index lists committed blocks only; queriers also get them from the shard itself.
+            blocks.push(block);
+            write_index(self.store.as_ref(), &tenant, self.id, &blocks).await?;
             self.metrics.flushes.inc();
             self.metrics.blocks.inc();
             self.metrics.block_bytes_written.inc_by(bytes);

@@ -197,9 +197,13 @@ impl StateMachine {
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let sm = Self { state: SharedState::default(), dir: dir.to_path_buf(), snapshot_idx: 0 };
-        if let Ok(bytes) = std::fs::read(sm.snapshot_path()) {
-            let file: SnapshotFile = bincode::deserialize(&bytes).map_err(io::Error::other)?;
-            sm.restore(file).map_err(io::Error::other)?;
+        match std::fs::read(sm.snapshot_path()) {
+            Ok(bytes) => {
+                let file: SnapshotFile = bincode::deserialize(&bytes).map_err(io::Error::other)?;
+                sm.restore(file).map_err(io::Error::other)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         Ok(sm)
     }
@@ -370,3 +374,68 @@ pub fn tenant_loads(state: &SharedState) -> Vec<TenantLoad> {
         .collect()
 }
 
+
+/// Merges runs of consecutive small unflushed batches (each under `small_rows` rows) into
+/// batches of about `target_rows`, so scans and snapshots see a few large batches instead of
+/// thousands of tiny ones (SDKs often export a handful of spans per request). Returns how
+/// many batches were merged away. Only the in-memory layout changes: a merged batch carries
+/// the log index of its last part, which is what flushing and snapshots key on.
+pub fn coalesce_small_batches(state: &SharedState, small_rows: usize, target_rows: usize) -> Result<usize, arrow::error::ArrowError> {
+    type Run = (String, Vec<Buffered>);
+    let runs: Vec<Run> = {
+        let s = read(state);
+        let mut runs = Vec::new();
+        for (tenant, t) in &s.tenants {
+            let mut run: Vec<Buffered> = Vec::new();
+            let mut rows = 0;
+            let mut close = |run: &mut Vec<Buffered>, rows: &mut usize| {
+                if run.len() >= 2 {
+                    runs.push((tenant.clone(), std::mem::take(run)));
+                } else {
+                    run.clear();
+                }
+                *rows = 0;
+            };
+            for b in &t.unflushed {
+                let n = b.batch.num_rows();
+                if n >= small_rows || rows + n > target_rows {
+                    close(&mut run, &mut rows);
+                }
+                if n < small_rows {
+                    rows += n;
+                    run.push(b.clone());
+                }
+            }
+            close(&mut run, &mut rows);
+        }
+        runs
+    };
+    let mut merged_away = 0;
+    for (tenant, run) in runs {
+        let batches: Vec<RecordBatch> = run.iter().map(|b| b.batch.clone()).collect();
+        let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+        let (first, last) = (run[0].index, run[run.len() - 1].index);
+        let replacement = Buffered {
+            index: last,
+            batch: merged,
+            min_time: run.iter().map(|b| b.min_time).min().unwrap_or(i64::MAX),
+            max_time: run.iter().map(|b| b.max_time).max().unwrap_or(i64::MIN),
+            applied_at: run.iter().map(|b| b.applied_at).min().unwrap_or_else(Instant::now),
+        };
+        let mut s = write(state);
+        let Some(t) = s.tenants.get_mut(&tenant) else { continue };
+        // The run may have been flushed meanwhile; replace it only if it is still there as is.
+        let Some(pos) = t.unflushed.iter().position(|b| b.index == first) else { continue };
+        let end = pos + run.len();
+        if end > t.unflushed.len() || t.unflushed[end - 1].index != last {
+            continue;
+        }
+        let old: usize = t.unflushed[pos..end].iter().map(|b| batch_bytes(&b.batch)).sum();
+        let new = batch_bytes(&replacement.batch);
+        t.unflushed.splice(pos..end, std::iter::once(replacement));
+        t.unflushed_bytes = t.unflushed_bytes + new - old;
+        s.unflushed_bytes = s.unflushed_bytes + new - old;
+        merged_away += run.len() - 1;
+    }
+    Ok(merged_away)
+}

@@ -93,3 +93,75 @@ async fn state_machine_restores_snapshot() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(2));
 }
+
+fn one_span_ipc(i: u8) -> Vec<u8> {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let span = Span {
+        trace_id: vec![i + 1; 16],
+        span_id: vec![i + 1; 8],
+        name: format!("s{i}"),
+        start_time_unix_nano: 1_000 + i as u64,
+        end_time_unix_nano: 2_000 + i as u64,
+        ..Default::default()
+    };
+    let rs = ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() };
+    let batch = spindle_otlp::to_arrow::resource_spans_to_batch(&[rs]).unwrap().batch;
+    spindle_schema::ipc::encode(&[batch]).unwrap()
+}
+
+#[tokio::test]
+async fn small_batches_coalesce_and_flush_drops_them() {
+    use spindle_storage_node::raft_types::ShardCommand;
+    use spindle_storage_node::state_machine::{coalesce_small_batches, read};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let entries: Vec<_> = (1..=10u64)
+        .map(|i| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(ShardCommand::Append { tenant: "t".into(), ipc: one_span_ipc(i as u8) }),
+        })
+        .collect();
+    let responses = sm.apply(entries).await.unwrap();
+    assert!(responses.iter().all(|r| r.rows == 1 && r.error.is_none()));
+    let state = sm.state();
+    let before = read(&state).unflushed_bytes;
+    assert_eq!(read(&state).tenants["t"].unflushed.len(), 10);
+
+    assert_eq!(coalesce_small_batches(&state, 100, 1000).unwrap(), 9);
+    {
+        let s = read(&state);
+        let t = &s.tenants["t"];
+        assert_eq!(t.unflushed.len(), 1);
+        assert_eq!(t.unflushed[0].batch.num_rows(), 10);
+        assert_eq!(t.unflushed[0].index, 10);
+        assert_eq!((t.unflushed[0].min_time, t.unflushed[0].max_time), (1_001, 2_010));
+        assert_eq!(s.unflushed_bytes, t.unflushed_bytes);
+        assert!(s.unflushed_bytes > 0 && s.unflushed_bytes <= before * 2);
+    }
+
+    let block = spindle_storage::BlockMeta {
+        id: "b1".into(),
+        shard: 0,
+        seq: 1,
+        path: "t/blocks/b1.parquet".into(),
+        min_time_ns: 0,
+        max_time_ns: 0,
+        min_trace_id: String::new(),
+        max_trace_id: String::new(),
+        rows: 10,
+        bytes: 1,
+        created_unix_ms: 0,
+        layout: 1,
+    };
+    let flushed = Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 11),
+        payload: EntryPayload::Normal(ShardCommand::BlockFlushed { tenant: "t".into(), block, through_index: 10 }),
+    };
+    sm.apply(vec![flushed]).await.unwrap();
+    let s = read(&state);
+    assert!(s.tenants["t"].unflushed.is_empty());
+    assert_eq!(s.unflushed_bytes, 0);
+    assert_eq!(s.tenants["t"].blocks.len(), 1);
+    assert_eq!(s.next_seq, 2);
+}
