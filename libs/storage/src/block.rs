@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::{concat, interleave_record_batch, lexsort_to_indices, SortColumn};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -136,45 +136,74 @@ pub struct EncodedBlock {
     pub max_trace_id: String,
 }
 
+/// Rows materialised at a time while writing a block.
+const WRITE_CHUNK_ROWS: usize = 32 * 1024;
+
 /// Sorts and encodes span batches as a Parquet file. `None` when there are no rows.
+///
+/// Only the sort keys (trace id, start time) are concatenated; rows are then gathered in sorted
+/// order a chunk at a time, so writing a block needs little memory beyond its input.
 pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<Option<EncodedBlock>> {
     let schema = span_schema();
-    let all = concat_batches(&schema, batches)?;
-    if all.num_rows() == 0 {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 {
         return Ok(None);
     }
     let trace_idx = schema.index_of(col::TRACE_ID)?;
     let start_idx = schema.index_of(col::START_TIME)?;
+    let duration_idx = schema.index_of(col::DURATION_NS)?;
+    let column = |i: usize| concat(&batches.iter().map(|b| b.column(i).as_ref()).collect::<Vec<_>>());
+    let (trace_col, start_col) = (column(trace_idx)?, column(start_idx)?);
     let indices = lexsort_to_indices(
-        &[
-            SortColumn { values: all.column(trace_idx).clone(), options: None },
-            SortColumn { values: all.column(start_idx).clone(), options: None },
-        ],
+        &[SortColumn { values: trace_col.clone(), options: None }, SortColumn { values: start_col.clone(), options: None }],
         None,
     )?;
-    let sorted = take_record_batch(&all, &indices)?;
-    drop(all);
+    let order = indices.values();
+    let trace_ids = trace_col.as_fixed_size_binary();
+    let distinct_traces = 1 + order.windows(2).filter(|w| trace_ids.value(w[0] as usize) != trace_ids.value(w[1] as usize)).count();
 
-    let trace_ids = sorted.column(trace_idx).as_fixed_size_binary();
-    let distinct_traces = 1 + (1..trace_ids.len()).filter(|&i| trace_ids.value(i) != trace_ids.value(i - 1)).count();
-    let starts = sorted.column(start_idx).as_primitive::<TimestampNanosecondType>();
-    let durations = sorted.column(schema.index_of(col::DURATION_NS)?).as_primitive::<Int64Type>();
-    let min_time_ns = arrow::compute::min(starts).unwrap_or(0);
-    let max_time_ns =
-        (0..starts.len()).map(|i| starts.value(i).saturating_add(durations.value(i).max(0))).max().unwrap_or(0);
+    let (mut min_time_ns, mut max_time_ns) = (i64::MAX, i64::MIN);
+    for b in &batches {
+        let starts = b.column(start_idx).as_primitive::<TimestampNanosecondType>();
+        let durations = b.column(duration_idx).as_primitive::<Int64Type>();
+        for (s, d) in starts.values().iter().zip(durations.values().iter()) {
+            min_time_ns = min_time_ns.min(*s);
+            max_time_ns = max_time_ns.max(s.saturating_add((*d).max(0)));
+        }
+    }
+
+    // Global row number -> (batch, row in batch).
+    let mut starts_at = Vec::with_capacity(batches.len());
+    let mut total = 0;
+    for b in &batches {
+        starts_at.push(total);
+        total += b.num_rows();
+    }
+    let locate = |g: usize| {
+        let b = starts_at.partition_point(|&s| s <= g) - 1;
+        (b, g - starts_at[b])
+    };
 
     let props = writer_properties(options, distinct_traces.min(options.row_group_rows) as u64, trace_idx, start_idx)?;
-    let mut parquet = Vec::with_capacity(sorted.get_array_memory_size() / 8);
+    let estimate: usize = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() / 10;
+    let mut parquet = Vec::with_capacity(estimate);
     let mut w = ArrowWriter::try_new(&mut parquet, schema.clone(), Some(props))?;
-    w.write(&sorted)?;
+    let sources: Vec<&RecordBatch> = batches.clone();
+    for chunk in order.chunks(WRITE_CHUNK_ROWS) {
+        let picks: Vec<(usize, usize)> = chunk.iter().map(|&g| locate(g as usize)).collect();
+        w.write(&interleave_record_batch(&sources, &picks)?)?;
+    }
     w.close()?;
+    let first = order[0] as usize;
+    let last = order[order.len() - 1] as usize;
     Ok(Some(EncodedBlock {
         parquet,
-        rows: sorted.num_rows() as u64,
+        rows: rows as u64,
         min_time_ns,
         max_time_ns,
-        min_trace_id: hex::encode(trace_ids.value(0)),
-        max_trace_id: hex::encode(trace_ids.value(trace_ids.len() - 1)),
+        min_trace_id: hex::encode(trace_ids.value(first)),
+        max_trace_id: hex::encode(trace_ids.value(last)),
     }))
 }
 
