@@ -46,6 +46,9 @@ struct Args {
     /// Send everything as this tenant (x-scope-orgid).
     #[arg(long)]
     tenant_id: Option<String>,
+    /// Stop once this many spans are acknowledged (0: no limit; the duration still applies).
+    #[arg(long, default_value_t = 0)]
+    max_spans: u64,
     /// Spans per export request (whole traces, so slightly more).
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -127,11 +130,15 @@ async fn main() -> anyhow::Result<()> {
         let (batch, tenants, tenant_id, api_key, verify) =
             (args.batch, args.tenants, args.tenant_id.clone(), args.api_key.clone(), args.verify);
         let concurrency = args.concurrency.max(1);
+        let max_spans = args.max_spans;
         workers.push(tokio::spawn(async move {
             // Stagger workers over one interval so a paced run does not start with a burst.
             let mut next = Instant::now() + interval.map(|i| i.mul_f64(w as f64 / concurrency as f64)).unwrap_or_default();
             let mut n = w;
             while Instant::now() < deadline {
+                if max_spans > 0 && stats.lock().map(|s| s.acked_spans >= max_spans).unwrap_or(true) {
+                    break;
+                }
                 if let Some(i) = interval {
                     tokio::time::sleep_until(next.into()).await;
                     next += i;
@@ -194,7 +201,8 @@ async fn main() -> anyhow::Result<()> {
         w.await?;
     }
     progress.abort();
-    let measured_secs = deadline.saturating_duration_since(measure_from).as_secs_f64().max(1e-9);
+    let ended = Instant::now().min(deadline);
+    let measured_secs = ended.saturating_duration_since(measure_from).as_secs_f64().max(1e-9);
     let mut st = std::mem::take(&mut *stats.lock().map_err(|_| anyhow::anyhow!("stats lock poisoned"))?);
     st.latencies.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
