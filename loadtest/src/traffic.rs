@@ -131,7 +131,9 @@ impl Traffic {
         let order = format!("order-{:08x}", r.below(1 << 32));
         let entry = r.below(self.services.len() as u64) as usize;
         let route = ROUTES[r.below(ROUTES.len() as u64) as usize];
-        let total = (r.lognormal(40e6, 0.8) as u64).max(2_000_000);
+        // Log-normal latencies, with one request in a hundred ten times slower.
+        let slow = if r.unit() < 0.01 { 10.0 } else { 1.0 };
+        let total = ((r.lognormal(40e6, 0.8) * slow) as u64).max(2_000_000);
         let mut count = 0;
         let root_id = r.next_u64().to_be_bytes().to_vec();
         let status_code = if error { 500 } else { 200 };
@@ -181,6 +183,13 @@ impl Traffic {
             }
             out[callee].push(server);
             count += 2;
+            if self.rng.unit() < 0.5 {
+                let internal_id = self.rng.next_u64().to_be_bytes().to_vec();
+                let mut internal = self.span(&trace_id, internal_id, server_id.clone(), format!("{method} validate"), 1, t + 250_000, d / 10, false);
+                internal.attributes.push(kv("code.function", s(format!("validate_{}", method.to_lowercase()))));
+                out[callee].push(internal);
+                count += 1;
+            }
             // Most servers hit a database or a queue.
             let dep_id = self.rng.next_u64().to_be_bytes().to_vec();
             if self.rng.unit() < 0.7 {
@@ -195,6 +204,7 @@ impl Traffic {
                 ]);
                 out[callee].push(db);
             } else {
+                let dep_id_for_consumer = dep_id.clone();
                 let mut produce = self.span(&trace_id, dep_id, server_id, "orders publish".into(), 4, t + 300_000, 500_000, false);
                 produce.attributes.extend([kv("messaging.system", s("kafka")), kv("messaging.destination.name", s("orders"))]);
                 if self.rng.unit() < 0.3 {
@@ -206,6 +216,19 @@ impl Traffic {
                     });
                 }
                 out[callee].push(produce);
+                // Another service consumes the message later, as a child of the producer span.
+                let consumer_svc = self.rng.below(self.services.len() as u64) as usize;
+                let consumer_id = self.rng.next_u64().to_be_bytes().to_vec();
+                let lag = (self.rng.lognormal(5e6, 0.7) as u64).max(100_000);
+                let mut consume = self.span(&trace_id, consumer_id, dep_id_for_consumer, "orders process".into(), 5, t + 800_000 + lag, 2_000_000, false);
+                consume.attributes.extend([
+                    kv("messaging.system", s("kafka")),
+                    kv("messaging.operation", s("process")),
+                    kv("messaging.destination.name", s("orders")),
+                    kv("messaging.kafka.partition", Value::IntValue(self.rng.below(12) as i64)),
+                ]);
+                out[consumer_svc].push(consume);
+                count += 1;
             }
             count += 1;
             t += d;
