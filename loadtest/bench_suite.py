@@ -102,11 +102,42 @@ def main():
     print_table(report)
 
 
+def visibility_probe(s, stop, out):
+    """While load runs: export one small trace over OTLP/HTTP, then read it back at once and
+    poll until it is there; records how long after the acknowledgement it became readable."""
+    api, otlp = f"http://127.0.0.1:{s.http}", f"http://127.0.0.1:{s.otlp_http}/v1/traces"
+    sess = requests.Session()
+    while not stop.is_set():
+        trace_id = "%032x" % random.getrandbits(128)
+        now = time.time_ns()
+        body = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "probe"}}]},
+                "scopeSpans": [{"spans": [{"traceId": trace_id, "spanId": "%016x" % random.getrandbits(64), "name": "probe",
+                                          "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1000)}]}]}]}
+        try:
+            if sess.post(otlp, json=body, timeout=30).status_code != 200:
+                continue
+        except requests.RequestException:
+            continue
+        acked = time.perf_counter()
+        for _ in range(1000):
+            r = sess.get(f"{api}/api/traces/{trace_id}", timeout=30)
+            if r.status_code == 200:
+                out.append(time.perf_counter() - acked)
+                break
+        else:
+            out.append(float("inf"))
+        time.sleep(0.2)
+
+
 def run(args, work, report):
     data = os.path.join(work, "data")
     s = Spindle(args.bin_dir, data)
     s.start()
-    # --- ingest
+    # --- ingest, with a visibility probe running alongside
+    import threading
+    stop, seen = threading.Event(), []
+    probe = threading.Thread(target=visibility_probe, args=(s, stop, seen), daemon=True)
+    probe.start()
     load = subprocess.run(
         [os.path.join(args.bin_dir, "loadsim"), "--endpoint", f"127.0.0.1:{s.grpc}", "--rate", "0", "--duration", "3600s",
          "--max-spans", str(args.spans), "--concurrency", "8", "--batch", "1000", "--report", os.path.join(work, "loadsim.json")],
@@ -114,7 +145,13 @@ def run(args, work, report):
     )
     if load.returncode != 0:
         raise RuntimeError(load.stderr[-2000:])
+    stop.set()
+    probe.join(timeout=60)
     ls = json.load(open(os.path.join(work, "loadsim.json")))
+    report["visibility_after_ack"] = {
+        "probes": len(seen), "readable_on_first_read": sum(1 for v in seen if v < 0.05),
+        "p50_ms": round(pct(seen, 0.5) * 1000, 2) if seen else None, "max_ms": round(max(seen) * 1000, 2) if seen else None,
+    }
     report["ingest"] = {
         "spans": ls["spans_acknowledged"], "spans_per_second": round(ls["spans_per_second"]),
         "megabytes_per_second": round(ls["megabytes_per_second"], 1), "export_latency_ms": ls["export_latency_ms"],
@@ -233,6 +270,7 @@ def run(args, work, report):
 
 
 def print_table(r):
+    print(f"\nvisibility: {r.get('visibility_after_ack')}")
     print(f"\nspans: {r.get('spans_stored')}  ingest: {r['ingest']}  storage: {r['storage']}  clickhouse storage: {r.get('clickhouse_storage')}\n")
     print("| query | Spindle p50 / p99 (ms) | ClickHouse p50 / p99 (ms) | x Spindle (p50) | DuckDB p50 / p99 (ms) | x Spindle (p50) |")
     print("|---|---|---|---|---|---|")
