@@ -200,4 +200,25 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn never_panics_on_arbitrary_input() {
+        let alphabet: Vec<char> = "{}()&|=!~<>\"`\\ .-_0123456789abcnrstuvwxyzé€😀\n\t".chars().collect();
+        let mut state = 0x2545F4914F6CDD1Du64;
+        for _ in 0..20_000 {
+            let mut q = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 24) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                q.push(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            let _ = parse(&q);
+            let _ = parse(&format!("{{ .a = {q} }}"));
+        }
+    }
 }
