@@ -96,7 +96,7 @@ fn block_matches(block: &BlockMeta, hints: &ScanHints) -> bool {
         }
     }
     match &hints.trace_ids {
-        Some(ids) => ids.iter().any(|id| block.may_contain_trace(&hex::encode(id))),
+        Some(ids) => ids.iter().any(|id| block.may_contain_trace(id)),
         None => true,
     }
 }

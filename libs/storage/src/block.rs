@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{concat, interleave_record_batch, lexsort_to_indices, SortColumn};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use object_store::path::Path;
@@ -17,6 +17,7 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use spindle_schema::{col, span_schema};
 
+use crate::bloom::TraceBloom;
 use crate::tenant::TenantId;
 use crate::Result;
 
@@ -50,6 +51,9 @@ pub struct BlockMeta {
     pub created_unix_ms: u64,
     /// Layout version ([`BLOCK_LAYOUT_VERSION`]).
     pub layout: u32,
+    /// Bloom filter of the block's trace ids (absent in blocks written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_bloom: Option<TraceBloom>,
 }
 
 impl BlockMeta {
@@ -58,9 +62,11 @@ impl BlockMeta {
         self.min_time_ns <= end_ns && self.max_time_ns >= start_ns
     }
 
-    /// Whether the block's trace-id range contains `trace_id` (hex, 32 chars).
-    pub fn may_contain_trace(&self, trace_id_hex: &str) -> bool {
-        self.min_trace_id.as_str() <= trace_id_hex && trace_id_hex <= self.max_trace_id.as_str()
+    /// Whether the block may hold spans of `trace_id`: inside its id range and its Bloom filter.
+    pub fn may_contain_trace(&self, trace_id: &[u8; 16]) -> bool {
+        let hex_id = hex::encode(trace_id);
+        let in_range = self.min_trace_id.as_str() <= hex_id.as_str() && hex_id.as_str() <= self.max_trace_id.as_str();
+        in_range && self.trace_bloom.as_ref().is_none_or(|b| b.may_contain(trace_id))
     }
 }
 
@@ -117,6 +123,7 @@ pub async fn write_block(
         bytes: size,
         created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         layout: BLOCK_LAYOUT_VERSION,
+        trace_bloom: Some(encoded.trace_bloom),
     }))
 }
 
@@ -134,6 +141,8 @@ pub struct EncodedBlock {
     pub min_trace_id: String,
     /// Largest trace id, hex.
     pub max_trace_id: String,
+    /// Bloom filter of the trace ids.
+    pub trace_bloom: TraceBloom,
 }
 
 /// Rows materialised at a time while writing a block.
@@ -162,6 +171,10 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     let order = indices.values();
     let trace_ids = trace_col.as_fixed_size_binary();
     let distinct_traces = 1 + order.windows(2).filter(|w| trace_ids.value(w[0] as usize) != trace_ids.value(w[1] as usize)).count();
+    let mut trace_bloom = TraceBloom::with_capacity(distinct_traces);
+    for i in 0..trace_ids.len() {
+        trace_bloom.insert(trace_ids.value(i));
+    }
 
     let (mut min_time_ns, mut max_time_ns) = (i64::MAX, i64::MIN);
     for b in &batches {
@@ -204,6 +217,7 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
         max_time_ns,
         min_trace_id: hex::encode(trace_ids.value(first)),
         max_trace_id: hex::encode(trace_ids.value(last)),
+        trace_bloom,
     }))
 }
 

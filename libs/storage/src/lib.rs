@@ -6,6 +6,7 @@
 //! [`tenant`] validates tenant ids, which become path segments; [`store`] opens the object store.
 
 pub mod block;
+pub mod bloom;
 pub mod index;
 pub mod store;
 pub mod tenant;

@@ -181,6 +181,8 @@ fn blocks_are_sorted_by_trace_then_start() {
     assert_eq!(encoded.min_trace_id, hex_of([0x01; 15], 2));
     assert_eq!(encoded.max_trace_id, "ab".repeat(16));
     assert_eq!(encoded.min_time_ns, 1_700_000_000_000_000_000);
+    assert!(encoded.trace_bloom.may_contain(&[0xab; 16]));
+    assert!(!encoded.trace_bloom.may_contain(&[0x55; 16]));
 }
 
 fn hex_of(prefix: [u8; 15], last: u8) -> String {

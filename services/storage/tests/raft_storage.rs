@@ -153,6 +153,7 @@ async fn small_batches_coalesce_and_flush_drops_them() {
         bytes: 1,
         created_unix_ms: 0,
         layout: 1,
+        trace_bloom: None,
     };
     let flushed = Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), 11),
