@@ -41,12 +41,15 @@ def test_flushed_and_unflushed_spans_survive_kill_9():
     try:
         early, early_id = make_trace("flushed-svc")
         assert export_http(s, early) == SpanExportResult.SUCCESS
+        # Wait until the block is written and committed (the flush counter moves after the commit).
         deadline = time.time() + 30
-        while not blocks(s) and time.time() < deadline:
+        while time.time() < deadline:
+            committed = "spindle_storage_flushes_total 0" not in requests.get(f"{s.api}/metrics").text
+            if committed and blocks(s):
+                break
             time.sleep(0.2)
         assert blocks(s), "a block should have been flushed"
-        metrics = requests.get(f"{s.api}/metrics").text
-        assert "spindle_storage_flushes_total 0" not in metrics
+        assert "spindle_storage_flushes_total 1" in requests.get(f"{s.api}/metrics").text
         late, late_id = make_trace("unflushed-svc")
         assert export_grpc(s, late) == SpanExportResult.SUCCESS
         s.kill9()
