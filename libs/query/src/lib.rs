@@ -115,14 +115,22 @@ impl QueryEngine {
         Ok(ctx)
     }
 
-    /// Every span of a trace, optionally only those starting within `[start, end]` (unix ns).
-    pub async fn trace_by_id(&self, tenant: &TenantId, trace_id: [u8; 16], range: Option<(i64, i64)>) -> Result<Vec<RecordBatch>> {
+    /// The spans of a trace, optionally only those starting within `[start, end]` (unix ns), at
+    /// most `max_spans` of them (memory stays bounded for huge traces): a caller that gets
+    /// `max_spans` rows back should treat the trace as possibly partial.
+    pub async fn trace_by_id(
+        &self,
+        tenant: &TenantId,
+        trace_id: [u8; 16],
+        range: Option<(i64, i64)>,
+        max_spans: usize,
+    ) -> Result<Vec<RecordBatch>> {
         let ctx = self.session(tenant)?;
         let mut predicate = col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(trace_id.to_vec()))));
         if let Some((start, end)) = range {
             predicate = predicate.and(hints::time_filter(start, end));
         }
-        Ok(ctx.table("spans").await?.filter(predicate)?.collect().await?)
+        Ok(ctx.table("spans").await?.filter(predicate)?.limit(0, Some(max_spans))?.collect().await?)
     }
 
     /// Runs user SQL against the tenant's `spans` table. Only queries are allowed: no DDL,
