@@ -106,31 +106,31 @@ fn validate(span: &Span) -> Result<(), String> {
     Ok(())
 }
 
+/// Values of the dedicated columns for one row, by column position.
+type Slots<'a> = [Option<&'a Value>; DEDICATED_COLUMNS.len()];
+
 /// A resource's attributes split once into dedicated values and residual attributes.
 struct ResourceRow<'a> {
-    dedicated: Vec<(usize, &'a Value)>,
+    slots: Slots<'a>,
     residual: Vec<&'a KeyValue>,
     dropped: u32,
 }
 
 impl<'a> ResourceRow<'a> {
     fn new(resource: Option<&'a Resource>) -> Self {
-        let mut row = ResourceRow { dedicated: Vec::new(), residual: Vec::new(), dropped: 0 };
+        let mut row = ResourceRow { slots: [None; DEDICATED_COLUMNS.len()], residual: Vec::new(), dropped: 0 };
         if let Some(r) = resource {
             row.dropped = r.dropped_attributes_count;
-            split_attrs(AttrScope::Resource, &r.attributes, &mut row.dedicated, &mut row.residual);
+            split_attrs(AttrScope::Resource, &r.attributes, &mut row.slots, |kv| row.residual.push(kv));
         }
         row
     }
 }
 
-/// Splits attributes into those stored in dedicated columns and the rest.
-fn split_attrs<'a>(
-    scope: AttrScope,
-    attrs: &'a [KeyValue],
-    dedicated: &mut Vec<(usize, &'a Value)>,
-    residual: &mut Vec<&'a KeyValue>,
-) {
+/// Puts attributes that have a dedicated column (of their value's type) into `slots`, and hands
+/// the rest to `residual`. A repeated key keeps its first value in the column, later ones go to
+/// the residual maps.
+fn split_attrs<'a>(scope: AttrScope, attrs: &'a [KeyValue], slots: &mut Slots<'a>, mut residual: impl FnMut(&'a KeyValue)) {
     for kv in attrs {
         let slot = dedicated_index(scope, &kv.key).and_then(|i| {
             let value = kv.value.as_ref()?.value.as_ref()?;
@@ -138,12 +138,11 @@ fn split_attrs<'a>(
                 (DEDICATED_COLUMNS[i].ty, value),
                 (AttrType::Str, Value::StringValue(_)) | (AttrType::Int, Value::IntValue(_))
             );
-            // A repeated key keeps its first value in the column, later ones in the residual map.
-            (fits && !dedicated.iter().any(|(j, _)| *j == i)).then_some((i, value))
+            (fits && slots[i].is_none()).then_some((i, value))
         });
         match slot {
-            Some(s) => dedicated.push(s),
-            None => residual.push(kv),
+            Some((i, value)) => slots[i] = Some(value),
+            None => residual(kv),
         }
     }
 }
@@ -250,16 +249,12 @@ impl BatchBuilder {
         self.dropped_events.append_value(span.dropped_events_count);
         self.dropped_links.append_value(span.dropped_links_count);
 
-        let mut span_dedicated = Vec::new();
-        let mut span_residual = Vec::with_capacity(span.attributes.len());
-        split_attrs(AttrScope::Span, &span.attributes, &mut span_dedicated, &mut span_residual);
-        for (i, builder) in self.dedicated.iter_mut().enumerate() {
-            let value = resource
-                .dedicated
-                .iter()
-                .chain(span_dedicated.iter())
-                .find(|(j, _)| *j == i)
-                .map(|(_, v)| *v);
+        // Resource and span dedicated columns are disjoint, so the span's slots start from the resource's.
+        let mut slots = resource.slots;
+        let span_maps = &mut self.span_maps;
+        split_attrs(AttrScope::Span, &span.attributes, &mut slots, |kv| span_maps.push(&kv.key, kv.value.as_ref()));
+        span_maps.end_row()?;
+        for (builder, value) in self.dedicated.iter_mut().zip(slots) {
             match (builder, value) {
                 (DedicatedBuilder::Str(b), Some(Value::StringValue(s))) => b.append_value(s),
                 (DedicatedBuilder::Int(b), Some(Value::IntValue(v))) => b.append_value(*v),
@@ -271,10 +266,6 @@ impl BatchBuilder {
             self.resource_maps.push(&kv.key, kv.value.as_ref());
         }
         self.resource_maps.end_row()?;
-        for kv in &span_residual {
-            self.span_maps.push(&kv.key, kv.value.as_ref());
-        }
-        self.span_maps.end_row()?;
 
         self.resource_dropped.append_value(resource.dropped);
         self.resource_schema_url.append_value(resource_schema_url);

@@ -152,9 +152,4 @@ impl QueryEngine {
             .await
             .map_err(|_| QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs())))?
     }
-
-    /// The span source (for callers that need raw access).
-    pub fn source(&self) -> &Arc<SpanSource> {
-        &self.source
-    }
 }

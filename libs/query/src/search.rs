@@ -7,18 +7,14 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::prelude::{col, lit, Expr};
-use opentelemetry_proto_types::KeyValue;
 use spindle_otlp::from_arrow::batches_to_resource_spans;
+use spindle_otlp::otlp::common::v1::KeyValue;
 use spindle_schema::col as c;
 use spindle_storage::TenantId;
 
 use crate::filter::trace_id_literal;
 use crate::hints::time_filter;
 use crate::{QueryEngine, QueryError, Result};
-
-mod opentelemetry_proto_types {
-    pub use spindle_otlp::otlp::common::v1::KeyValue;
-}
 
 /// What to search for.
 #[derive(Debug, Clone)]

@@ -25,7 +25,6 @@ pub enum RingError {
 #[derive(Debug, Clone)]
 pub struct Ring {
     points: BTreeMap<u64, ShardId>,
-    shard_count: usize,
     shards_per_tenant: usize,
 }
 
@@ -51,7 +50,7 @@ impl Ring {
         distinct.dedup();
         let shard_count = distinct.len();
         let per_tenant = if shards_per_tenant == 0 { shard_count } else { shards_per_tenant.min(shard_count) };
-        Ok(Self { points, shard_count, shards_per_tenant: per_tenant })
+        Ok(Self { points, shards_per_tenant: per_tenant })
     }
 
     /// A ring with a single shard (all-in-one mode).
@@ -59,7 +58,7 @@ impl Ring {
         // One shard, one point: cannot fail.
         let mut points = BTreeMap::new();
         points.insert(0, 0);
-        Self { points, shard_count: 1, shards_per_tenant: 1 }
+        Self { points, shards_per_tenant: 1 }
     }
 
     /// The shards a tenant's data lives on, in ring order.
@@ -84,11 +83,6 @@ impl Ring {
         }
         let h = xxh3_64_with_seed(trace_id, TRACE_SEED);
         tenant_shards[jump_hash(h, tenant_shards.len())]
-    }
-
-    /// How many distinct shards the ring has.
-    pub fn shard_count(&self) -> usize {
-        self.shard_count
     }
 }
 

@@ -51,13 +51,6 @@ pub enum ApiError {
     Internal(String),
 }
 
-impl ApiError {
-    /// Whether a client may retry the same request later.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ApiError::Overloaded(_) | ApiError::Unavailable(_))
-    }
-}
-
 /// Calls an ingester or querier makes to storage shards.
 #[async_trait::async_trait]
 pub trait StorageApi: Send + Sync + 'static {

@@ -202,10 +202,9 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     let estimate: usize = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() / 10;
     let mut parquet = Vec::with_capacity(estimate);
     let mut w = ArrowWriter::try_new(&mut parquet, schema.clone(), Some(props))?;
-    let sources: Vec<&RecordBatch> = batches.clone();
     for chunk in order.chunks(WRITE_CHUNK_ROWS) {
         let picks: Vec<(usize, usize)> = chunk.iter().map(|&g| locate(g as usize)).collect();
-        w.write(&interleave_record_batch(&sources, &picks)?)?;
+        w.write(&interleave_record_batch(&batches, &picks)?)?;
     }
     w.close()?;
     let first = order[0] as usize;

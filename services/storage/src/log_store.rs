@@ -141,16 +141,6 @@ impl LogStore {
         // A poisoned lock means a panic while writing; the data on disk is still checked by CRC.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Number of entries held (for metrics).
-    pub fn len(&self) -> usize {
-        self.lock().locs.len()
-    }
-
-    /// Whether the log holds no entries.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Reads records of one segment into `locs`; returns the offset after the last good record.
