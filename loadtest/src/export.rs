@@ -52,14 +52,21 @@ impl Exporter {
                     .await?;
                 Ok(Exporter::Grpc(TraceServiceClient::new(channel).max_encoding_message_size(64 << 20)))
             }
-            "http" => Ok(Exporter::Http { client: reqwest::Client::new(), url: format!("http://{endpoint}/v1/traces") }),
+            "http" => {
+                Ok(Exporter::Http { client: reqwest::Client::new(), url: format!("http://{endpoint}/v1/traces") })
+            }
             other => anyhow::bail!("unknown protocol {other:?}: use grpc or http"),
         }
     }
 
     /// Sends one request, retrying after backpressure (RESOURCE_EXHAUSTED/UNAVAILABLE, HTTP
     /// 429/503) with the server's Retry-After or an exponential backoff.
-    pub async fn send(&mut self, request: &ExportTraceServiceRequest, tenant: Option<&str>, api_key: Option<&str>) -> Sent {
+    pub async fn send(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+        tenant: Option<&str>,
+        api_key: Option<&str>,
+    ) -> Sent {
         let mut retries = 0;
         loop {
             let start = Instant::now();
@@ -79,7 +86,12 @@ impl Exporter {
         }
     }
 
-    async fn attempt(&mut self, request: &ExportTraceServiceRequest, tenant: Option<&str>, api_key: Option<&str>) -> Attempt {
+    async fn attempt(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+        tenant: Option<&str>,
+        api_key: Option<&str>,
+    ) -> Attempt {
         match self {
             Exporter::Grpc(client) => {
                 let mut r = tonic::Request::new(request.clone());
@@ -91,14 +103,22 @@ impl Exporter {
                 }
                 match client.export(r).await {
                     Ok(resp) => Attempt::Done(ok(resp.into_inner())),
-                    Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
-                        Attempt::Retry { after: None, reason: format!("{:?}", s.code()), message: s.message().to_string() }
-                    }
-                    Err(s) => Attempt::Done(Outcome::Failed { reason: format!("{:?}", s.code()), message: s.message().to_string() }),
+                    Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => Attempt::Retry {
+                        after: None,
+                        reason: format!("{:?}", s.code()),
+                        message: s.message().to_string(),
+                    },
+                    Err(s) => Attempt::Done(Outcome::Failed {
+                        reason: format!("{:?}", s.code()),
+                        message: s.message().to_string(),
+                    }),
                 }
             }
             Exporter::Http { client, url } => {
-                let mut r = client.post(url.as_str()).header("content-type", "application/x-protobuf").body(request.encode_to_vec());
+                let mut r = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(request.encode_to_vec());
                 if let Some(t) = tenant {
                     r = r.header("x-scope-orgid", t);
                 }
@@ -117,10 +137,14 @@ impl Exporter {
                             .map(Duration::from_secs);
                         let body = resp.bytes().await.unwrap_or_default();
                         match status {
-                            200 => Attempt::Done(ok(ExportTraceServiceResponse::decode(body.as_ref()).unwrap_or_default())),
-                            429 | 502 | 503 | 504 => {
-                                Attempt::Retry { after, reason: format!("http_{status}"), message: String::from_utf8_lossy(&body).into() }
+                            200 => {
+                                Attempt::Done(ok(ExportTraceServiceResponse::decode(body.as_ref()).unwrap_or_default()))
                             }
+                            429 | 502 | 503 | 504 => Attempt::Retry {
+                                after,
+                                reason: format!("http_{status}"),
+                                message: String::from_utf8_lossy(&body).into(),
+                            },
                             _ => Attempt::Done(Outcome::Failed {
                                 reason: format!("http_{status}"),
                                 message: String::from_utf8_lossy(&body).chars().take(300).collect(),

@@ -109,14 +109,17 @@ struct Stats {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let endpoint = args.endpoint.clone().unwrap_or_else(|| {
-        if args.protocol == "http" { "127.0.0.1:4318" } else { "127.0.0.1:4317" }.to_string()
-    });
-    let exporter = Exporter::connect(&args.protocol, &endpoint).await.with_context(|| format!("connecting to {endpoint}"))?;
+    let endpoint = args
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| if args.protocol == "http" { "127.0.0.1:4318" } else { "127.0.0.1:4317" }.to_string());
+    let exporter =
+        Exporter::connect(&args.protocol, &endpoint).await.with_context(|| format!("connecting to {endpoint}"))?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let sample = Arc::new(Mutex::new(verify::Sample::new(if args.verify { args.verify_sample } else { 0 }, args.seed)));
     let target = args.rate * args.services as f64;
-    let interval = (target > 0.0).then(|| Duration::from_secs_f64(args.batch as f64 * args.concurrency as f64 / target));
+    let interval =
+        (target > 0.0).then(|| Duration::from_secs_f64(args.batch as f64 * args.concurrency as f64 / target));
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let deadline = measure_from + args.duration;
@@ -133,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
         let max_spans = args.max_spans;
         workers.push(tokio::spawn(async move {
             // Stagger workers over one interval so a paced run does not start with a burst.
-            let mut next = Instant::now() + interval.map(|i| i.mul_f64(w as f64 / concurrency as f64)).unwrap_or_default();
+            let mut next =
+                Instant::now() + interval.map(|i| i.mul_f64(w as f64 / concurrency as f64)).unwrap_or_default();
             let mut n = w;
             while Instant::now() < deadline {
                 if max_spans > 0 && stats.lock().map(|s| s.acked_spans >= max_spans).unwrap_or(true) {
@@ -146,7 +150,8 @@ async fn main() -> anyhow::Result<()> {
                 let tenant = tenant_id.clone().or_else(|| (tenants > 0).then(|| format!("tenant-{}", n % tenants)));
                 n += 1;
                 let request = ExportTraceServiceRequest { resource_spans: traffic.request(batch) };
-                let spans: u64 = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum();
+                let spans: u64 =
+                    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum();
                 let size = request.encoded_len() as u64;
                 let sent = exporter.send(&request, tenant.as_deref(), api_key.as_deref()).await;
                 let measured = Instant::now() >= measure_from;
@@ -192,7 +197,10 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let acked = stats.lock().map(|s| s.acked_spans).unwrap_or(0);
-                eprintln!("loadsim: {acked} spans acknowledged, {:.0}/s over the last 5 s", (acked - last) as f64 / 5.0);
+                eprintln!(
+                    "loadsim: {acked} spans acknowledged, {:.0}/s over the last 5 s",
+                    (acked - last) as f64 / 5.0
+                );
                 last = acked;
             }
         })
@@ -225,8 +233,16 @@ async fn main() -> anyhow::Result<()> {
     });
     let mut lost = 0;
     if args.verify {
-        let sample = std::mem::replace(&mut *sample.lock().map_err(|_| anyhow::anyhow!("sample lock poisoned"))?, verify::Sample::new(0, 0));
-        eprintln!("loadsim: verifying {} traces ({} spans) through {}", sample.traces.len(), sample.spans(), args.query_endpoint);
+        let sample = std::mem::replace(
+            &mut *sample.lock().map_err(|_| anyhow::anyhow!("sample lock poisoned"))?,
+            verify::Sample::new(0, 0),
+        );
+        eprintln!(
+            "loadsim: verifying {} traces ({} spans) through {}",
+            sample.traces.len(),
+            sample.spans(),
+            args.query_endpoint
+        );
         let v = verify::verify(&sample, &args.query_endpoint).await;
         lost = v.lost_spans + v.wrong_spans;
         summary["verify"] = serde_json::json!({
@@ -240,7 +256,8 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     if let Some(path) = &args.report {
-        std::fs::write(path, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if lost > 0 {
         anyhow::bail!("{lost} acknowledged spans are missing or wrong");

@@ -58,7 +58,16 @@ pub struct Service {
     scope: InstrumentationScope,
 }
 
-const ROUTES: [&str; 8] = ["/api/cart", "/api/checkout", "/api/products/{id}", "/api/users/{id}", "/api/search", "/api/orders", "/health", "/api/recommendations"];
+const ROUTES: [&str; 8] = [
+    "/api/cart",
+    "/api/checkout",
+    "/api/products/{id}",
+    "/api/users/{id}",
+    "/api/search",
+    "/api/orders",
+    "/health",
+    "/api/recommendations",
+];
 const TABLES: [&str; 5] = ["orders", "users", "products", "payments", "inventory"];
 
 impl Service {
@@ -81,7 +90,11 @@ impl Service {
             ],
             ..Default::default()
         };
-        let scope = InstrumentationScope { name: "io.opentelemetry.auto".into(), version: "2.9.0".into(), ..Default::default() };
+        let scope = InstrumentationScope {
+            name: "io.opentelemetry.auto".into(),
+            version: "2.9.0".into(),
+            ..Default::default()
+        };
         Self { name, resource, scope }
     }
 }
@@ -97,7 +110,10 @@ pub struct Traffic {
 impl Traffic {
     /// A generator over `services` services.
     pub fn new(services: usize, seed: u64, error_ratio: f64) -> Self {
-        let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Self { services: (0..services.max(1)).map(Service::new).collect(), rng: Rng::new(seed), error_ratio, now_ns }
     }
 
@@ -114,7 +130,11 @@ impl Traffic {
             .filter(|(_, v)| !v.is_empty())
             .map(|(i, spans)| ResourceSpans {
                 resource: Some(self.services[i].resource.clone()),
-                scope_spans: vec![ScopeSpans { scope: Some(self.services[i].scope.clone()), spans, schema_url: String::new() }],
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(self.services[i].scope.clone()),
+                    spans,
+                    schema_url: String::new(),
+                }],
                 schema_url: String::new(),
             })
             .collect()
@@ -145,7 +165,10 @@ impl Traffic {
             kv("http.response.status_code", Value::IntValue(status_code)),
             kv("user.id", s(&user)),
             kv("order.id", s(&order)),
-            kv("client.address", s(format!("10.{}.{}.{}", self.rng.below(255), self.rng.below(255), self.rng.below(255)))),
+            kv(
+                "client.address",
+                s(format!("10.{}.{}.{}", self.rng.below(255), self.rng.below(255), self.rng.below(255))),
+            ),
         ]);
         out[entry].push(root);
         count += 1;
@@ -159,7 +182,16 @@ impl Traffic {
             let server_id = self.rng.next_u64().to_be_bytes().to_vec();
             let method = ["GetCart", "Charge", "Reserve", "Lookup", "Score"][h % 5];
             let svc_name = self.services[callee].name.clone();
-            let mut client = self.span(&trace_id, client_id.clone(), root_id.clone(), format!("{svc_name}/{method}"), 3, t, d, false);
+            let mut client = self.span(
+                &trace_id,
+                client_id.clone(),
+                root_id.clone(),
+                format!("{svc_name}/{method}"),
+                3,
+                t,
+                d,
+                false,
+            );
             client.attributes.extend([
                 kv("rpc.system", s("grpc")),
                 kv("rpc.service", s(&svc_name)),
@@ -168,8 +200,21 @@ impl Traffic {
             ]);
             out[entry].push(client);
             let fail_here = error && h == hops - 1;
-            let mut server = self.span(&trace_id, server_id.clone(), client_id, format!("{svc_name}/{method}"), 2, t + 200_000, d - 400_000, fail_here);
-            server.attributes.extend([kv("rpc.system", s("grpc")), kv("rpc.method", s(method)), kv("rpc.grpc.status_code", Value::IntValue(if fail_here { 13 } else { 0 }))]);
+            let mut server = self.span(
+                &trace_id,
+                server_id.clone(),
+                client_id,
+                format!("{svc_name}/{method}"),
+                2,
+                t + 200_000,
+                d - 400_000,
+                fail_here,
+            );
+            server.attributes.extend([
+                kv("rpc.system", s("grpc")),
+                kv("rpc.method", s(method)),
+                kv("rpc.grpc.status_code", Value::IntValue(if fail_here { 13 } else { 0 })),
+            ]);
             if fail_here {
                 server.events.push(span::Event {
                     time_unix_nano: t + d / 2,
@@ -185,7 +230,16 @@ impl Traffic {
             count += 2;
             if self.rng.unit() < 0.5 {
                 let internal_id = self.rng.next_u64().to_be_bytes().to_vec();
-                let mut internal = self.span(&trace_id, internal_id, server_id.clone(), format!("{method} validate"), 1, t + 250_000, d / 10, false);
+                let mut internal = self.span(
+                    &trace_id,
+                    internal_id,
+                    server_id.clone(),
+                    format!("{method} validate"),
+                    1,
+                    t + 250_000,
+                    d / 10,
+                    false,
+                );
                 internal.attributes.push(kv("code.function", s(format!("validate_{}", method.to_lowercase()))));
                 out[callee].push(internal);
                 count += 1;
@@ -195,7 +249,8 @@ impl Traffic {
             if self.rng.unit() < 0.7 {
                 let table = TABLES[self.rng.below(TABLES.len() as u64) as usize];
                 let db_d = (self.rng.lognormal(3e6, 1.0) as u64).clamp(100_000, d / 2);
-                let mut db = self.span(&trace_id, dep_id, server_id, format!("SELECT {table}"), 3, t + 300_000, db_d, false);
+                let mut db =
+                    self.span(&trace_id, dep_id, server_id, format!("SELECT {table}"), 3, t + 300_000, db_d, false);
                 db.attributes.extend([
                     kv("db.system", s("postgresql")),
                     kv("db.name", s("shop")),
@@ -205,8 +260,11 @@ impl Traffic {
                 out[callee].push(db);
             } else {
                 let dep_id_for_consumer = dep_id.clone();
-                let mut produce = self.span(&trace_id, dep_id, server_id, "orders publish".into(), 4, t + 300_000, 500_000, false);
-                produce.attributes.extend([kv("messaging.system", s("kafka")), kv("messaging.destination.name", s("orders"))]);
+                let mut produce =
+                    self.span(&trace_id, dep_id, server_id, "orders publish".into(), 4, t + 300_000, 500_000, false);
+                produce
+                    .attributes
+                    .extend([kv("messaging.system", s("kafka")), kv("messaging.destination.name", s("orders"))]);
                 if self.rng.unit() < 0.3 {
                     let linked = [self.rng.next_u64().to_be_bytes(), self.rng.next_u64().to_be_bytes()].concat();
                     produce.links.push(span::Link {
@@ -220,7 +278,16 @@ impl Traffic {
                 let consumer_svc = self.rng.below(self.services.len() as u64) as usize;
                 let consumer_id = self.rng.next_u64().to_be_bytes().to_vec();
                 let lag = (self.rng.lognormal(5e6, 0.7) as u64).max(100_000);
-                let mut consume = self.span(&trace_id, consumer_id, dep_id_for_consumer, "orders process".into(), 5, t + 800_000 + lag, 2_000_000, false);
+                let mut consume = self.span(
+                    &trace_id,
+                    consumer_id,
+                    dep_id_for_consumer,
+                    "orders process".into(),
+                    5,
+                    t + 800_000 + lag,
+                    2_000_000,
+                    false,
+                );
                 consume.attributes.extend([
                     kv("messaging.system", s("kafka")),
                     kv("messaging.operation", s("process")),
@@ -237,7 +304,17 @@ impl Traffic {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn span(&mut self, trace_id: &[u8], id: Vec<u8>, parent: Vec<u8>, name: String, kind: i32, start: u64, duration: u64, error: bool) -> Span {
+    fn span(
+        &mut self,
+        trace_id: &[u8],
+        id: Vec<u8>,
+        parent: Vec<u8>,
+        name: String,
+        kind: i32,
+        start: u64,
+        duration: u64,
+        error: bool,
+    ) -> Span {
         Span {
             trace_id: trace_id.to_vec(),
             span_id: id,

@@ -9,7 +9,9 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, Instrum
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
-use spindle_schema::{attr_map_column, col, span_schema, AttrScope, AttrType, DEDICATED_COLUMNS, SPAN_KINDS, STATUS_CODES};
+use spindle_schema::{
+    attr_map_column, col, span_schema, AttrScope, AttrType, DEDICATED_COLUMNS, SPAN_KINDS, STATUS_CODES,
+};
 
 use crate::attrs::{kv, read_encoded_row, read_typed_row};
 use crate::{ConvertError, Result};
@@ -25,7 +27,11 @@ pub fn conform(batch: &RecordBatch) -> Result<RecordBatch> {
         let column = batch
             .column_by_name(field.name())
             .ok_or_else(|| ConvertError::Invalid(format!("batch lacks column {}", field.name())))?;
-        columns.push(if column.data_type() == field.data_type() { column.clone() } else { cast(column, field.data_type())? });
+        columns.push(if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            cast(column, field.data_type())?
+        });
     }
     Ok(RecordBatch::try_new(schema, columns)?)
 }
@@ -56,7 +62,11 @@ pub fn batches_to_resource_spans(batches: &[RecordBatch]) -> Result<Vec<Resource
             skey.extend_from_slice(scope_schema_url.as_bytes());
             let scopes = &mut out[ri].scope_spans;
             let si = *scope_index.entry((ri, skey)).or_insert_with(|| {
-                scopes.push(ScopeSpans { scope: Some(scope), spans: Vec::new(), schema_url: scope_schema_url.to_string() });
+                scopes.push(ScopeSpans {
+                    scope: Some(scope),
+                    spans: Vec::new(),
+                    schema_url: scope_schema_url.to_string(),
+                });
                 scopes.len() - 1
             });
             scopes[si].spans.push(reader.span(row));
@@ -135,7 +145,11 @@ impl<'a> RowReader<'a> {
     fn span(&self, row: usize) -> Span {
         let fsb = |name: &str| {
             let c = self.column(name).as_fixed_size_binary();
-            if c.is_null(row) { Vec::new() } else { c.value(row).to_vec() }
+            if c.is_null(row) {
+                Vec::new()
+            } else {
+                c.value(row).to_vec()
+            }
         };
         let start = self.column(col::START_TIME).as_primitive::<TimestampNanosecondType>().value(row);
         let duration = self.column(col::DURATION_NS).as_primitive::<Int64Type>().value(row);

@@ -48,7 +48,9 @@ fn array_mut<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mu
 
 /// Rewrites a base64 id of the right length as hex; leaves hex (and anything else) alone.
 fn normalize_id(obj: &mut Value, key: &str, len: usize) {
-    let Some(Value::String(s)) = obj.get_mut(key) else { return };
+    let Some(Value::String(s)) = obj.get_mut(key) else {
+        return;
+    };
     if s.is_empty() || (s.len() == len * 2 && s.bytes().all(|b| b.is_ascii_hexdigit())) {
         return;
     }
@@ -61,7 +63,9 @@ fn normalize_id(obj: &mut Value, key: &str, len: usize) {
 
 /// Rewrites an enum given by name (`SPAN_KIND_SERVER`, `server`) as its number.
 fn normalize_enum(obj: &mut Value, key: &str, prefix: &str, names: &[&str]) {
-    let Some(Value::String(s)) = obj.get(key) else { return };
+    let Some(Value::String(s)) = obj.get(key) else {
+        return;
+    };
     let short = s.strip_prefix(prefix).unwrap_or(s).to_ascii_lowercase();
     let number = names.iter().position(|n| *n == short).unwrap_or(0);
     obj[key] = Value::from(number as i64);
@@ -90,6 +94,7 @@ mod tests {
     fn rejects_garbage() {
         assert!(decode_export_trace_request(b"{not json").is_err());
         assert!(decode_export_trace_request(b"[1,2]").is_err());
-        assert!(decode_export_trace_request(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#).is_err());
+        assert!(decode_export_trace_request(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#)
+            .is_err());
     }
 }

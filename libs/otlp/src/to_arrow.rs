@@ -56,7 +56,10 @@ pub fn expanded_size(resource_spans: &[ResourceSpans]) -> usize {
 /// A request whose rows would exceed `max_expanded_bytes` (see [`expanded_size`]) is refused
 /// with [`crate::ConvertError::TooLarge`]. Invalid spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, parent id neither
 /// empty nor 8 bytes, times beyond year 2262) are counted in [`Converted::rejected`], not stored.
-pub fn resource_spans_to_batch_limited(resource_spans: &[ResourceSpans], max_expanded_bytes: usize) -> Result<Converted> {
+pub fn resource_spans_to_batch_limited(
+    resource_spans: &[ResourceSpans],
+    max_expanded_bytes: usize,
+) -> Result<Converted> {
     let expanded = expanded_size(resource_spans);
     if expanded > max_expanded_bytes {
         return Err(crate::ConvertError::TooLarge(format!(
@@ -87,13 +90,22 @@ pub fn resource_spans_to_batch_limited(resource_spans: &[ResourceSpans], max_exp
 
 fn validate(span: &Span) -> Result<(), String> {
     if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
-        return Err(format!("span has an invalid trace id ({} bytes; must be 16 bytes, not all zero)", span.trace_id.len()));
+        return Err(format!(
+            "span has an invalid trace id ({} bytes; must be 16 bytes, not all zero)",
+            span.trace_id.len()
+        ));
     }
     if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-        return Err(format!("span has an invalid span id ({} bytes; must be 8 bytes, not all zero)", span.span_id.len()));
+        return Err(format!(
+            "span has an invalid span id ({} bytes; must be 8 bytes, not all zero)",
+            span.span_id.len()
+        ));
     }
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-        return Err(format!("span has an invalid parent span id ({} bytes; must be empty or 8)", span.parent_span_id.len()));
+        return Err(format!(
+            "span has an invalid parent span id ({} bytes; must be empty or 8)",
+            span.parent_span_id.len()
+        ));
     }
     if span.start_time_unix_nano > i64::MAX as u64 || span.end_time_unix_nano > i64::MAX as u64 {
         return Err("span time is beyond the year 2262".to_string());
@@ -130,7 +142,12 @@ impl<'a> ResourceRow<'a> {
 /// Puts attributes that have a dedicated column (of their value's type) into `slots`, and hands
 /// the rest to `residual`. A repeated key keeps its first value in the column, later ones go to
 /// the residual maps.
-fn split_attrs<'a>(scope: AttrScope, attrs: &'a [KeyValue], slots: &mut Slots<'a>, mut residual: impl FnMut(&'a KeyValue)) {
+fn split_attrs<'a>(
+    scope: AttrScope,
+    attrs: &'a [KeyValue],
+    slots: &mut Slots<'a>,
+    mut residual: impl FnMut(&'a KeyValue),
+) {
     for kv in attrs {
         let slot = dedicated_index(scope, &kv.key).and_then(|i| {
             let value = kv.value.as_ref()?.value.as_ref()?;
@@ -422,4 +439,3 @@ impl LinksBuilder {
         Ok(Arc::new(list))
     }
 }
-

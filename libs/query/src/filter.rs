@@ -81,9 +81,11 @@ fn attribute_compare(scope: AttrScope, key: &str, op: Op, value: &Literal) -> Ve
     // Numbers compare across integer and float attributes, as in TraceQL.
     match value {
         Literal::Int(i) => out.push(apply(value_column(scope, key, AttrType::Float), op, lit(*i as f64))),
-        Literal::Float(f) => {
-            out.push(apply(cast(value_column(scope, key, AttrType::Int), arrow::datatypes::DataType::Float64), op, lit(*f)))
-        }
+        Literal::Float(f) => out.push(apply(
+            cast(value_column(scope, key, AttrType::Int), arrow::datatypes::DataType::Float64),
+            op,
+            lit(*f),
+        )),
         _ => {}
     }
     out
@@ -108,11 +110,15 @@ fn status_name(s: Status) -> &'static str {
 fn intrinsic(i: Intrinsic, op: Op, value: &Literal) -> Result<Expr> {
     let mismatch = || QueryError::BadRequest(format!("cannot compare {} with {value:?}", i.name()));
     Ok(match (i, value) {
-        (Intrinsic::Name, Literal::Str(s)) => apply(col(c::NAME), op, regex_literal(op, value).unwrap_or_else(|| lit(s.clone()))),
+        (Intrinsic::Name, Literal::Str(s)) => {
+            apply(col(c::NAME), op, regex_literal(op, value).unwrap_or_else(|| lit(s.clone())))
+        }
         (Intrinsic::StatusMessage, Literal::Str(s)) => {
             apply(col(c::STATUS_MESSAGE), op, regex_literal(op, value).unwrap_or_else(|| lit(s.clone())))
         }
-        (Intrinsic::Status, Literal::Status(s)) if matches!(op, Op::Eq | Op::Ne) => apply(col(c::STATUS_CODE), op, lit(status_name(*s))),
+        (Intrinsic::Status, Literal::Status(s)) if matches!(op, Op::Eq | Op::Ne) => {
+            apply(col(c::STATUS_CODE), op, lit(status_name(*s)))
+        }
         (Intrinsic::Kind, Literal::Kind(k)) if matches!(op, Op::Eq | Op::Ne) => apply(col(c::KIND), op, lit(*k)),
         (Intrinsic::Duration, Literal::Duration(d)) if !matches!(op, Op::Regex | Op::NotRegex) => {
             apply(col(c::DURATION_NS), op, lit(*d))

@@ -37,7 +37,9 @@ impl ScanHints {
                     visit.push(right);
                 }
                 Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                    let (Expr::Column(column), Expr::Literal(value, _)) = (left.as_ref(), right.as_ref()) else { continue };
+                    let (Expr::Column(column), Expr::Literal(value, _)) = (left.as_ref(), right.as_ref()) else {
+                        continue;
+                    };
                     if column.name == c::START_TIME {
                         if let ScalarValue::TimestampNanosecond(Some(v), _) = value {
                             match op {
@@ -103,10 +105,8 @@ mod tests {
     #[test]
     fn extracts_time_and_trace() {
         let id = [7u8; 16];
-        let f = vec![
-            time_filter(10, 20),
-            col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))),
-        ];
+        let f =
+            vec![time_filter(10, 20), col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec()))))];
         let h = ScanHints::from_filters(&f);
         assert_eq!(h.time_range, Some((10, 20)));
         assert_eq!(h.single_trace(), Some(id));

@@ -47,9 +47,13 @@ impl From<datafusion::error::DataFusionError> for QueryError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as E;
         match e.find_root() {
-            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => QueryError::BadRequest(e.to_string()),
+            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
+                QueryError::BadRequest(e.to_string())
+            }
             E::ResourcesExhausted(_) => QueryError::ResourcesExhausted(e.to_string()),
-            E::External(inner) if inner.downcast_ref::<ParserError>().is_some() => QueryError::BadRequest(e.to_string()),
+            E::External(inner) if inner.downcast_ref::<ParserError>().is_some() => {
+                QueryError::BadRequest(e.to_string())
+            }
             E::External(inner) => match inner.downcast_ref::<QueryError>() {
                 Some(QueryError::Unavailable(m)) => QueryError::Unavailable(m.clone()),
                 _ => QueryError::Internal(e.to_string()),
@@ -102,9 +106,8 @@ impl QueryEngine {
 
     /// A DataFusion session where table `spans` is `tenant`'s spans.
     pub fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(self.config.target_partitions)
-            .with_information_schema(false);
+        let mut config =
+            SessionConfig::new().with_target_partitions(self.config.target_partitions).with_information_schema(false);
         let options = config.options_mut();
         options.execution.parquet.schema_force_view_types = false;
         options.execution.parquet.pushdown_filters = true;
@@ -148,8 +151,8 @@ impl QueryEngine {
             Ok::<_, QueryError>((schema, batches))
         };
         let limit = self.config.sql_timeout;
-        tokio::time::timeout(limit, run)
-            .await
-            .map_err(|_| QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs())))?
+        tokio::time::timeout(limit, run).await.map_err(|_| {
+            QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs()))
+        })?
     }
 }

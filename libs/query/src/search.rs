@@ -102,7 +102,10 @@ impl QueryEngine {
             .table("spans")
             .await?
             .filter(predicate.clone())?
-            .aggregate(vec![col(c::TRACE_ID)], vec![count(lit(1)).alias("matched"), max(col(c::START_TIME)).alias("last")])?
+            .aggregate(
+                vec![col(c::TRACE_ID)],
+                vec![count(lit(1)).alias("matched"), max(col(c::START_TIME)).alias("last")],
+            )?
             .sort(vec![col("last").sort(false, false)])?
             .limit(0, Some(candidate_cap))?
             .collect()
@@ -160,7 +163,8 @@ struct Acc {
 fn summarise(batches: &[RecordBatch], request: &SearchRequest) -> Result<Vec<TraceHit>> {
     let mut traces: HashMap<[u8; 16], Acc> = HashMap::new();
     for (bi, b) in batches.iter().enumerate() {
-        let get = |name: &str| b.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("missing column {name}")));
+        let get =
+            |name: &str| b.column_by_name(name).ok_or_else(|| QueryError::Internal(format!("missing column {name}")));
         let trace_id = get(c::TRACE_ID)?.as_fixed_size_binary();
         let parent = get(c::PARENT_SPAN_ID)?.as_fixed_size_binary();
         let name = get(c::NAME)?.as_string::<i32>();
@@ -170,7 +174,9 @@ fn summarise(batches: &[RecordBatch], request: &SearchRequest) -> Result<Vec<Tra
         let status = get(c::STATUS_CODE)?.as_string::<i32>();
         let matched = get(MATCHED)?.as_boolean();
         for row in 0..b.num_rows() {
-            let Ok(id) = <[u8; 16]>::try_from(trace_id.value(row)) else { continue };
+            let Ok(id) = <[u8; 16]>::try_from(trace_id.value(row)) else {
+                continue;
+            };
             let s = start.value(row);
             let e = s.saturating_add(duration.value(row).max(0));
             let acc = traces.entry(id).or_insert_with(|| Acc { start: i64::MAX, end: i64::MIN, ..Default::default() });
@@ -202,7 +208,8 @@ fn summarise(batches: &[RecordBatch], request: &SearchRequest) -> Result<Vec<Tra
             .take(request.spans_per_spanset)
             .map(|&(bi, row, _)| span_hit(&batches[bi], row, &request.touched))
             .collect::<Result<Vec<_>>>()?;
-        let (root_service_name, root_trace_name) = acc.root.unwrap_or_else(|| (NO_ROOT.to_string(), NO_ROOT.to_string()));
+        let (root_service_name, root_trace_name) =
+            acc.root.unwrap_or_else(|| (NO_ROOT.to_string(), NO_ROOT.to_string()));
         out.push(TraceHit {
             trace_id,
             root_service_name,

@@ -55,7 +55,8 @@ impl QueryEngine {
             }
         }
         let ctx = self.session(tenant)?;
-        let mut stream = ctx.table("spans").await?.filter(time_filter(range.0, range.1))?.select(columns)?.execute_stream().await?;
+        let mut stream =
+            ctx.table("spans").await?.filter(time_filter(range.0, range.1))?.select(columns)?.execute_stream().await?;
         let mut names = TagNames::default();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -70,7 +71,13 @@ impl QueryEngine {
     }
 
     /// Distinct values of a tag in spans starting within `range`, at most `limit`.
-    pub async fn tag_values(&self, tenant: &TenantId, tag: &TagRef, range: (i64, i64), limit: usize) -> Result<Vec<TagValue>> {
+    pub async fn tag_values(
+        &self,
+        tenant: &TenantId,
+        tag: &TagRef,
+        range: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<TagValue>> {
         let exprs: Vec<(Expr, &'static str)> = match tag {
             TagRef::Intrinsic(i) => match i {
                 Intrinsic::Name => vec![(col(c::NAME), "string")],
@@ -86,7 +93,12 @@ impl QueryEngine {
                 };
                 let mut v = Vec::new();
                 for s in scopes {
-                    for (ty, name) in [(AttrType::Str, "string"), (AttrType::Int, "int"), (AttrType::Float, "float"), (AttrType::Bool, "bool")] {
+                    for (ty, name) in [
+                        (AttrType::Str, "string"),
+                        (AttrType::Int, "int"),
+                        (AttrType::Float, "float"),
+                        (AttrType::Bool, "bool"),
+                    ] {
                         v.push((value_column(s, key, ty), name));
                     }
                 }
@@ -95,7 +107,8 @@ impl QueryEngine {
         };
         let select: Vec<Expr> = exprs.iter().enumerate().map(|(i, (e, _))| e.clone().alias(format!("v{i}"))).collect();
         let ctx = self.session(tenant)?;
-        let mut stream = ctx.table("spans").await?.filter(time_filter(range.0, range.1))?.select(select)?.execute_stream().await?;
+        let mut stream =
+            ctx.table("spans").await?.filter(time_filter(range.0, range.1))?.select(select)?.execute_stream().await?;
         let mut values = BTreeSet::new();
         'outer: while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -122,8 +135,12 @@ fn collect_names(batch: &RecordBatch, names: &mut TagNames) {
     for scope in [AttrScope::Resource, AttrScope::Span] {
         let set = if scope == AttrScope::Resource { &mut names.resource } else { &mut names.span };
         for ty in AttrType::ALL {
-            let Some(column) = batch.column_by_name(&attr_map_column(scope, ty)) else { continue };
-            let Some(map) = column.as_map_opt() else { continue };
+            let Some(column) = batch.column_by_name(&attr_map_column(scope, ty)) else {
+                continue;
+            };
+            let Some(map) = column.as_map_opt() else {
+                continue;
+            };
             let keys = map.keys().as_string::<i32>();
             for i in 0..keys.len() {
                 if !set.contains(keys.value(i)) {
@@ -142,7 +159,9 @@ fn collect_values(column: &dyn Array, ty: &'static str, out: &mut BTreeSet<TagVa
         let value = match column.data_type() {
             DataType::Utf8 => column.as_string::<i32>().value(i).to_string(),
             DataType::Utf8View => column.as_string_view().value(i).to_string(),
-            DataType::Int64 if ty == "duration" => format!("{}ns", column.as_primitive::<Int64Type>().value(i)),
+            DataType::Int64 if ty == "duration" => {
+                format!("{}ns", column.as_primitive::<Int64Type>().value(i))
+            }
             DataType::Int64 => column.as_primitive::<Int64Type>().value(i).to_string(),
             DataType::Float64 => column.as_primitive::<Float64Type>().value(i).to_string(),
             DataType::Boolean => column.as_boolean().value(i).to_string(),

@@ -168,7 +168,10 @@ pub fn attr_map_column(scope: AttrScope, ty: AttrType) -> String {
 pub fn map_type(value: DataType) -> DataType {
     let entries = Field::new(
         "entries",
-        DataType::Struct(Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", value, true)])),
+        DataType::Struct(Fields::from(vec![
+            Field::new("keys", DataType::Utf8, false),
+            Field::new("values", value, true),
+        ])),
         false,
     );
     DataType::Map(Arc::new(entries), false)

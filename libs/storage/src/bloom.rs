@@ -53,7 +53,8 @@ impl Serialize for TraceBloom {
 impl<'de> Deserialize<'de> for TraceBloom {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let bits = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)?;
+        let bits =
+            base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)?;
         Ok(Self { bits })
     }
 }

@@ -73,7 +73,9 @@ pub(crate) fn lex(input: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 let mut s = String::new();
                 i += 1;
                 loop {
-                    let Some(&ch) = bytes.get(i) else { return Err(err(start, "unterminated string")) };
+                    let Some(&ch) = bytes.get(i) else {
+                        return Err(err(start, "unterminated string"));
+                    };
                     if ch == quote {
                         break;
                     }
@@ -106,13 +108,20 @@ pub(crate) fn lex(input: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 continue;
             }
             c if c == b'.' || c == b'_' || c.is_ascii_alphabetic() => {
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'.' | b'_' | b'-' | b'/' | b':')) {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'.' | b'_' | b'-' | b'/' | b':'))
+                {
                     i += 1;
                 }
                 out.push((start, Tok::Ident(input[start..i].to_string())));
                 continue;
             }
-            _ => return Err(err(start, &format!("unexpected character {:?}", input[start..].chars().next().unwrap_or('?')))),
+            _ => {
+                return Err(err(
+                    start,
+                    &format!("unexpected character {:?}", input[start..].chars().next().unwrap_or('?')),
+                ))
+            }
         }
         i += 1;
     }

@@ -11,7 +11,9 @@ pub fn parse(input: &str) -> Result<Query, ParseError> {
     let filter = if p.peek() == Some(&Tok::RBrace) { None } else { Some(p.or_expr()?) };
     p.expect(Tok::RBrace, "expected '}'")?;
     if p.pos < p.tokens.len() {
-        return Err(p.error("only a single spanset filter { ... } is supported yet (no pipelines or spanset operators)"));
+        return Err(
+            p.error("only a single spanset filter { ... } is supported yet (no pipelines or spanset operators)")
+        );
     }
     Ok(Query { filter })
 }
@@ -125,7 +127,11 @@ impl Parser {
             Some(Tok::Str(s)) => Ok(Literal::Str(s)),
             Some(Tok::Number(n)) => {
                 if let Ok(i) = n.parse::<i64>() {
-                    return Ok(if *attr == Attribute::Intrinsic(Intrinsic::Duration) && i == 0 { Literal::Duration(0) } else { Literal::Int(i) });
+                    return Ok(if *attr == Attribute::Intrinsic(Intrinsic::Duration) && i == 0 {
+                        Literal::Duration(0)
+                    } else {
+                        Literal::Int(i)
+                    });
                 }
                 if let Ok(f) = n.parse::<f64>() {
                     return Ok(Literal::Float(f));
@@ -196,7 +202,16 @@ mod tests {
 
     #[test]
     fn errors() {
-        for bad in ["", "{", "{ .a = }", "{ a = 1 }", "{ .a = b }", "{ .a = 1 } | count() > 1", r#"{ .a =~ 3 }"#, r#"{ .a = "x }"#] {
+        for bad in [
+            "",
+            "{",
+            "{ .a = }",
+            "{ a = 1 }",
+            "{ .a = b }",
+            "{ .a = 1 } | count() > 1",
+            r#"{ .a =~ 3 }"#,
+            r#"{ .a = "x }"#,
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

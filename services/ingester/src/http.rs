@@ -44,7 +44,9 @@ fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: &
     let body = RpcStatus { code: grpc_code, message: message.to_string(), details: Vec::new() };
     let bytes = match format {
         Format::Protobuf => body.encode_to_vec(),
-        Format::Json => serde_json::to_vec(&serde_json::json!({ "code": grpc_code, "message": message })).unwrap_or_default(),
+        Format::Json => {
+            serde_json::to_vec(&serde_json::json!({ "code": grpc_code, "message": message })).unwrap_or_default()
+        }
     };
     let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
@@ -97,7 +99,8 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
         let request = match format {
             Format::Protobuf => ExportTraceServiceRequest::decode(body.as_ref())
                 .map_err(|e| IngestError::Invalid(format!("invalid OTLP protobuf: {e}")))?,
-            Format::Json => spindle_otlp::json::decode_export_trace_request(&body).map_err(|e| IngestError::Invalid(e.to_string()))?,
+            Format::Json => spindle_otlp::json::decode_export_trace_request(&body)
+                .map_err(|e| IngestError::Invalid(e.to_string()))?,
         };
         ingester.ingest(&tenant, request).await
     }
@@ -158,7 +161,9 @@ fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestE
             let mut decoder = flate2::read::MultiGzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
             decoder.read_to_end(&mut out).map_err(|e| IngestError::Invalid(format!("invalid gzip body: {e}")))?;
             if out.len() > limit {
-                return Err(IngestError::TooLarge(format!("decompressed request body exceeds the limit of {limit} bytes")));
+                return Err(IngestError::TooLarge(format!(
+                    "decompressed request body exceeds the limit of {limit} bytes"
+                )));
             }
             Ok(Bytes::from(out))
         }

@@ -39,7 +39,10 @@ impl QueryMetrics {
     /// Records one query of `endpoint` that started at `start`.
     pub fn observe(&self, endpoint: &str, ok: bool, start: Instant) {
         self.latency
-            .get_or_create(&vec![("endpoint".into(), endpoint.into()), ("outcome".into(), if ok { "ok" } else { "error" }.into())])
+            .get_or_create(&vec![
+                ("endpoint".into(), endpoint.into()),
+                ("outcome".into(), if ok { "ok" } else { "error" }.into()),
+            ])
             .observe(start.elapsed().as_secs_f64());
     }
 }

@@ -7,7 +7,9 @@ use crate::ApiError;
 
 /// The tenants named by `X-Scope-OrgID` (`a|b` for several), or the default tenant.
 pub fn tenants(headers: &HeaderMap) -> Result<Vec<TenantId>, ApiError> {
-    let value = headers.get("x-scope-orgid").map(|v| v.to_str().map_err(|_| ApiError::bad_request("X-Scope-OrgID is not valid text")));
+    let value = headers
+        .get("x-scope-orgid")
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("X-Scope-OrgID is not valid text")));
     match value.transpose()?.map(str::trim) {
         None | Some("") => Ok(vec![TenantId::default_tenant()]),
         Some(v) => {
@@ -72,8 +74,9 @@ pub fn time_range(start: Option<&str>, end: Option<&str>) -> Result<Option<(i64,
 
 /// Parses a Go duration parameter into nanoseconds.
 pub fn duration(name: &str, text: &str) -> Result<i64, ApiError> {
-    spindle_traceql::parse_duration(text)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid {name} {text:?}: expected a duration like 100ms or 1.5s")))
+    spindle_traceql::parse_duration(text).ok_or_else(|| {
+        ApiError::bad_request(format!("invalid {name} {text:?}: expected a duration like 100ms or 1.5s"))
+    })
 }
 
 /// Parses logfmt (`a=b c="d e"`) into key/value pairs.
@@ -148,7 +151,14 @@ mod tests {
     #[test]
     fn logfmt_parsing() {
         let t = logfmt(r#"service.name=api http.status_code=500 msg="a b""#).unwrap();
-        assert_eq!(t, vec![("service.name".into(), "api".into()), ("http.status_code".into(), "500".into()), ("msg".into(), "a b".into())]);
+        assert_eq!(
+            t,
+            vec![
+                ("service.name".into(), "api".into()),
+                ("http.status_code".into(), "500".into()),
+                ("msg".into(), "a b".into())
+            ]
+        );
         assert!(logfmt("novalue").is_err());
         assert!(logfmt(r#"a="x"#).is_err());
     }

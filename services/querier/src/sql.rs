@@ -81,7 +81,8 @@ async fn sql(State(q): State<Querier>, Query(p): Query<SqlParams>, headers: Head
     q.metrics.observe("sql", result.is_ok(), start);
     result.unwrap_or_else(|e| {
         let status = e.status;
-        (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": e.message }).to_string()).into_response()
+        (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": e.message }).to_string())
+            .into_response()
     })
 }
 
@@ -127,8 +128,11 @@ fn encode(format: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<Re
             Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
         }
         _ => {
-            let columns: Vec<Value> =
-                schema.fields().iter().map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() })).collect();
+            let columns: Vec<Value> = schema
+                .fields()
+                .iter()
+                .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+                .collect();
             let rows = json_rows(&schema, batches)?;
             Ok(([(header::CONTENT_TYPE, "application/json")], json!({ "columns": columns, "rows": rows }).to_string())
                 .into_response())
@@ -150,8 +154,11 @@ fn json_rows(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<Value>, 
                 w.write(&batch).map_err(encode_error)?;
                 w.finish().map_err(encode_error)?;
             }
-            let objects: Vec<Value> = if buf.is_empty() { Vec::new() } else { serde_json::from_slice(&buf).map_err(encode_error)? };
-            columns.push(objects.into_iter().map(|mut o| o.get_mut("v").map(Value::take).unwrap_or(Value::Null)).collect());
+            let objects: Vec<Value> =
+                if buf.is_empty() { Vec::new() } else { serde_json::from_slice(&buf).map_err(encode_error)? };
+            columns.push(
+                objects.into_iter().map(|mut o| o.get_mut("v").map(Value::take).unwrap_or(Value::Null)).collect(),
+            );
         }
         for r in 0..b.num_rows() {
             rows.push(Value::Array(columns.iter().map(|c| c.get(r).cloned().unwrap_or(Value::Null)).collect()));

@@ -154,7 +154,7 @@ pub async fn search(State(q): State<Querier>, Query(p): Query<SearchParams>, hea
             inspected_bytes += r.inspected_bytes;
             traces.extend(r.traces);
         }
-        traces.sort_by(|a, b| b.start_ns.cmp(&a.start_ns));
+        traces.sort_by_key(|t| std::cmp::Reverse(t.start_ns));
         traces.truncate(request.limit);
         Ok::<_, ApiError>(json!({
             "traces": traces.iter().map(trace_json).collect::<Vec<_>>(),

@@ -32,7 +32,8 @@ pub struct TagParams {
 impl TagParams {
     fn range(&self) -> Result<(i64, i64), ApiError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-        Ok(time_range(self.start.as_deref(), self.end.as_deref())?.unwrap_or((now - DEFAULT_WINDOW_NS, now + 60_000_000_000)))
+        Ok(time_range(self.start.as_deref(), self.end.as_deref())?
+            .unwrap_or((now - DEFAULT_WINDOW_NS, now + 60_000_000_000)))
     }
 
     fn limit(&self) -> Result<usize, ApiError> {
@@ -85,7 +86,8 @@ pub async fn names_v1(State(q): State<Querier>, Query(p): Query<TagParams>, head
 pub async fn names_v2(State(q): State<Querier>, Query(p): Query<TagParams>, headers: HeaderMap) -> Response {
     let start = Instant::now();
     let scope = p.scope.clone().unwrap_or_default();
-    if !matches!(scope.as_str(), "" | "all" | "resource" | "span" | "intrinsic" | "event" | "link" | "instrumentation") {
+    if !matches!(scope.as_str(), "" | "all" | "resource" | "span" | "intrinsic" | "event" | "link" | "instrumentation")
+    {
         return ApiError::bad_request(format!("invalid scope {scope:?}")).into_response();
     }
     let result = all_names(&q, &headers, &p).await;
@@ -147,7 +149,12 @@ async fn values(q: &Querier, headers: &HeaderMap, p: &TagParams, tag: &TagRef) -
 }
 
 /// `GET /api/search/tag/{tag}/values`: values of an unscoped attribute (or `name`/`status`), as strings.
-pub async fn values_v1(State(q): State<Querier>, Path(tag): Path<String>, Query(p): Query<TagParams>, headers: HeaderMap) -> Response {
+pub async fn values_v1(
+    State(q): State<Querier>,
+    Path(tag): Path<String>,
+    Query(p): Query<TagParams>,
+    headers: HeaderMap,
+) -> Response {
     let start = Instant::now();
     let tag = decode_tag(&tag);
     let tag_ref = match tag.as_str() {
@@ -178,12 +185,19 @@ fn scoped_tag(tag: &str) -> Result<TagRef, ApiError> {
         return Ok(TagRef::Attr(None, k.to_string()));
     }
     Intrinsic::from_name(tag).map(TagRef::Intrinsic).ok_or_else(|| {
-        ApiError::bad_request(format!("tag {tag:?} must be scoped (resource.{tag}, span.{tag} or .{tag}) or an intrinsic"))
+        ApiError::bad_request(format!(
+            "tag {tag:?} must be scoped (resource.{tag}, span.{tag} or .{tag}) or an intrinsic"
+        ))
     })
 }
 
 /// `GET /api/v2/search/tag/{scopedTag}/values`: typed values.
-pub async fn values_v2(State(q): State<Querier>, Path(tag): Path<String>, Query(p): Query<TagParams>, headers: HeaderMap) -> Response {
+pub async fn values_v2(
+    State(q): State<Querier>,
+    Path(tag): Path<String>,
+    Query(p): Query<TagParams>,
+    headers: HeaderMap,
+) -> Response {
     let start = Instant::now();
     let tag = decode_tag(&tag);
     let result = async { values(&q, &headers, &p, &scoped_tag(&tag)?).await }.await;

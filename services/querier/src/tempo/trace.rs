@@ -56,8 +56,8 @@ async fn load(q: &Querier, headers: &HeaderMap, id: &str, params: &TraceParams) 
     }
     let partial = rows > MAX_TRACE_SPANS;
     let bytes = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
-    let mut resource_spans =
-        from_arrow::batches_to_resource_spans(&batches).map_err(|e| ApiError::from(spindle_query::QueryError::Internal(e.to_string())))?;
+    let mut resource_spans = from_arrow::batches_to_resource_spans(&batches)
+        .map_err(|e| ApiError::from(spindle_query::QueryError::Internal(e.to_string())))?;
     let mut seen = HashSet::new();
     for rs in &mut resource_spans {
         for ss in &mut rs.scope_spans {
@@ -91,7 +91,12 @@ fn partial_message() -> String {
 }
 
 /// Tempo v1: 404 when not found; `{"batches": [...]}` or protobuf `Trace`.
-pub async fn v1(State(q): State<Querier>, Path(id): Path<String>, Query(p): Query<TraceParams>, headers: HeaderMap) -> Response {
+pub async fn v1(
+    State(q): State<Querier>,
+    Path(id): Path<String>,
+    Query(p): Query<TraceParams>,
+    headers: HeaderMap,
+) -> Response {
     let start = Instant::now();
     let result = load(&q, &headers, &id, &p).await;
     q.metrics.observe("trace_by_id", result.is_ok(), start);
@@ -111,7 +116,12 @@ pub async fn v1(State(q): State<Querier>, Path(id): Path<String>, Query(p): Quer
 }
 
 /// Tempo v2: always 200 (an unknown trace is an empty one).
-pub async fn v2(State(q): State<Querier>, Path(id): Path<String>, Query(p): Query<TraceParams>, headers: HeaderMap) -> Response {
+pub async fn v2(
+    State(q): State<Querier>,
+    Path(id): Path<String>,
+    Query(p): Query<TraceParams>,
+    headers: HeaderMap,
+) -> Response {
     let start = Instant::now();
     let result = load(&q, &headers, &id, &p).await;
     q.metrics.observe("trace_by_id", result.is_ok(), start);
