@@ -3,6 +3,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=spindle");
     let fds = protox::compile(["spindle/storage.proto"], ["."])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).bytes(".").compile_fds(fds)?;
     Ok(())
 }

@@ -33,13 +33,16 @@ pub fn span_digest(span: &Span) -> u64 {
     xxh3_64(&buf)
 }
 
+/// A sampled trace: its tenant, its id, and the digest of each of its spans by span id.
+pub type SampledTrace = (Option<String>, [u8; 16], HashMap<[u8; 8], u64>);
+
 /// A uniform random sample (reservoir) of acknowledged traces, with their span digests.
 pub struct Sample {
     capacity: usize,
     seen: u64,
     rng: Rng,
     /// (tenant, trace id) -> span id -> digest.
-    pub traces: Vec<(Option<String>, [u8; 16], HashMap<[u8; 8], u64>)>,
+    pub traces: Vec<SampledTrace>,
 }
 
 impl Sample {
@@ -52,7 +55,9 @@ impl Sample {
     pub fn offer(&mut self, tenant: Option<&str>, request: &[ResourceSpans]) {
         let mut by_trace: HashMap<[u8; 16], HashMap<[u8; 8], u64>> = HashMap::new();
         for span in request.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
-            let (Ok(t), Ok(s)) = (<[u8; 16]>::try_from(span.trace_id.as_slice()), <[u8; 8]>::try_from(span.span_id.as_slice())) else {
+            let (Ok(t), Ok(s)) =
+                (<[u8; 16]>::try_from(span.trace_id.as_slice()), <[u8; 8]>::try_from(span.span_id.as_slice()))
+            else {
                 continue;
             };
             by_trace.entry(t).or_default().insert(s, span_digest(span));

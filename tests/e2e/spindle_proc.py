@@ -1,4 +1,5 @@
-"""Starts and stops real `spindle` processes on loopback for end-to-end tests."""
+"""Starts and stops real `spindle` processes on loopback for end-to-end tests: all-in-one, or
+one role per process forming a cluster."""
 
 import os
 import signal
@@ -27,12 +28,20 @@ def spindle_binary():
 
 
 class Spindle:
-    """One all-in-one spindle process with its own data dir and ports."""
+    """One spindle process with its own data dir and ports.
 
-    def __init__(self, data_dir=None, extra_args=()):
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="spindle-e2e-")
+    role "all" (default) runs everything; "storage", "ingester" and "querier" run one role and
+    need `seeds` (internal addresses of storage nodes)."""
+
+    def __init__(self, data_dir=None, extra_args=(), role="all", node_id=None, seeds=(), storage_url=None):
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix=f"spindle-e2e-{role}-")
         self.extra_args = list(extra_args)
+        self.role = role
+        self.node_id = node_id
+        self.seeds = list(seeds)
+        self.storage_url = storage_url
         self.http_port, self.grpc_port, self.otlp_http_port = free_port(), free_port(), free_port()
+        self.internal_port = free_port()
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "spindle.log")
 
@@ -48,28 +57,55 @@ class Spindle:
     def otlp_grpc(self):
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout=60):
-        args = [
-            spindle_binary(),
-            "--data-dir", os.path.join(self.data_dir, "data"),
-            "--http-addr", f"127.0.0.1:{self.http_port}",
-            "--otlp-grpc-addr", f"127.0.0.1:{self.grpc_port}",
-            "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}",
-            *self.extra_args,
-        ]
+    @property
+    def internal(self):
+        """Internal gRPC address of a storage node."""
+        return f"127.0.0.1:{self.internal_port}"
+
+    def args(self):
+        args = [spindle_binary()]
+        if self.role != "all":
+            args.append(self.role)
+        args += ["--http-addr", f"127.0.0.1:{self.http_port}"]
+        if self.role in ("all", "storage", "querier"):
+            args += ["--data-dir", os.path.join(self.data_dir, "data")]
+        if self.storage_url:
+            args += ["--storage-url", self.storage_url]
+        if self.role in ("all", "ingester"):
+            args += ["--otlp-grpc-addr", self.otlp_grpc, "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}"]
+        if self.role == "storage":
+            args += ["--grpc-addr", self.internal, "--advertise-addr", self.internal, "--node-id", str(self.node_id)]
+        if self.seeds:
+            args += ["--seeds", ",".join(self.seeds)]
+        return args + self.extra_args
+
+    def start(self, timeout=60, wait=True):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(self.args(), stdout=self.log, stderr=self.log)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def is_ready(self):
+        try:
+            return requests.get(self.api + "/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_ready(self, timeout=60):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"spindle exited with {self.proc.returncode}: {self.read_log()[-3000:]}")
-            try:
-                if requests.get(self.api + "/ready", timeout=1).text == "ready":
-                    return self
-            except requests.RequestException:
-                pass
+                raise RuntimeError(f"spindle {self.role} exited with {self.proc.returncode}: {self.read_log()[-3000:]}")
+            if self.is_ready():
+                return self
             time.sleep(0.1)
-        raise RuntimeError("spindle did not become ready: " + self.read_log()[-3000:])
+        reason = ""
+        try:
+            reason = requests.get(self.api + "/ready", timeout=1).text
+        except requests.RequestException:
+            pass
+        raise RuntimeError(f"spindle {self.role} did not become ready ({reason}): " + self.read_log()[-3000:])
 
     def read_log(self):
         with open(self.log_path, "rb") as f:
@@ -79,6 +115,12 @@ class Spindle:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
+    def sigstop(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def sigcont(self):
+        self.proc.send_signal(signal.SIGCONT)
+
     def terminate(self, timeout=60):
         """SIGTERM; returns the exit code."""
         self.proc.send_signal(signal.SIGTERM)
@@ -86,10 +128,15 @@ class Spindle:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+    def status(self):
+        """A storage node's /admin/status."""
+        return requests.get(self.api + "/admin/status", timeout=5).json()
 
     def sql(self, query, tenant=None, fmt=None):
         headers = {"X-Scope-OrgID": tenant} if tenant else {}
         params = {"format": fmt} if fmt else {}
-        return requests.post(self.api + "/api/v1/sql", json={"query": query}, headers=headers, params=params, timeout=30)
+        return requests.post(self.api + "/api/v1/sql", json={"query": query}, headers=headers, params=params, timeout=60)

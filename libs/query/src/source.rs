@@ -1,46 +1,54 @@
-//! Where a tenant's spans are: unflushed batches on the storage shards, and Parquet blocks
-//! listed in the object-store block index.
+//! Where a tenant's spans are: unflushed spans on every shard (streamed from its leader), and
+//! Parquet blocks, found in the shards' catalogs and in the tenant's object-store indexes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use futures::stream::BoxStream;
+use object_store::path::Path;
 use object_store::ObjectStore;
-use spindle_ring::Ring;
-use spindle_storage::index::read_index;
+use spindle_cluster_client::ShardRouter;
+use spindle_storage::index::{index_path, index_paths, read_index};
 use spindle_storage::{BlockMeta, TenantId};
-use spindle_storage_api::{ApiError, ReadRequest, StorageApi};
+use spindle_storage_api::{ApiError, ShardReadRequest};
 
 use crate::hints::ScanHints;
 use crate::{QueryError, Result};
 
+/// Unflushed spans of one shard, as its leader streams them (projected).
+pub type UnflushedStream = BoxStream<'static, Result<RecordBatch, ApiError>>;
+
 /// A consistent view of a tenant's spans for one scan.
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 pub struct SpanSnapshot {
-    /// Spans not yet in a block.
-    pub batches: Vec<RecordBatch>,
+    /// Spans not yet in a block, one stream per shard.
+    pub unflushed: Vec<UnflushedStream>,
     /// Committed blocks that may hold matching spans (already pruned by the hints).
     pub blocks: Vec<BlockMeta>,
 }
 
-/// Loads [`SpanSnapshot`]s: asks the tenant's shards for unflushed spans and committed blocks,
-/// and merges the (cached) object-store block index.
+/// Loads [`SpanSnapshot`]s: asks every shard's leader for its unflushed spans and committed
+/// blocks, and adds what the tenant's object-store indexes know (Bloom filters, and blocks of
+/// shards or clusters that are no longer asked).
 pub struct SpanSource {
-    storage: Arc<dyn StorageApi>,
-    ring: Ring,
+    router: Arc<ShardRouter>,
     store: Arc<dyn ObjectStore>,
-    index_cache: moka::future::Cache<(TenantId, u32), Arc<Vec<BlockMeta>>>,
+    listing_cache: moka::future::Cache<TenantId, Arc<Vec<Path>>>,
+    index_cache: moka::future::Cache<Path, Arc<Vec<BlockMeta>>>,
 }
 
 impl SpanSource {
-    /// A source over `storage` shards laid out by `ring`, with blocks in `store`.
-    pub fn new(storage: Arc<dyn StorageApi>, ring: Ring, store: Arc<dyn ObjectStore>) -> Self {
-        let index_cache = moka::future::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_secs(10))
-            .build();
-        Self { storage, ring, store, index_cache }
+    /// A source reading shards through `router` and blocks from `store`.
+    pub fn new(router: Arc<ShardRouter>, store: Arc<dyn ObjectStore>) -> Self {
+        let ttl = Duration::from_secs(10);
+        Self {
+            router,
+            store,
+            listing_cache: moka::future::Cache::builder().max_capacity(10_000).time_to_live(ttl).build(),
+            index_cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
+        }
     }
 
     /// The object store holding blocks.
@@ -48,44 +56,82 @@ impl SpanSource {
         self.store.clone()
     }
 
-    /// Loads what a scan with `hints` needs.
-    pub async fn load(&self, tenant: &TenantId, hints: &ScanHints) -> Result<SpanSnapshot> {
-        let request = ReadRequest {
-            tenant: tenant.clone(),
-            shards: self.ring.tenant_shards(tenant.as_str()),
-            time_range: hints.time_range,
-            trace_id: hints.single_trace(),
-        };
-        let shards = self.storage.read_unflushed(&request).await.map_err(|e| match e {
-            ApiError::Unavailable(m) | ApiError::Overloaded(m) => QueryError::Unavailable(m),
-            other => QueryError::Internal(other.to_string()),
-        })?;
+    /// Loads what a scan with `hints` needs; unflushed spans come with `projection` applied.
+    pub async fn load(
+        &self,
+        tenant: &TenantId,
+        hints: &ScanHints,
+        projection: Option<Vec<usize>>,
+    ) -> Result<SpanSnapshot> {
+        let topology = self.router.topology().current();
+        if !topology.state.is_bootstrapped() {
+            return Err(QueryError::Unavailable("the querier has not reached the cluster metadata yet".into()));
+        }
+        let cluster = topology.state.cluster_id.clone();
+        let reads = topology.shard_ids().into_iter().map(|shard| {
+            self.router.read(ShardReadRequest {
+                tenant: tenant.clone(),
+                shard,
+                time_range: hints.time_range,
+                trace_ids: hints.trace_ids.clone(),
+                projection: projection.clone(),
+            })
+        });
+        let (reads, indexes) = futures::join!(futures::future::join_all(reads), self.indexes(tenant));
+        let indexes = indexes?;
+        let own = |path: &Path, shard: u32| path == &index_path(tenant, &cluster, shard);
+        let mut blooms: HashMap<&str, &BlockMeta> = HashMap::new();
         let mut snapshot = SpanSnapshot::default();
-        for shard in shards {
-            // Blocks the shard has committed are authoritative; the index may lag (cache) or run
-            // ahead (a block written but not yet committed, whose spans are still unflushed).
-            let committed_seq = shard.blocks.iter().map(|b| b.seq).max().unwrap_or(0);
-            let index = self.index(tenant, shard.shard).await?;
-            let mut seen: HashSet<&str> = HashSet::new();
-            let mut blocks = Vec::new();
-            for b in shard.blocks.iter().chain(index.iter().filter(|b| b.seq <= committed_seq)) {
-                if seen.insert(b.id.as_str()) && block_matches(b, hints) {
-                    blocks.push(b.clone());
+        for (path, blocks) in &indexes {
+            let is_own = blocks.first().is_some_and(|b| own(path, b.shard));
+            for b in blocks.iter() {
+                if is_own {
+                    blooms.insert(b.id.as_str(), b);
+                } else if block_matches(b, hints) {
+                    // A block of a shard layout or cluster that no shard answers for any more.
+                    snapshot.blocks.push(b.clone());
                 }
             }
-            snapshot.blocks.extend(blocks);
-            snapshot.batches.extend(shard.batches);
+        }
+        for read in reads {
+            let read = read.map_err(|e| match e {
+                ApiError::Unavailable(m) | ApiError::Overloaded(m) => QueryError::Unavailable(m),
+                other => QueryError::Unavailable(other.to_string()),
+            })?;
+            for b in read.blocks {
+                // The index copy carries the Bloom filter; the shard's catalog is authoritative.
+                let b = blooms.get(b.id.as_str()).map_or(b, |indexed| (*indexed).clone());
+                if block_matches(&b, hints) {
+                    snapshot.blocks.push(b);
+                }
+            }
+            snapshot.unflushed.push(read.batches);
         }
         Ok(snapshot)
     }
 
-    async fn index(&self, tenant: &TenantId, shard: u32) -> Result<Arc<Vec<BlockMeta>>> {
+    /// Every index of the tenant with its blocks.
+    async fn indexes(&self, tenant: &TenantId) -> Result<Vec<(Path, Arc<Vec<BlockMeta>>)>> {
         let store = self.store.clone();
         let t = tenant.clone();
-        self.index_cache
-            .try_get_with((tenant.clone(), shard), async move { read_index(store.as_ref(), &t, shard).await.map(Arc::new) })
+        let paths = self
+            .listing_cache
+            .try_get_with(tenant.clone(), async move { index_paths(store.as_ref(), &t).await.map(Arc::new) })
             .await
-            .map_err(|e| QueryError::Internal(format!("reading block index: {e}")))
+            .map_err(|e| QueryError::Internal(format!("listing block indexes: {e}")))?;
+        let reads = paths.iter().map(|path| {
+            let store = self.store.clone();
+            let p = path.clone();
+            async move {
+                let blocks = self
+                    .index_cache
+                    .try_get_with(path.clone(), async move { read_index(store.as_ref(), &p).await.map(Arc::new) })
+                    .await
+                    .map_err(|e| QueryError::Internal(format!("reading block index {path}: {e}")))?;
+                Ok::<_, QueryError>((path.clone(), blocks))
+            }
+        });
+        futures::future::try_join_all(reads).await
     }
 }
 

@@ -7,20 +7,25 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use futures::StreamExt;
 use spindle_schema::span_schema;
 use spindle_storage::TenantId;
 
 use crate::hints::ScanHints;
-use crate::source::SpanSource;
+use crate::source::{SpanSource, UnflushedStream};
+use crate::QueryError;
 
 /// URL under which the block object store is registered with DataFusion.
 pub static BLOCKS_URL: LazyLock<ObjectStoreUrl> =
@@ -72,9 +77,13 @@ impl TableProvider for SpansTable {
         let hints = ScanHints::from_filters(filters);
         let snapshot = self
             .source
-            .load(&self.tenant, &hints)
+            .load(&self.tenant, &hints, projection.cloned())
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let projected = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
         let partitions = state.config().target_partitions().max(1);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
@@ -100,17 +109,72 @@ impl TableProvider for SpansTable {
             inputs.push(DataSourceExec::from_data_source(config));
         }
 
-        let mut memory: Vec<Vec<_>> = vec![Vec::new(); partitions];
-        for (i, b) in snapshot.batches.into_iter().enumerate() {
-            memory[i % partitions].push(b);
+        if !snapshot.unflushed.is_empty() {
+            let streams: Vec<Arc<dyn PartitionStream>> = snapshot
+                .unflushed
+                .into_iter()
+                .map(|s| Arc::new(ShardPartition::new(projected.clone(), s)) as Arc<dyn PartitionStream>)
+                .collect();
+            inputs.push(Arc::new(StreamingTableExec::try_new(
+                projected.clone(),
+                streams,
+                None,
+                Vec::new(),
+                false,
+                limit,
+            )?));
         }
-        memory.retain(|p| !p.is_empty());
-        if !memory.is_empty() || inputs.is_empty() {
-            if memory.is_empty() {
-                memory.push(Vec::new());
-            }
-            inputs.push(MemorySourceConfig::try_new_exec(&memory, self.schema.clone(), projection.cloned())?);
+        if inputs.is_empty() {
+            inputs.push(Arc::new(EmptyExec::new(projected)));
         }
         UnionExec::try_new(inputs)
+    }
+}
+
+/// One shard's unflushed spans as a partition: the stream its leader opened for this scan,
+/// consumed once.
+struct ShardPartition {
+    schema: SchemaRef,
+    stream: std::sync::Mutex<Option<UnflushedStream>>,
+}
+
+impl ShardPartition {
+    fn new(schema: SchemaRef, stream: UnflushedStream) -> Self {
+        Self { schema, stream: std::sync::Mutex::new(Some(stream)) }
+    }
+}
+
+impl std::fmt::Debug for ShardPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardPartition")
+    }
+}
+
+impl PartitionStream for ShardPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let schema = self.schema.clone();
+        let stream = match taken {
+            Some(s) => s
+                .map(move |b| {
+                    let b = b.map_err(|e| {
+                        datafusion::error::DataFusionError::External(Box::new(QueryError::Unavailable(e.to_string())))
+                    })?;
+                    // Batches that crossed the network carry an equal schema in a new allocation.
+                    Ok(b.with_schema(schema.clone())?)
+                })
+                .boxed(),
+            None => futures::stream::once(async {
+                Err(datafusion::error::DataFusionError::Internal(
+                    "a shard's unflushed spans can be read once per scan".into(),
+                ))
+            })
+            .boxed(),
+        };
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }

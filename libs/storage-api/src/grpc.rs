@@ -1,50 +1,77 @@
-//! The storage API over gRPC (`proto/spindle/storage.proto`).
+//! The storage data plane over gRPC (`proto/spindle/storage.proto`, service `Storage`).
 
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use spindle_proto::storage::read_chunk::Chunk;
 use spindle_proto::storage::storage_client::StorageClient;
 use spindle_proto::storage::storage_server::{Storage, StorageServer};
-use spindle_proto::storage::{PushRequest, PushResponse, ReadRequest as PbReadRequest, ReadResponse, ShardRead};
-use spindle_schema::ipc;
+use spindle_proto::storage::{PushRequest, PushResponse, ReadChunk, ReadHeader, ReadRequest};
+use spindle_schema::ipc::{self, EncodedBatch};
 use spindle_storage::TenantId;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::{ApiError, ReadRequest, ShardData, ShardId, StorageApi};
+use crate::{ApiError, ShardId, ShardRead, ShardReadRequest, StorageApi};
 
-/// Largest internal message (a push of a full OTLP request, or a read of a busy shard).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest internal message: a push of one chunk of an OTLP request, or one slice of a read.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Rows per streamed read message, so one message stays far below [`MAX_MESSAGE_BYTES`].
+pub const READ_CHUNK_ROWS: usize = 8192;
+
+/// Metadata key of the leader hint on an UNAVAILABLE answer.
+pub const LEADER_METADATA: &str = "x-spindle-leader";
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Overloaded(m) => Status::resource_exhausted(m),
-            ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::Unavailable(m) | ApiError::Unreachable(m) => Status::unavailable(m),
+            ApiError::NotLeader { shard, leader } => {
+                let mut metadata = MetadataMap::new();
+                if let Some(l) = leader {
+                    metadata.insert(LEADER_METADATA, MetadataValue::from(l));
+                }
+                let message = format!("not the leader of shard {shard}");
+                Status::with_metadata(Code::Unavailable, message, metadata)
+            }
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
             ApiError::Internal(m) => Status::internal(m),
         }
     }
 }
 
-impl From<Status> for ApiError {
-    fn from(s: Status) -> Self {
+impl ApiError {
+    /// The error a gRPC status stands for; `shard` names the shard the call was about.
+    pub fn from_status(s: &Status, shard: ShardId) -> Self {
         let m = s.message().to_string();
+        if std::error::Error::source(s).is_some() {
+            // The transport failed (connect, reset, timeout): the node itself said nothing.
+            return ApiError::Unreachable(format!("{:?}: {m}", s.code()));
+        }
         match s.code() {
             Code::ResourceExhausted => ApiError::Overloaded(m),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => ApiError::Unavailable(m),
+            Code::Unavailable if m.starts_with("not the leader") => {
+                let leader =
+                    s.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                ApiError::NotLeader { shard, leader }
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown => {
+                ApiError::Unavailable(format!("{:?}: {m}", s.code()))
+            }
             Code::InvalidArgument => ApiError::InvalidArgument(m),
             _ => ApiError::Internal(m),
         }
     }
 }
 
-fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
-    ipc::encode(batches).map_err(|e| ApiError::Internal(format!("encoding arrow ipc: {e}")))
-}
-
-fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>, ApiError> {
-    ipc::decode(bytes).map_err(|e| ApiError::InvalidArgument(format!("decoding arrow ipc: {e}")))
+fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidArgument(format!("decoding arrow ipc: {e}"))
 }
 
 /// [`StorageApi`] over a gRPC channel to a storage node.
@@ -65,29 +92,44 @@ impl GrpcStorageClient {
 
 #[async_trait::async_trait]
 impl StorageApi for GrpcStorageClient {
-    async fn push(&self, shard: ShardId, tenant: &TenantId, batch: RecordBatch) -> Result<u64, ApiError> {
-        let request = PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: encode(&[batch])? };
-        Ok(self.client.clone().push(request).await?.into_inner().rows)
+    async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
+        let request = PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: batch.ipc().clone() };
+        match self.client.clone().push(request).await {
+            Ok(r) => Ok(r.into_inner().rows),
+            Err(s) => Err(ApiError::from_status(&s, shard)),
+        }
     }
 
-    async fn read_unflushed(&self, request: &ReadRequest) -> Result<Vec<ShardData>, ApiError> {
-        let pb = PbReadRequest {
+    async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError> {
+        let shard = request.shard;
+        let pb = ReadRequest {
             tenant: request.tenant.to_string(),
-            shards: request.shards.clone(),
+            shard,
             start_unix_nano: request.time_range.map(|r| r.0),
             end_unix_nano: request.time_range.map(|r| r.1),
-            trace_id: request.trace_id.map(|t| t.to_vec()).unwrap_or_default(),
+            trace_ids: request.trace_ids.unwrap_or_default().iter().map(|t| Bytes::copy_from_slice(t)).collect(),
+            project: request.projection.is_some(),
+            projection: request.projection.unwrap_or_default().into_iter().map(|i| i as u32).collect(),
         };
-        let response = self.client.clone().read_unflushed(pb).await?.into_inner();
-        response
-            .shards
-            .into_iter()
-            .map(|s| {
-                let blocks = serde_json::from_str(&s.blocks_json)
-                    .map_err(|e| ApiError::Internal(format!("decoding block list: {e}")))?;
-                Ok(ShardData { shard: s.shard, batches: decode(&s.arrow_ipc)?, blocks })
+        let mut stream = self.client.clone().read(pb).await.map_err(|s| ApiError::from_status(&s, shard))?.into_inner();
+        let header = match stream.message().await.map_err(|s| ApiError::from_status(&s, shard))? {
+            Some(ReadChunk { chunk: Some(Chunk::Header(h)) }) => h,
+            _ => return Err(ApiError::Internal(format!("shard {shard} read did not start with a header"))),
+        };
+        let blocks = serde_json::from_str(&header.blocks_json)
+            .map_err(|e| ApiError::Internal(format!("decoding block list of shard {shard}: {e}")))?;
+        let batches = stream
+            .map_err(move |s| ApiError::from_status(&s, shard))
+            .and_then(|chunk| async move {
+                match chunk.chunk {
+                    Some(Chunk::ArrowIpc(bytes)) => ipc::decode(&bytes).map_err(invalid),
+                    _ => Err(ApiError::Internal("unexpected message in a shard read".into())),
+                }
             })
-            .collect()
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed();
+        Ok(ShardRead { blocks, batches })
     }
 }
 
@@ -109,48 +151,69 @@ fn tenant(id: &str) -> Result<TenantId, Status> {
     TenantId::new(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Splits a batch into messages of at most [`READ_CHUNK_ROWS`] rows.
+fn encode_chunks(batch: RecordBatch) -> Vec<Result<ReadChunk, Status>> {
+    let rows = batch.num_rows();
+    (0..rows)
+        .step_by(READ_CHUNK_ROWS)
+        .map(|offset| {
+            let slice = batch.slice(offset, READ_CHUNK_ROWS.min(rows - offset));
+            ipc::encode(&[slice])
+                .map(|bytes| ReadChunk { chunk: Some(Chunk::ArrowIpc(Bytes::from(bytes))) })
+                .map_err(|e| Status::internal(format!("encoding arrow ipc: {e}")))
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl Storage for StorageGrpcServer {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let r = request.into_inner();
         let tenant = tenant(&r.tenant)?;
-        let batches = decode(&r.arrow_ipc)?;
-        let batch = match batches.len() {
-            1 => batches.into_iter().next().ok_or_else(|| Status::invalid_argument("empty push"))?,
-            0 => return Ok(Response::new(PushResponse { rows: 0 })),
-            _ => {
-                let schema = batches[0].schema();
-                arrow::compute::concat_batches(&schema, &batches)
-                    .map_err(|e| Status::invalid_argument(format!("concatenating batches: {e}")))?
-            }
-        };
+        let batch = EncodedBatch::decode(r.arrow_ipc)
+            .map_err(|e| Status::invalid_argument(format!("decoding arrow ipc: {e}")))?;
+        if batch.num_rows() == 0 {
+            return Ok(Response::new(PushResponse { rows: 0 }));
+        }
         let rows = self.api.push(r.shard, &tenant, batch).await?;
         Ok(Response::new(PushResponse { rows }))
     }
 
-    async fn read_unflushed(&self, request: Request<PbReadRequest>) -> Result<Response<ReadResponse>, Status> {
+    type ReadStream = BoxStream<'static, Result<ReadChunk, Status>>;
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
-        let trace_id = match r.trace_id.len() {
-            0 => None,
-            16 => {
-                let mut id = [0u8; 16];
-                id.copy_from_slice(&r.trace_id);
-                Some(id)
-            }
-            n => return Err(Status::invalid_argument(format!("trace id must be 16 bytes, got {n}"))),
-        };
-        let time_range = match (r.start_unix_nano, r.end_unix_nano) {
-            (Some(s), Some(e)) => Some((s, e)),
-            _ => None,
-        };
-        let request = ReadRequest { tenant: tenant(&r.tenant)?, shards: r.shards, time_range, trace_id };
-        let data = self.api.read_unflushed(&request).await?;
-        let mut shards = Vec::with_capacity(data.len());
-        for d in data {
-            let blocks_json =
-                serde_json::to_string(&d.blocks).map_err(|e| Status::internal(format!("encoding block list: {e}")))?;
-            shards.push(ShardRead { shard: d.shard, arrow_ipc: encode(&d.batches)?, blocks_json });
+        let trace_ids = r
+            .trace_ids
+            .iter()
+            .map(|t| <[u8; 16]>::try_from(t.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Status::invalid_argument("trace ids must be 16 bytes"))?;
+        let columns = spindle_schema::span_schema().fields().len();
+        let projection: Vec<usize> = r.projection.iter().map(|i| *i as usize).collect();
+        if let Some(bad) = projection.iter().find(|i| **i >= columns) {
+            return Err(Status::invalid_argument(format!(
+                "column {bad} is not in the span schema ({columns} columns)"
+            )));
         }
-        Ok(Response::new(ReadResponse { shards }))
+        let request = ShardReadRequest {
+            tenant: tenant(&r.tenant)?,
+            shard: r.shard,
+            time_range: r.start_unix_nano.zip(r.end_unix_nano),
+            trace_ids: (!trace_ids.is_empty()).then_some(trace_ids),
+            projection: r.project.then_some(projection),
+        };
+        let read = self.api.read(request).await?;
+        let blocks_json =
+            serde_json::to_string(&read.blocks).map_err(|e| Status::internal(format!("encoding block list: {e}")))?;
+        let header = ReadChunk { chunk: Some(Chunk::Header(ReadHeader { blocks_json })) };
+        let body = read
+            .batches
+            .map(|b| match b {
+                Ok(batch) => futures::stream::iter(encode_chunks(batch)),
+                Err(e) => futures::stream::iter(vec![Err(Status::from(e))]),
+            })
+            .flatten();
+        Ok(Response::new(futures::stream::once(async { Ok(header) }).chain(body).boxed()))
     }
 }

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::{concat, interleave_record_batch, lexsort_to_indices, SortColumn};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::PutPayload;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
@@ -27,12 +27,16 @@ pub const BLOCK_LAYOUT_VERSION: u32 = 1;
 /// Everything a querier needs to decide whether to open a block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockMeta {
-    /// Unique block id (UUIDv7, so ids sort by creation time).
+    /// Unique block id: cluster, shard and log range (`<cluster>-<shard>-<first>-<last>`).
     pub id: String,
     /// Shard that wrote the block.
     pub shard: u32,
-    /// Position of the block in its shard's flush sequence (1, 2, ...).
-    pub seq: u64,
+    /// First Raft log index whose spans the block holds (0 in blocks of older layouts).
+    #[serde(default)]
+    pub first_index: u64,
+    /// Last Raft log index whose spans the block holds.
+    #[serde(default)]
+    pub last_index: u64,
     /// Object path of the Parquet file.
     pub path: String,
     /// Earliest span start, unix nanoseconds.
@@ -51,8 +55,10 @@ pub struct BlockMeta {
     pub created_unix_ms: u64,
     /// Layout version ([`BLOCK_LAYOUT_VERSION`]).
     pub layout: u32,
-    /// Bloom filter of the block's trace ids (absent in blocks written before it existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Bloom filter of the block's trace ids (absent in blocks written before it existed, and
+    /// in shard catalogs, which leave it to the object-store index). Always serialised: the
+    /// Raft log's encoding is not self-describing.
+    #[serde(default)]
     pub trace_bloom: Option<TraceBloom>,
 }
 
@@ -85,19 +91,33 @@ impl Default for BlockOptions {
     }
 }
 
-/// Object path of a block.
-pub fn block_path(tenant: &TenantId, shard: u32, id: &str) -> Path {
-    Path::from(format!("{}/blocks/shard-{shard:05}/{id}.parquet", tenant.as_str()))
+/// Where a shard writes a tenant's blocks (one folder per cluster and shard).
+pub fn block_dir(tenant: &TenantId, cluster: &str, shard: u32) -> Path {
+    Path::from(format!("{}/blocks/{cluster}/shard-{shard:05}", tenant.as_str()))
 }
 
-/// Sorts `batches` by trace id then start time and writes them as one Parquet block.
-/// Encoding runs on a blocking thread so it never stalls the async runtime.
-/// Returns `None` when there are no rows.
+/// Object path of the block holding a shard's appends of log range `[first, last]`. Derived
+/// from the range, so writing the same range again (a retried flush) overwrites the same
+/// object instead of leaving a second copy.
+pub fn block_path(tenant: &TenantId, cluster: &str, shard: u32, first: u64, last: u64) -> Path {
+    Path::from(format!("{}/{first:020}-{last:020}.parquet", block_dir(tenant, cluster, shard)))
+}
+
+/// The log range in a block file name written by [`block_path`].
+pub fn parse_block_file_name(name: &str) -> Option<(u64, u64)> {
+    let (first, last) = name.strip_suffix(".parquet")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// Sorts `batches` by trace id, start time and span id, drops repeated spans, and writes them
+/// as the block of log range `range` of `shard`. Encoding runs on a blocking thread so it
+/// never stalls the async runtime. Returns `None` when there are no rows.
 pub async fn write_block(
     store: Arc<dyn ObjectStore>,
     tenant: &TenantId,
+    cluster: &str,
     shard: u32,
-    seq: u64,
+    range: (u64, u64),
     batches: Vec<RecordBatch>,
     options: &BlockOptions,
 ) -> Result<Option<BlockMeta>> {
@@ -105,15 +125,19 @@ pub async fn write_block(
     let encoded = tokio::task::spawn_blocking(move || encode_block(&batches, &options))
         .await
         .map_err(|e| std::io::Error::other(format!("block encoder panicked: {e}")))??;
-    let Some(encoded) = encoded else { return Ok(None) };
-    let id = uuid::Uuid::now_v7().to_string();
-    let path = block_path(tenant, shard, &id);
+    let Some(encoded) = encoded else {
+        return Ok(None);
+    };
+    let (first_index, last_index) = range;
+    let id = format!("{cluster}-{shard}-{first_index}-{last_index}");
+    let path = block_path(tenant, cluster, shard, first_index, last_index);
     let size = encoded.parquet.len() as u64;
     store.put(&path, PutPayload::from(encoded.parquet)).await?;
     Ok(Some(BlockMeta {
         id,
         shard,
-        seq,
+        first_index,
+        last_index,
         path: path.to_string(),
         min_time_ns: encoded.min_time_ns,
         max_time_ns: encoded.max_time_ns,
@@ -150,8 +174,10 @@ const WRITE_CHUNK_ROWS: usize = 32 * 1024;
 
 /// Sorts and encodes span batches as a Parquet file. `None` when there are no rows.
 ///
-/// Only the sort keys (trace id, start time) are concatenated; rows are then gathered in sorted
-/// order a chunk at a time, so writing a block needs little memory beyond its input.
+/// Only the sort keys (trace id, start time, span id) are concatenated; rows are then gathered
+/// in sorted order a chunk at a time, so writing a block needs little memory beyond its input.
+/// A span that appears twice (same trace id, start time and span id: a client that sent a
+/// batch again) is written once.
 pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<Option<EncodedBlock>> {
     let schema = span_schema();
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
@@ -161,19 +187,37 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     }
     let trace_idx = schema.index_of(col::TRACE_ID)?;
     let start_idx = schema.index_of(col::START_TIME)?;
+    let span_idx = schema.index_of(col::SPAN_ID)?;
     let duration_idx = schema.index_of(col::DURATION_NS)?;
     let column = |i: usize| concat(&batches.iter().map(|b| b.column(i).as_ref()).collect::<Vec<_>>());
-    let (trace_col, start_col) = (column(trace_idx)?, column(start_idx)?);
+    let (trace_col, start_col, span_col) = (column(trace_idx)?, column(start_idx)?, column(span_idx)?);
     let indices = lexsort_to_indices(
-        &[SortColumn { values: trace_col.clone(), options: None }, SortColumn { values: start_col.clone(), options: None }],
+        &[
+            SortColumn { values: trace_col.clone(), options: None },
+            SortColumn { values: start_col.clone(), options: None },
+            SortColumn { values: span_col.clone(), options: None },
+        ],
         None,
     )?;
-    let order = indices.values();
     let trace_ids = trace_col.as_fixed_size_binary();
-    let distinct_traces = 1 + order.windows(2).filter(|w| trace_ids.value(w[0] as usize) != trace_ids.value(w[1] as usize)).count();
+    let (starts, span_ids) = (start_col.as_primitive::<TimestampNanosecondType>(), span_col.as_fixed_size_binary());
+    let same = |a: usize, b: usize| {
+        trace_ids.value(a) == trace_ids.value(b)
+            && starts.value(a) == starts.value(b)
+            && span_ids.value(a) == span_ids.value(b)
+    };
+    let mut order: Vec<u32> = Vec::with_capacity(indices.len());
+    for &i in indices.values() {
+        if order.last().is_none_or(|&prev| !same(prev as usize, i as usize)) {
+            order.push(i);
+        }
+    }
+    let rows = order.len();
+    let distinct_traces =
+        1 + order.windows(2).filter(|w| trace_ids.value(w[0] as usize) != trace_ids.value(w[1] as usize)).count();
     let mut trace_bloom = TraceBloom::with_capacity(distinct_traces);
-    for i in 0..trace_ids.len() {
-        trace_bloom.insert(trace_ids.value(i));
+    for &i in &order {
+        trace_bloom.insert(trace_ids.value(i as usize));
     }
 
     let (mut min_time_ns, mut max_time_ns) = (i64::MAX, i64::MIN);
@@ -220,7 +264,12 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     }))
 }
 
-fn writer_properties(options: &BlockOptions, bloom_ndv: u64, trace_idx: usize, start_idx: usize) -> Result<WriterProperties> {
+fn writer_properties(
+    options: &BlockOptions,
+    bloom_ndv: u64,
+    trace_idx: usize,
+    start_idx: usize,
+) -> Result<WriterProperties> {
     let id_columns = [col::TRACE_ID, col::SPAN_ID, col::PARENT_SPAN_ID];
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(options.zstd_level)?))

@@ -1,6 +1,10 @@
-//! The block index: one JSON document per (tenant, shard) listing that shard's blocks, so a
-//! querier finds a tenant's blocks with a handful of GETs instead of listing the bucket.
+//! Block indexes: one JSON document per (cluster, tenant, shard) listing that shard's committed
+//! blocks of the tenant, Bloom filters included, so a querier finds a tenant's blocks with one
+//! LIST and a handful of GETs instead of listing every block. A tenant's indexes all live under
+//! `<tenant>/index/`, whatever cluster or shard wrote them, so blocks stay visible after the
+//! shard layout changes.
 
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -8,15 +12,28 @@ use crate::block::BlockMeta;
 use crate::tenant::TenantId;
 use crate::{Result, StorageError};
 
-/// Object path of the index of one tenant on one shard.
-pub fn index_path(tenant: &TenantId, shard: u32) -> Path {
-    Path::from(format!("{}/index/shard-{shard:05}.json", tenant.as_str()))
+/// Folder of a tenant's indexes.
+pub fn index_dir(tenant: &TenantId) -> Path {
+    Path::from(format!("{}/index", tenant.as_str()))
+}
+
+/// Object path of the index of one tenant on one shard of one cluster.
+pub fn index_path(tenant: &TenantId, cluster: &str, shard: u32) -> Path {
+    Path::from(format!("{}/{cluster}.shard-{shard:05}.json", index_dir(tenant)))
+}
+
+/// Paths of every index of a tenant (any cluster, any shard).
+pub async fn index_paths(store: &dyn ObjectStore, tenant: &TenantId) -> Result<Vec<Path>> {
+    let listed: Vec<_> = store.list(Some(&index_dir(tenant))).try_collect().await?;
+    let mut paths: Vec<Path> =
+        listed.into_iter().map(|m| m.location).filter(|p| p.as_ref().ends_with(".json")).collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// Reads an index; a missing index is an empty one.
-pub async fn read_index(store: &dyn ObjectStore, tenant: &TenantId, shard: u32) -> Result<Vec<BlockMeta>> {
-    let path = index_path(tenant, shard);
-    match store.get(&path).await {
+pub async fn read_index(store: &dyn ObjectStore, path: &Path) -> Result<Vec<BlockMeta>> {
+    match store.get(path).await {
         Ok(got) => {
             let bytes = got.bytes().await?;
             serde_json::from_slice(&bytes).map_err(|source| StorageError::Index { path: path.to_string(), source })
@@ -27,9 +44,8 @@ pub async fn read_index(store: &dyn ObjectStore, tenant: &TenantId, shard: u32) 
 }
 
 /// Replaces an index with `blocks`.
-pub async fn write_index(store: &dyn ObjectStore, tenant: &TenantId, shard: u32, blocks: &[BlockMeta]) -> Result<()> {
-    let path = index_path(tenant, shard);
+pub async fn write_index(store: &dyn ObjectStore, path: &Path, blocks: &[BlockMeta]) -> Result<()> {
     let json = serde_json::to_vec(blocks).map_err(|source| StorageError::Index { path: path.to_string(), source })?;
-    store.put(&path, PutPayload::from(json)).await?;
+    store.put(path, PutPayload::from(json)).await?;
     Ok(())
 }

@@ -11,7 +11,7 @@ pub mod index;
 pub mod store;
 pub mod tenant;
 
-pub use block::{write_block, BlockMeta, BlockOptions};
+pub use block::{block_dir, block_path, parse_block_file_name, write_block, BlockMeta, BlockOptions};
 pub use tenant::TenantId;
 
 /// Errors of block storage.

@@ -55,7 +55,12 @@ fn sample() -> Vec<ResourceSpans> {
             kv("ratio", Value::DoubleValue(1.5)),
             kv("cached", Value::BoolValue(true)),
             kv("payload", Value::BytesValue(vec![0, 1, 2, 255])),
-            kv("tags", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(s("a")) }, AnyValue { value: Some(Value::IntValue(3)) }] })),
+            kv(
+                "tags",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue { value: Some(s("a")) }, AnyValue { value: Some(Value::IntValue(3)) }],
+                }),
+            ),
             kv("nested", Value::KvlistValue(KeyValueList { values: vec![kv("inner", s("v"))] })),
             KeyValue { key: "empty".into(), value: Some(AnyValue { value: None }), ..Default::default() },
         ],
@@ -110,7 +115,11 @@ fn sample() -> Vec<ResourceSpans> {
     vec![
         ResourceSpans {
             resource: Some(resource("shop")),
-            scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans: vec![root, child], schema_url: "https://scope".into() }],
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope.clone()),
+                spans: vec![root, child],
+                schema_url: "https://scope".into(),
+            }],
             schema_url: "https://resource".into(),
         },
         ResourceSpans {
@@ -148,10 +157,11 @@ fn otlp_survives_arrow_ipc_and_parquet() {
     assert_eq!(converted.rejected, 0);
     assert_eq!(converted.batch.num_rows(), 3);
 
-    let ipc_batches = ipc::decode(&ipc::encode(&[converted.batch.clone()]).unwrap()).unwrap();
+    let ipc_batches = ipc::decode(&ipc::encode(std::slice::from_ref(&converted.batch)).unwrap()).unwrap();
     let encoded = encode_block(&ipc_batches, &BlockOptions::default()).unwrap().unwrap();
     assert_eq!(encoded.rows, 3);
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(encoded.parquet)).unwrap().build().unwrap();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(encoded.parquet)).unwrap().build().unwrap();
     let from_parquet: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
 
     let back = batches_to_resource_spans(&from_parquet).unwrap();

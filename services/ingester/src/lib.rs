@@ -2,8 +2,11 @@
 //!
 //! Data path: [`grpc`] (OTLP/gRPC) or [`http`] (OTLP/HTTP, protobuf or JSON, gzip) -> tenant from
 //! `X-Scope-OrgID` -> [`Ingester::ingest`]: convert to one span batch (invalid spans are counted
-//! as rejected, per OTLP partial success) -> split by the ring's shard for each trace id ->
-//! `StorageApi::push` to every shard in parallel -> answer once every shard has committed.
+//! as rejected, per OTLP partial success) -> split by the ring's shard for each trace id (the
+//! ring of the current topology) -> cut into pushes of at most `max_push_bytes` -> each pushed
+//! to its shard's leader through the `ShardRouter` (which follows leader changes and retries)
+//! -> answer once every shard has committed. A client retry after a partial failure sends the
+//! same pushes again, which the shards that committed them recognise and do not store twice.
 
 pub mod grpc;
 pub mod http;
@@ -15,11 +18,12 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use spindle_cluster_client::ShardRouter;
 use spindle_otlp::to_arrow::{resource_spans_to_batch_limited, DEFAULT_MAX_EXPANDED_BYTES};
-use spindle_ring::Ring;
 use spindle_schema::col;
+use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::TenantId;
-use spindle_storage_api::{ApiError, StorageApi};
+use spindle_storage_api::ApiError;
 
 pub use metrics::IngestMetrics;
 
@@ -30,11 +34,18 @@ pub struct IngesterConfig {
     pub max_request_bytes: usize,
     /// Largest span data one request may expand to once every span carries its resource.
     pub max_expanded_bytes: usize,
+    /// Largest push to one shard (in-memory Arrow bytes); bigger parts are cut, so one Raft
+    /// entry stays bounded.
+    pub max_push_bytes: usize,
 }
 
 impl Default for IngesterConfig {
     fn default() -> Self {
-        Self { max_request_bytes: 16 * 1024 * 1024, max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES }
+        Self {
+            max_request_bytes: 16 * 1024 * 1024,
+            max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES,
+            max_push_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 
@@ -62,7 +73,8 @@ impl From<ApiError> for IngestError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Overloaded(m) => IngestError::Overloaded(m),
-            ApiError::Unavailable(m) => IngestError::Unavailable(m),
+            ApiError::Unavailable(m) | ApiError::Unreachable(m) => IngestError::Unavailable(m),
+            e @ ApiError::NotLeader { .. } => IngestError::Unavailable(e.to_string()),
             ApiError::InvalidArgument(m) => IngestError::Invalid(m),
             ApiError::Internal(m) => IngestError::Internal(m),
         }
@@ -82,16 +94,20 @@ pub struct Outcome {
 
 /// Turns OTLP requests into committed span batches.
 pub struct Ingester {
-    ring: Ring,
-    storage: Arc<dyn StorageApi>,
+    router: Arc<ShardRouter>,
     config: IngesterConfig,
     metrics: IngestMetrics,
 }
 
 impl Ingester {
-    /// An ingester writing to `storage` through `ring`.
-    pub fn new(ring: Ring, storage: Arc<dyn StorageApi>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
-        Self { ring, storage, config, metrics }
+    /// An ingester writing to the shards `router` finds.
+    pub fn new(router: Arc<ShardRouter>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
+        Self { router, config, metrics }
+    }
+
+    /// Whether the ingester knows the cluster's layout (it can route writes).
+    pub fn has_topology(&self) -> bool {
+        self.router.topology().current().ring.is_some()
     }
 
     /// The configured limits.
@@ -106,24 +122,34 @@ impl Ingester {
 
     /// Stores the spans of one export request; returns once every shard has committed them.
     pub async fn ingest(&self, tenant: &TenantId, request: ExportTraceServiceRequest) -> Result<Outcome, IngestError> {
-        let converted = resource_spans_to_batch_limited(&request.resource_spans, self.config.max_expanded_bytes).map_err(|e| match e {
-            spindle_otlp::ConvertError::TooLarge(m) => IngestError::TooLarge(m),
-            other => IngestError::Invalid(other.to_string()),
-        })?;
+        let converted = resource_spans_to_batch_limited(&request.resource_spans, self.config.max_expanded_bytes)
+            .map_err(|e| match e {
+                spindle_otlp::ConvertError::TooLarge(m) => IngestError::TooLarge(m),
+                other => IngestError::Invalid(other.to_string()),
+            })?;
         drop(request);
         if converted.rejected > 0 {
             self.metrics.rejected("invalid_span", converted.rejected);
         }
         let rows = converted.batch.num_rows() as u64;
         if rows > 0 {
-            let shards = self.ring.tenant_shards(tenant.as_str());
-            let pushes = split_by_shard(&self.ring, &shards, converted.batch)?
-                .into_iter()
-                .map(|(shard, batch)| self.storage.push(shard, tenant, batch));
+            let topology = self.router.topology().current();
+            let ring = topology.ring.as_ref().ok_or_else(|| {
+                IngestError::Unavailable("the ingester has not reached the cluster metadata yet; retry shortly".into())
+            })?;
+            let shards = ring.tenant_shards(tenant.as_str());
+            let mut pushes = Vec::new();
+            for (shard, part) in split_by_shard(ring, &shards, converted.batch)? {
+                for chunk in chunks(&part, self.config.max_push_bytes) {
+                    let encoded = EncodedBatch::encode(chunk)
+                        .map_err(|e| IngestError::Internal(format!("encoding spans: {e}")))?;
+                    pushes.push(self.router.push(shard, tenant, encoded));
+                }
+            }
             if let Err(e) = futures::future::try_join_all(pushes).await {
                 let reason = match &e {
                     ApiError::Overloaded(_) => "overloaded",
-                    ApiError::Unavailable(_) => "unavailable",
+                    ApiError::Unavailable(_) | ApiError::Unreachable(_) | ApiError::NotLeader { .. } => "unavailable",
                     _ => "storage_error",
                 };
                 self.metrics.rejected(reason, rows);
@@ -135,8 +161,24 @@ impl Ingester {
     }
 }
 
+/// Cuts a batch into slices of at most about `max_bytes` each (by its average row size), the
+/// same way every time for the same batch, so a retried request makes the same pushes.
+fn chunks(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes = batch.get_array_memory_size().max(1);
+    if bytes <= max_bytes || rows <= 1 {
+        return vec![batch.clone()];
+    }
+    let per_chunk = (rows * max_bytes / bytes).max(1);
+    (0..rows).step_by(per_chunk).map(|start| batch.slice(start, per_chunk.min(rows - start))).collect()
+}
+
 /// Splits a batch into one batch per shard, by the ring's placement of each trace id.
-fn split_by_shard(ring: &Ring, shards: &[u32], batch: RecordBatch) -> Result<Vec<(u32, RecordBatch)>, IngestError> {
+fn split_by_shard(
+    ring: &spindle_ring::Ring,
+    shards: &[u32],
+    batch: RecordBatch,
+) -> Result<Vec<(u32, RecordBatch)>, IngestError> {
     if shards.len() <= 1 {
         return Ok(vec![(shards.first().copied().unwrap_or(0), batch)]);
     }
@@ -155,7 +197,8 @@ fn split_by_shard(ring: &Ring, shards: &[u32], batch: RecordBatch) -> Result<Vec
         if indices.is_empty() {
             continue;
         }
-        let part = take_record_batch(&batch, &UInt32Array::from(indices)).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let part =
+            take_record_batch(&batch, &UInt32Array::from(indices)).map_err(|e| IngestError::Internal(e.to_string()))?;
         out.push((shards[slot], part));
     }
     Ok(out)

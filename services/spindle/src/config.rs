@@ -2,6 +2,8 @@
 //!
 //! Every option can be given as a flag, as a `SPINDLE_*` environment variable, or in the YAML
 //! file named by `--config`; a flag or variable wins over the file, the file over the default.
+//! Some defaults depend on the role (`spindle all` is a one-node cluster with one shard; a
+//! `spindle storage` node joins a replicated cluster).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,10 +26,30 @@ pub struct Cli {
 }
 
 /// Roles.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// Every role in one process: ingester, storage node (one shard) and querier.
+    /// Every role in one process: a one-node cluster (ingester, storage node, querier) with its
+    /// data under --data-dir. No configuration needed.
     All,
+    /// A storage node: hosts shard replicas and the cluster metadata (needs --node-id,
+    /// --grpc-addr/--advertise-addr, and --seeds or --bootstrap-expect).
+    Storage,
+    /// A stateless OTLP ingester (needs --seeds).
+    Ingester,
+    /// A stateless querier: Tempo API and SQL (needs --seeds).
+    Querier,
+}
+
+impl Command {
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::All => "all",
+            Command::Storage => "storage",
+            Command::Ingester => "ingester",
+            Command::Querier => "querier",
+        }
+    }
 }
 
 /// Options of every role. Defaults are shown in brackets.
@@ -36,10 +58,13 @@ pub struct Options {
     /// YAML file with any of the options below (snake_case keys, e.g. `data_dir: /var/lib/spindle`).
     #[arg(long, env = "SPINDLE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Directory for the Raft log, snapshots and Parquet blocks [./data].
+    /// Directory for the Raft logs and snapshots (and blocks, with the default --storage-url) [./data].
     #[arg(long, env = "SPINDLE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP API: Tempo query API, SQL, /metrics [0.0.0.0:3200].
+    /// Where blocks are stored: file:///path [file://<data-dir>/blocks].
+    #[arg(long, env = "SPINDLE_STORAGE_URL", global = true)]
+    pub storage_url: Option<String>,
+    /// Address of the HTTP API: Tempo query API, SQL, /metrics, /ready, /admin [0.0.0.0:3200].
     #[arg(long, env = "SPINDLE_HTTP_ADDR", global = true)]
     pub http_addr: Option<SocketAddr>,
     /// Address of the OTLP/gRPC receiver [0.0.0.0:4317].
@@ -48,6 +73,43 @@ pub struct Options {
     /// Address of the OTLP/HTTP receiver [0.0.0.0:4318].
     #[arg(long, env = "SPINDLE_OTLP_HTTP_ADDR", global = true)]
     pub otlp_http_addr: Option<SocketAddr>,
+    /// Storage nodes: listen address of the internal gRPC API (push, read, metadata, Raft)
+    /// [storage: 0.0.0.0:7400; all: not served].
+    #[arg(long, env = "SPINDLE_GRPC_ADDR", global = true)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Storage nodes: the address other nodes reach --grpc-addr at (host:port, stable across
+    /// restarts) [--grpc-addr, with this host's name for 0.0.0.0].
+    #[arg(long, env = "SPINDLE_ADVERTISE_ADDR", global = true)]
+    pub advertise_addr: Option<String>,
+    /// Storage nodes: this node's id, a positive integer unique in the cluster and stable
+    /// across restarts [1].
+    #[arg(long, env = "SPINDLE_NODE_ID", global = true)]
+    pub node_id: Option<u64>,
+    /// Internal addresses of storage nodes (comma-separated host:port) to join through
+    /// (storage) or to learn the topology from (ingester, querier).
+    #[arg(long, env = "SPINDLE_SEEDS", global = true, value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Storage nodes: how many storage nodes (this one included) must be up before a new
+    /// cluster is created; the one with the lowest id creates it [1].
+    #[arg(long, env = "SPINDLE_BOOTSTRAP_EXPECT", global = true)]
+    pub bootstrap_expect: Option<usize>,
+    /// New cluster: number of shards [all: 1, storage: 8].
+    #[arg(long, env = "SPINDLE_SHARDS", global = true)]
+    pub shards: Option<u32>,
+    /// New cluster: copies of each shard [all: 1, storage: min(3, --bootstrap-expect)].
+    #[arg(long, env = "SPINDLE_REPLICATION_FACTOR", global = true)]
+    pub replication_factor: Option<u32>,
+    /// New cluster: shards one tenant's traces are spread over, 0 for all [0].
+    #[arg(long, env = "SPINDLE_SHARDS_PER_TENANT", global = true)]
+    pub shards_per_tenant: Option<u32>,
+    /// `spindle storage --leave`: drain this node (--node-id) through --seeds, wait until its
+    /// replicas live elsewhere, and exit.
+    #[arg(long, global = true)]
+    pub leave: bool,
+    /// Ingesters: how long a write may keep retrying across leader changes before the client
+    /// gets 503/UNAVAILABLE [15s].
+    #[arg(long, env = "SPINDLE_WRITE_TIMEOUT", global = true)]
+    pub write_timeout: Option<String>,
     /// Largest OTLP request, compressed or not, e.g. 16MiB [16MiB].
     #[arg(long, env = "SPINDLE_MAX_REQUEST_SIZE", global = true)]
     pub max_request_size: Option<String>,
@@ -57,7 +119,7 @@ pub struct Options {
     /// Age of the oldest unflushed span that triggers a flush, e.g. 2m [2m].
     #[arg(long, env = "SPINDLE_FLUSH_MAX_AGE", global = true)]
     pub flush_max_age: Option<String>,
-    /// Unflushed spans at which writes are refused with backpressure (429 / RESOURCE_EXHAUSTED) [768MiB].
+    /// Unflushed spans of a shard at which writes are refused with backpressure (429 / RESOURCE_EXHAUSTED) [768MiB].
     #[arg(long, env = "SPINDLE_MAX_UNFLUSHED_SIZE", global = true)]
     pub max_unflushed_size: Option<String>,
     /// Memory all running queries may use together [512MiB].
@@ -73,9 +135,19 @@ pub struct Options {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    storage_url: Option<String>,
     http_addr: Option<SocketAddr>,
     otlp_grpc_addr: Option<SocketAddr>,
     otlp_http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
+    advertise_addr: Option<String>,
+    node_id: Option<u64>,
+    seeds: Option<Vec<String>>,
+    bootstrap_expect: Option<usize>,
+    shards: Option<u32>,
+    replication_factor: Option<u32>,
+    shards_per_tenant: Option<u32>,
+    write_timeout: Option<String>,
     max_request_size: Option<String>,
     flush_max_size: Option<String>,
     flush_max_age: Option<String>,
@@ -89,12 +161,34 @@ struct FileConfig {
 pub struct Config {
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Directory of the local object store holding blocks.
+    pub blocks_dir: PathBuf,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// OTLP/gRPC address.
     pub otlp_grpc_addr: SocketAddr,
     /// OTLP/HTTP address.
     pub otlp_http_addr: SocketAddr,
+    /// Internal gRPC address (`None`: not served).
+    pub grpc_addr: Option<SocketAddr>,
+    /// Internal address other nodes use.
+    pub advertise_addr: String,
+    /// Node id.
+    pub node_id: u64,
+    /// Seed storage nodes.
+    pub seeds: Vec<String>,
+    /// Nodes to wait for before creating a cluster.
+    pub bootstrap_expect: usize,
+    /// Shards of a new cluster.
+    pub shards: u32,
+    /// Replication factor of a new cluster.
+    pub replication_factor: u32,
+    /// Shards per tenant of a new cluster.
+    pub shards_per_tenant: u32,
+    /// Drain this node and exit.
+    pub leave: bool,
+    /// How long writes keep retrying.
+    pub write_timeout: Duration,
     /// Largest request (bytes).
     pub max_request_bytes: usize,
     /// Flush size threshold (bytes).
@@ -110,8 +204,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Resolves flags/env over the YAML file over defaults.
-    pub fn resolve(o: &Options) -> anyhow::Result<Self> {
+    /// Resolves flags/env over the YAML file over the role's defaults.
+    pub fn resolve(role: Command, o: &Options) -> anyhow::Result<Self> {
         let file = match &o.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
@@ -120,22 +214,89 @@ impl Config {
             cli.clone().or_else(|| file.clone()).unwrap_or_else(|| default.to_string())
         };
         let size = |name: &str, value: String| parse_size(&value).with_context(|| format!("invalid {name} {value:?}"));
+        let duration =
+            |name: &str, value: String| parse_duration(&value).with_context(|| format!("invalid {name} {value:?}"));
+        let storage = role == Command::Storage;
+        let data_dir = o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let blocks_dir = match o.storage_url.clone().or(file.storage_url) {
+            None => data_dir.join("blocks"),
+            Some(url) => match url.strip_prefix("file://") {
+                Some(path) if !path.is_empty() => PathBuf::from(path),
+                _ => bail!("unsupported --storage-url {url:?}: this build stores blocks in a local or shared directory, file:///path"),
+            },
+        };
+        let grpc_addr = o.grpc_addr.or(file.grpc_addr).or(storage.then(|| ([0, 0, 0, 0], 7400).into()));
+        let advertise_addr = match (o.advertise_addr.clone().or(file.advertise_addr), grpc_addr) {
+            (Some(a), _) => a,
+            (None, Some(addr)) if addr.ip().is_unspecified() => {
+                format!("{}:{}", hostname(), addr.port())
+            }
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => "in-process".to_string(),
+        };
+        let node_id = o.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            bail!("--node-id must be a positive integer");
+        }
+        let seeds: Vec<String> =
+            o.seeds.clone().or(file.seeds).unwrap_or_default().into_iter().filter(|s| !s.trim().is_empty()).collect();
+        if matches!(role, Command::Ingester | Command::Querier) && seeds.is_empty() {
+            bail!("spindle {} needs --seeds: the internal addresses of one or more storage nodes", role.name());
+        }
+        if o.leave && !storage {
+            bail!("--leave is an option of `spindle storage`");
+        }
+        let bootstrap_expect = o.bootstrap_expect.or(file.bootstrap_expect).unwrap_or(1).max(1);
+        let shards = o.shards.or(file.shards).unwrap_or(if storage { 8 } else { 1 });
+        let replication_factor = o.replication_factor.or(file.replication_factor).unwrap_or(if storage {
+            bootstrap_expect.min(3) as u32
+        } else {
+            1
+        });
+        if shards == 0 || replication_factor == 0 {
+            bail!("--shards and --replication-factor must be at least 1");
+        }
         Ok(Self {
-            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            blocks_dir,
+            data_dir,
             http_addr: o.http_addr.or(file.http_addr).unwrap_or(([0, 0, 0, 0], 3200).into()),
             otlp_grpc_addr: o.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([0, 0, 0, 0], 4317).into()),
             otlp_http_addr: o.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([0, 0, 0, 0], 4318).into()),
+            grpc_addr,
+            advertise_addr,
+            node_id,
+            seeds,
+            bootstrap_expect,
+            shards,
+            replication_factor,
+            shards_per_tenant: o.shards_per_tenant.or(file.shards_per_tenant).unwrap_or(0),
+            leave: o.leave,
+            write_timeout: duration("write_timeout", text(&o.write_timeout, &file.write_timeout, "15s"))?,
             max_request_bytes: size("max_request_size", text(&o.max_request_size, &file.max_request_size, "16MiB"))?,
             flush_max_bytes: size("flush_max_size", text(&o.flush_max_size, &file.flush_max_size, "256MiB"))?,
-            flush_max_age: {
-                let v = text(&o.flush_max_age, &file.flush_max_age, "2m");
-                parse_duration(&v).with_context(|| format!("invalid flush_max_age {v:?}"))?
-            },
-            max_unflushed_bytes: size("max_unflushed_size", text(&o.max_unflushed_size, &file.max_unflushed_size, "768MiB"))?,
-            query_memory_limit: size("query_memory_limit", text(&o.query_memory_limit, &file.query_memory_limit, "512MiB"))?,
+            flush_max_age: duration("flush_max_age", text(&o.flush_max_age, &file.flush_max_age, "2m"))?,
+            max_unflushed_bytes: size(
+                "max_unflushed_size",
+                text(&o.max_unflushed_size, &file.max_unflushed_size, "768MiB"),
+            )?,
+            query_memory_limit: size(
+                "query_memory_limit",
+                text(&o.query_memory_limit, &file.query_memory_limit, "512MiB"),
+            )?,
             fsync: o.fsync.or(file.fsync).unwrap_or(true),
         })
     }
+}
+
+/// This host's name (for an advertised address), `localhost` if unknown.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -202,11 +363,37 @@ mod tests {
         let path = dir.join("c.yaml");
         std::fs::write(&path, "data_dir: /from/file\nhttp_addr: 127.0.0.1:9999\n").unwrap();
         let cli = Cli::parse_from(["spindle", "--config", path.to_str().unwrap(), "--http-addr", "127.0.0.1:1234"]);
-        let c = Config::resolve(&cli.options).unwrap();
+        let c = Config::resolve(Command::All, &cli.options).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.blocks_dir, PathBuf::from("/from/file/blocks"));
         assert_eq!(c.http_addr, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(c.otlp_grpc_addr, "0.0.0.0:4317".parse().unwrap());
+        assert_eq!((c.shards, c.replication_factor, c.grpc_addr), (1, 1, None));
         std::fs::write(&path, "nonsense_key: 1\n").unwrap();
-        assert!(Config::resolve(&cli.options).is_err());
+        assert!(Config::resolve(Command::All, &cli.options).is_err());
+    }
+
+    #[test]
+    fn role_defaults_and_checks() {
+        let cli = Cli::parse_from([
+            "spindle",
+            "storage",
+            "--bootstrap-expect",
+            "3",
+            "--advertise-addr",
+            "n1:7400",
+            "--seeds",
+            "n1:7400,n2:7400",
+        ]);
+        let c = Config::resolve(Command::Storage, &cli.options).unwrap();
+        assert_eq!((c.shards, c.replication_factor), (8, 3));
+        assert_eq!(c.grpc_addr, Some("0.0.0.0:7400".parse().unwrap()));
+        assert_eq!(c.seeds, vec!["n1:7400".to_string(), "n2:7400".to_string()]);
+        let cli = Cli::parse_from(["spindle", "ingester"]);
+        assert!(Config::resolve(Command::Ingester, &cli.options).unwrap_err().to_string().contains("--seeds"));
+        let cli = Cli::parse_from(["spindle", "--storage-url", "s3://bucket"]);
+        assert!(Config::resolve(Command::All, &cli.options).is_err());
+        let cli = Cli::parse_from(["spindle", "--storage-url", "file:///shared/blocks"]);
+        assert_eq!(Config::resolve(Command::All, &cli.options).unwrap().blocks_dir, PathBuf::from("/shared/blocks"));
     }
 }

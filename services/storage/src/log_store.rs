@@ -1,30 +1,81 @@
-//! The shard's Raft log on local disk: the write-ahead log of every acknowledged span.
+//! A group's Raft log on local disk: for data shards, the write-ahead log of every acknowledged
+//! span.
 //!
 //! Entries go to segment files (`<first index>.log`) as records `[len u32][crc32 u32][bincode
-//! entry]`; a segment is closed at [`SEGMENT_BYTES`] and a new one started. Appends are
-//! `fsync`ed before openraft is told they are durable. Purging deletes whole segments. On open,
-//! every segment is scanned and a torn record at the tail of the last one (a crash mid-write)
-//! is cut off. Vote, committed id and purge point live in small files replaced atomically.
+//! entry]`; a segment is closed at [`SEGMENT_BYTES`] and a new one started. An append is one
+//! write and one `fdatasync` for however many entries openraft hands over at once. Purging
+//! deletes whole segments. On open, every segment is scanned and a torn record at the tail of
+//! the last one (a crash mid-write) is cut off. The vote lives in a small file replaced
+//! atomically (and fsynced: it is what keeps a node from voting twice in a term); the committed
+//! id is only a hint (openraft learns it again from the leader), so it is written in place
+//! without an fsync.
+//!
+//! The newest entries also stay in memory (up to a byte budget): the leader applies and
+//! replicates entries right after appending them, and reads them from there instead of
+//! decoding them from disk again. Reads for replication are capped in bytes, so one
+//! AppendEntries message stays bounded however large the entries are.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, StorageIOError, Vote};
+use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, RaftTypeConfig, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::raft_types::{Entry, LogId, StorageError, TypeConfig};
+use crate::raft_types::{LogId, StorageError};
+use crate::write_atomic;
 
 /// Size at which a segment is closed and a new one started.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER: usize = 8;
+
+/// What a group's log needs of its type configuration: entries it can encode and decode.
+pub trait LogTypes:
+    RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode, Entry = openraft::Entry<Self>, D: Clone>
+{
+    /// Appends the encoding of `entry` to `buf`.
+    fn encode_entry(entry: &openraft::Entry<Self>, buf: &mut Vec<u8>) -> bincode::Result<()>;
+    /// Decodes an entry.
+    fn decode_entry(bytes: &[u8]) -> bincode::Result<openraft::Entry<Self>>;
+}
+
+impl<C> LogTypes for C
+where
+    C: RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode, Entry = openraft::Entry<C>, D: Clone>,
+    openraft::Entry<C>: Serialize + DeserializeOwned,
+{
+    fn encode_entry(entry: &openraft::Entry<C>, buf: &mut Vec<u8>) -> bincode::Result<()> {
+        bincode::serialize_into(buf, entry)
+    }
+
+    fn decode_entry(bytes: &[u8]) -> bincode::Result<openraft::Entry<C>> {
+        bincode::deserialize(bytes)
+    }
+}
+
+/// Tunables of a log.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// `fdatasync` every append before reporting it durable.
+    pub fsync: bool,
+    /// Bytes of the newest entries kept in memory.
+    pub cache_bytes: usize,
+    /// Most bytes of entries one replication read returns (at least one entry).
+    pub max_read_bytes: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self { fsync: true, cache_bytes: 64 * 1024 * 1024, max_read_bytes: 16 * 1024 * 1024 }
+    }
+}
 
 /// Where one entry is on disk.
 #[derive(Debug, Clone, Copy)]
@@ -35,10 +86,9 @@ struct Loc {
     len: u32,
 }
 
-#[derive(Debug)]
-struct Inner {
+struct Inner<C: LogTypes> {
     dir: PathBuf,
-    fsync: bool,
+    options: LogOptions,
     /// Segment first index -> open file.
     segments: BTreeMap<u64, File>,
     /// Locations of entries `first_index ..`, contiguous.
@@ -48,12 +98,21 @@ struct Inner {
     last_purged: Option<LogId>,
     vote: Option<Vote<u64>>,
     committed: Option<LogId>,
+    committed_file: File,
+    /// The newest entries, a contiguous suffix of the log.
+    cache: VecDeque<openraft::Entry<C>>,
+    cache_bytes: usize,
 }
 
-/// A shard's Raft log. Cheap to clone: clones share the same files.
-#[derive(Debug, Clone)]
-pub struct LogStore {
-    inner: Arc<Mutex<Inner>>,
+/// A group's Raft log. Cheap to clone: clones share the same files.
+pub struct LogStore<C: LogTypes> {
+    inner: Arc<Mutex<Inner<C>>>,
+}
+
+impl<C: LogTypes> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -64,24 +123,8 @@ fn log_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError
     io_err(ErrorSubject::Logs, verb, e)
 }
 
-/// Writes `value` as JSON to `path` atomically (write, fsync, rename).
-pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Reads a JSON file written by [`write_atomic`]; a missing file is `None`.
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io::Error::other),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -93,30 +136,49 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.log"))
 }
 
-impl LogStore {
+/// Reads the committed-id hint: `[len u32][crc32 u32][json]`; anything unreadable is `None`.
+fn read_committed(file: &File) -> Option<LogId> {
+    let mut header = [0u8; HEADER];
+    file.read_exact_at(&mut header, 0).ok()?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > 4096 {
+        return None;
+    }
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, HEADER as u64).ok()?;
+    (crc32fast::hash(&body) == crc).then(|| serde_json::from_slice(&body).ok()).flatten()
+}
+
+impl<C: LogTypes> LogStore<C> {
     /// Opens (or creates) the log in `dir`, recovering from a torn tail.
-    pub fn open(dir: &Path, fsync: bool) -> io::Result<Self> {
+    pub fn open(dir: &Path, options: LogOptions) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut firsts: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
             .collect();
         firsts.sort_unstable();
+        let committed_file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("committed"))?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
-            fsync,
+            options,
             segments: BTreeMap::new(),
             locs: VecDeque::new(),
             tail_offset: 0,
             last_purged: read_json(&dir.join("purged.json"))?,
             vote: read_json(&dir.join("vote.json"))?,
-            committed: read_json(&dir.join("committed.json"))?,
+            committed: read_committed(&committed_file),
+            committed_file,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
         };
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(dir, first);
             let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
             let is_last = i + 1 == firsts.len();
-            let end = scan_segment(&mut file, first, &mut inner.locs, is_last)?;
+            let end = scan_segment::<C>(&mut file, first, &mut inner.locs, is_last)?;
             if is_last {
                 let len = file.metadata()?.len();
                 if end < len {
@@ -137,14 +199,20 @@ impl LogStore {
         Ok(Self { inner: Arc::new(Mutex::new(inner)) })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<C>> {
         // A poisoned lock means a panic while writing; the data on disk is still checked by CRC.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of log entries on disk (live segments).
+    pub fn disk_bytes(&self) -> u64 {
+        let inner = self.lock();
+        inner.segments.values().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
     }
 }
 
 /// Reads records of one segment into `locs`; returns the offset after the last good record.
-fn scan_segment(file: &mut File, first: u64, locs: &mut VecDeque<Loc>, is_last: bool) -> io::Result<u64> {
+fn scan_segment<C: LogTypes>(file: &mut File, first: u64, locs: &mut VecDeque<Loc>, is_last: bool) -> io::Result<u64> {
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(0))?;
     let mut reader = io::BufReader::new(file);
@@ -162,7 +230,7 @@ fn scan_segment(file: &mut File, first: u64, locs: &mut VecDeque<Loc>, is_last: 
         if crc32fast::hash(&payload) != crc {
             break;
         }
-        let entry: Entry = match bincode::deserialize(&payload) {
+        let entry = match C::decode_entry(&payload) {
             Ok(e) => e,
             Err(_) => break,
         };
@@ -189,12 +257,16 @@ fn scan_segment(file: &mut File, first: u64, locs: &mut VecDeque<Loc>, is_last: 
     Ok(offset)
 }
 
-impl Inner {
+impl<C: LogTypes> Inner<C> {
     fn first_index(&self) -> Option<u64> {
         self.locs.front().map(|l| l.log_id.index)
     }
 
-    fn read_entry(&self, loc: &Loc) -> io::Result<Entry> {
+    fn cache_first(&self) -> Option<u64> {
+        self.cache.front().map(|e| e.log_id.index)
+    }
+
+    fn read_entry(&self, loc: &Loc) -> io::Result<openraft::Entry<C>> {
         let file = self
             .segments
             .get(&loc.segment)
@@ -206,17 +278,36 @@ impl Inner {
         if crc32fast::hash(payload) != crc {
             return Err(io::Error::other(format!("raft log entry {} fails its checksum", loc.log_id.index)));
         }
-        bincode::deserialize(payload).map_err(io::Error::other)
+        C::decode_entry(payload).map_err(io::Error::other)
     }
 
-    fn entries(&self, start: u64, end_exclusive: u64) -> io::Result<Vec<Entry>> {
-        let Some(first) = self.first_index() else { return Ok(Vec::new()) };
+    /// Entries `start..end_exclusive` (clipped to the log), stopping after `max_bytes` (but
+    /// always returning at least one entry when the range is not empty).
+    fn entries(&self, start: u64, end_exclusive: u64, max_bytes: usize) -> io::Result<Vec<openraft::Entry<C>>> {
+        let Some(first) = self.first_index() else {
+            return Ok(Vec::new());
+        };
         let from = start.max(first);
         let to = end_exclusive.min(first + self.locs.len() as u64);
-        (from..to).map(|i| self.read_entry(&self.locs[(i - first) as usize])).collect()
+        let cache_first = self.cache_first().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for i in from..to {
+            let loc = &self.locs[(i - first) as usize];
+            if !out.is_empty() && bytes + loc.len as usize > max_bytes {
+                break;
+            }
+            bytes += loc.len as usize;
+            if i >= cache_first {
+                out.push(self.cache[(i - cache_first) as usize].clone());
+            } else {
+                out.push(self.read_entry(loc)?);
+            }
+        }
+        Ok(out)
     }
 
-    fn append(&mut self, entries: Vec<Entry>) -> io::Result<()> {
+    fn append(&mut self, entries: Vec<openraft::Entry<C>>) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -224,34 +315,80 @@ impl Inner {
         let mut new_locs = Vec::with_capacity(entries.len());
         if self.segments.is_empty() || self.tail_offset >= SEGMENT_BYTES {
             let first = entries[0].log_id.index;
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(&self.dir, first))?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(segment_path(&self.dir, first))?;
             self.segments.insert(first, file);
             self.tail_offset = 0;
-            if self.fsync {
+            if self.options.fsync {
                 File::open(&self.dir)?.sync_all()?;
             }
         }
         let (&segment, _) = self.segments.last_key_value().ok_or_else(|| io::Error::other("no active segment"))?;
         for entry in &entries {
-            let payload = bincode::serialize(entry).map_err(io::Error::other)?;
-            let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("raft log entry larger than 4 GiB"))?;
-            new_locs.push(Loc { log_id: entry.log_id, segment, offset: self.tail_offset + buf.len() as u64, len });
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            buf.extend_from_slice(&payload);
+            let start = buf.len();
+            buf.extend_from_slice(&[0u8; HEADER]);
+            C::encode_entry(entry, &mut buf).map_err(io::Error::other)?;
+            let payload_len = buf.len() - start - HEADER;
+            let len = u32::try_from(payload_len).map_err(|_| io::Error::other("raft log entry larger than 4 GiB"))?;
+            let crc = crc32fast::hash(&buf[start + HEADER..]);
+            buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+            new_locs.push(Loc { log_id: entry.log_id, segment, offset: self.tail_offset + start as u64, len });
         }
         let file = self.segments.get(&segment).ok_or_else(|| io::Error::other("no active segment"))?;
         file.write_all_at(&buf, self.tail_offset)?;
-        if self.fsync {
+        if self.options.fsync {
             file.sync_data()?;
         }
         self.tail_offset += buf.len() as u64;
+        if let (Some(back), Some(first)) = (self.cache.back(), entries.first()) {
+            if back.log_id.index + 1 != first.log_id.index {
+                self.cache.clear();
+                self.cache_bytes = 0;
+            }
+        }
+        for (entry, loc) in entries.into_iter().zip(&new_locs) {
+            self.cache_bytes += loc.len as usize;
+            self.cache.push_back(entry);
+        }
         self.locs.extend(new_locs);
+        self.trim_cache();
         Ok(())
     }
 
+    fn trim_cache(&mut self) {
+        while self.cache_bytes > self.options.cache_bytes && self.cache.len() > 1 {
+            let Some(front) = self.cache.pop_front() else {
+                break;
+            };
+            let size = self.loc_of(front.log_id.index).map_or(0, |l| l.len as usize);
+            self.cache_bytes = self.cache_bytes.saturating_sub(size);
+        }
+    }
+
+    fn loc_of(&self, index: u64) -> Option<&Loc> {
+        let first = self.first_index()?;
+        index.checked_sub(first).and_then(|i| self.locs.get(i as usize))
+    }
+
+    fn drop_cache_from(&mut self, index: u64) {
+        while self.cache.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(e) = self.cache.pop_back() {
+                let size = self.loc_of(e.log_id.index).map_or(0, |l| l.len as usize);
+                self.cache_bytes = self.cache_bytes.saturating_sub(size);
+            }
+        }
+    }
+
     fn truncate(&mut self, index: u64) -> io::Result<()> {
-        let Some(first) = self.first_index() else { return Ok(()) };
+        self.drop_cache_from(index);
+        let Some(first) = self.first_index() else {
+            return Ok(());
+        };
         if index < first {
             self.locs.clear();
         } else {
@@ -285,8 +422,14 @@ impl Inner {
     }
 
     fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        write_atomic(&self.dir.join("purged.json"), &Some(log_id))?;
+        write_atomic(&self.dir.join("purged.json"), &serde_json::to_vec(&Some(log_id)).map_err(io::Error::other)?)?;
         self.last_purged = Some(log_id);
+        while self.cache.front().is_some_and(|e| e.log_id.index <= log_id.index) {
+            if let Some(e) = self.cache.pop_front() {
+                let size = self.loc_of(e.log_id.index).map_or(0, |l| l.len as usize);
+                self.cache_bytes = self.cache_bytes.saturating_sub(size);
+            }
+        }
         while self.locs.front().is_some_and(|l| l.log_id.index <= log_id.index) {
             self.locs.pop_front();
         }
@@ -314,6 +457,17 @@ impl Inner {
         }
         Ok(())
     }
+
+    fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        let body = serde_json::to_vec(&committed).map_err(io::Error::other)?;
+        let mut record = Vec::with_capacity(HEADER + body.len());
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        self.committed_file.write_all_at(&record, 0)?;
+        self.committed = committed;
+        Ok(())
+    }
 }
 
 fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
@@ -330,20 +484,26 @@ fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     (start, end)
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: LogTypes> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<openraft::Entry<C>>, StorageError> {
         let (start, end) = range_to_bounds(&range);
-        self.lock().entries(start, end).map_err(|e| log_err(ErrorVerb::Read, e))
+        self.lock().entries(start, end, usize::MAX).map_err(|e| log_err(ErrorVerb::Read, e))
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<openraft::Entry<C>>, StorageError> {
+        let inner = self.lock();
+        let max = inner.options.max_read_bytes;
+        inner.entries(start, end, max).map_err(|e| log_err(ErrorVerb::Read, e))
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl<C: LogTypes> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let inner = self.lock();
         let last_purged_log_id = inner.last_purged;
         let last_log_id = inner.locs.back().map(|l| l.log_id).or(last_purged_log_id);
@@ -356,7 +516,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        write_atomic(&inner.dir.join("vote.json"), vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let bytes = serde_json::to_vec(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        write_atomic(&inner.dir.join("vote.json"), &bytes)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -368,8 +530,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut inner = self.lock();
         if inner.committed != committed {
-            write_atomic(&inner.dir.join("committed.json"), &committed).map_err(|e| log_err(ErrorVerb::Write, e))?;
-            inner.committed = committed;
+            inner.save_committed(committed).map_err(|e| log_err(ErrorVerb::Write, e))?;
         }
         Ok(())
     }
@@ -378,12 +539,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + Send,
+        I: IntoIterator<Item = openraft::Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<openraft::Entry<C>> = entries.into_iter().collect();
         let inner = self.inner.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -397,9 +558,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             }
             Err(e) => {
-                let kind = e.kind();
-                let message = e.to_string();
-                callback.log_io_completed(Err(io::Error::new(kind, message)));
+                callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
                 Err(log_err(ErrorVerb::Write, e))
             }
         }
@@ -414,3 +573,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_hint_round_trips_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.path().join("c")).unwrap();
+        assert_eq!(read_committed(&file), None);
+        file.write_all_at(b"\xff\xff\xff\xffgarbage", 0).unwrap();
+        assert_eq!(read_committed(&file), None);
+    }
+}

@@ -11,6 +11,8 @@ pub struct StorageMetrics {
     pub spans_appended: Counter,
     /// Pushes refused because the shard is overloaded.
     pub pushes_rejected_overload: Counter,
+    /// Pushes recognised as retries of a committed push and not stored again.
+    pub duplicate_pushes: Counter,
     /// Blocks flushed.
     pub flushes: Counter,
     /// Failed flush attempts.
@@ -19,10 +21,20 @@ pub struct StorageMetrics {
     pub block_bytes_written: Counter,
     /// Spans written to blocks.
     pub block_spans_written: Counter,
-    /// Committed blocks.
+    /// Committed blocks on the shards of this node.
     pub blocks: Gauge,
     /// In-memory bytes of unflushed spans.
     pub unflushed_bytes: Gauge,
+    /// Bytes of Raft logs on disk.
+    pub raft_log_bytes: Gauge,
+    /// Shard replicas hosted here.
+    pub shards_hosted: Gauge,
+    /// Shards this node leads.
+    pub shards_leading: Gauge,
+    /// Hosted shards whose group has no leader now.
+    pub shards_without_leader: Gauge,
+    /// Leader changes seen by the shards hosted here.
+    pub leader_changes: Counter,
 }
 
 impl StorageMetrics {
@@ -32,12 +44,22 @@ impl StorageMetrics {
         let r = registry.sub_registry_with_prefix("spindle_storage");
         r.register("spans_appended", "Spans committed to a shard's Raft log", m.spans_appended.clone());
         r.register("pushes_rejected_overload", "Pushes refused with backpressure", m.pushes_rejected_overload.clone());
+        r.register(
+            "duplicate_pushes",
+            "Retried pushes acknowledged without storing them again",
+            m.duplicate_pushes.clone(),
+        );
         r.register("flushes", "Parquet blocks flushed", m.flushes.clone());
         r.register("flush_errors", "Failed flush attempts", m.flush_errors.clone());
         r.register("block_bytes_written", "Bytes of Parquet blocks written", m.block_bytes_written.clone());
         r.register("block_spans_written", "Spans written to Parquet blocks", m.block_spans_written.clone());
         r.register("blocks", "Committed blocks on this node's shards", m.blocks.clone());
         r.register("unflushed_bytes", "In-memory bytes of spans not yet in a block", m.unflushed_bytes.clone());
+        r.register("raft_log_bytes", "Bytes of Raft logs on disk", m.raft_log_bytes.clone());
+        r.register("shards_hosted", "Shard replicas hosted on this node", m.shards_hosted.clone());
+        r.register("shards_leading", "Shards this node leads", m.shards_leading.clone());
+        r.register("shards_without_leader", "Hosted shards whose group has no leader", m.shards_without_leader.clone());
+        r.register("leader_changes", "Shard leader changes seen on this node", m.leader_changes.clone());
         m
     }
 }

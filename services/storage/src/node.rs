@@ -1,85 +1,731 @@
-//! A storage node: the shards it hosts, served through [`StorageApi`].
+//! A storage node: its replica of the metadata group, the shards the metadata assigns to it,
+//! and the loops that keep the two in line.
+//!
+//! - Joining: a node whose metadata group is empty asks its seeds who they are. If one belongs
+//!   to a cluster, the node registers through it and waits for the metadata leader to add it
+//!   to the metadata group as a learner. If none does and `--bootstrap-expect` nodes answer,
+//!   the one with the lowest id creates the cluster (up to 3 metadata voters, every shard
+//!   placed on the nodes found).
+//! - Reconciling: the node opens every shard it must host (a replica, or a move's target),
+//!   initializes the groups it is first replica of, carries out the replica moves of the
+//!   shards it leads (add learner, catch up, change voters), and removes the shards it no
+//!   longer hosts once an up-to-date copy of the metadata confirms it.
+//! - Controlling: on the metadata leader, [`crate::controller`] decides the moves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use object_store::ObjectStore;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use spindle_cluster::{
+    ClusterConfig, ClusterState, MetaCommand, MetaError, Move, NodeId, NodeInfo, NodeState, ShardId, Topology,
+};
+use spindle_cluster_client::control::Hello;
+use spindle_cluster_client::{Channels, ControlClient};
+use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::TenantId;
-use spindle_storage_api::{ApiError, ReadRequest, ShardData, ShardId, StorageApi};
+use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest, StorageApi};
+use tokio::sync::watch;
 
+use crate::log_store::LogStore;
+use crate::meta_sm::MetaStateMachine;
 use crate::metrics::StorageMetrics;
-use crate::shard::{Shard, ShardConfig};
+use crate::network::{GrpcNetwork, RaftGroups};
+use crate::raft_types::{MetaTypes, ShardTypes};
+use crate::shard::{Shard, ShardConfig, ShardContext};
 use crate::NodeError;
+
+/// How a new cluster is created.
+#[derive(Debug, Clone)]
+pub struct BootstrapConfig {
+    /// Storage nodes (this one included) that must answer before the cluster is created.
+    pub expect: usize,
+    /// Shards to create.
+    pub shards: u32,
+    /// Replication factor, shards per tenant, ring points.
+    pub cluster: ClusterConfig,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self { expect: 1, shards: 1, cluster: ClusterConfig::default() }
+    }
+}
 
 /// How a storage node starts.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Raft node id of this node.
-    pub node_id: u64,
-    /// Local directory for Raft logs and snapshots (`<dir>/shard-<id>/`).
+    /// Stable id of this node.
+    pub node_id: NodeId,
+    /// Address of this node's internal gRPC API as other nodes reach it (`host:port`).
+    pub advertise_addr: String,
+    /// Local directory for Raft logs and snapshots.
     pub dir: PathBuf,
-    /// Shards hosted here.
-    pub shards: Vec<ShardId>,
+    /// Internal addresses of other storage nodes to join through.
+    pub seeds: Vec<String>,
+    /// Used when this node creates the cluster.
+    pub bootstrap: BootstrapConfig,
     /// Shard tunables.
     pub shard: ShardConfig,
 }
 
 /// A running storage node.
 pub struct StorageNode {
-    shards: BTreeMap<ShardId, Arc<Shard>>,
+    id: NodeId,
+    config: NodeConfig,
+    store: Arc<dyn ObjectStore>,
+    channels: Channels,
+    meta: Raft<MetaTypes>,
+    topology: watch::Receiver<Arc<Topology>>,
+    shards: RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    opening: tokio::sync::Mutex<()>,
+    moves: Mutex<HashSet<ShardId>>,
+    leaders: Mutex<HashMap<ShardId, Option<NodeId>>>,
+    metrics: StorageMetrics,
+    stop: watch::Sender<bool>,
 }
 
+/// How many replica moves the controller runs at once.
+pub const MAX_MOVES: usize = 2;
+
 impl StorageNode {
-    /// Opens every configured shard (replaying its log) and starts their flushers.
-    pub async fn open(config: NodeConfig, store: Arc<dyn ObjectStore>, metrics: StorageMetrics) -> Result<Self, NodeError> {
-        let mut shards = BTreeMap::new();
-        for &id in &config.shards {
-            let dir = config.dir.join(format!("shard-{id:05}"));
-            let shard = Shard::open(id, config.node_id, &dir, store.clone(), config.shard.clone(), metrics.clone()).await?;
-            shards.insert(id, shard);
+    /// Opens the node's metadata replica and the shards on its disk, and starts joining (or
+    /// bootstrapping) and reconciling in the background.
+    pub async fn start(
+        config: NodeConfig,
+        store: Arc<dyn ObjectStore>,
+        channels: Channels,
+        metrics: StorageMetrics,
+    ) -> Result<Arc<Self>, NodeError> {
+        if config.dir.join("shard-00000").join("raft-log").exists() {
+            return Err(NodeError::Meta(format!(
+                "{} holds a Raft log of an older Spindle layout; move it away (flush it with the older version first)",
+                config.dir.display()
+            )));
         }
-        Ok(Self { shards })
+        let meta_dir = config.dir.join("meta");
+        let log = LogStore::<MetaTypes>::open(&meta_dir.join("log"), config.shard.log.clone())?;
+        let sm = MetaStateMachine::open(&meta_dir.join("state"))?;
+        let topology = sm.topology();
+        let raft_config = openraft::Config {
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
+            max_in_snapshot_log_to_keep: 100,
+            ..config.shard.raft.config("spindle-meta".into())
+        }
+        .validate()
+        .map_err(NodeError::raft)?;
+        let meta = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            GrpcNetwork::new(spindle_cluster::META_GROUP, channels.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(NodeError::raft)?;
+        let node = Arc::new(Self {
+            id: config.node_id,
+            store,
+            channels,
+            meta,
+            topology,
+            shards: RwLock::new(BTreeMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            moves: Mutex::new(HashSet::new()),
+            leaders: Mutex::new(HashMap::new()),
+            metrics,
+            stop: watch::channel(false).0,
+            config,
+        });
+        // Shards on disk rejoin their groups at once, whatever the metadata says yet.
+        let shards_dir = node.config.dir.join("shards");
+        if let Ok(entries) = std::fs::read_dir(&shards_dir) {
+            for entry in entries.flatten() {
+                if let Some(id) =
+                    entry.file_name().to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|n| n.parse().ok())
+                {
+                    node.open_shard(id).await?;
+                }
+            }
+        }
+        tokio::spawn(node.clone().join_loop());
+        tokio::spawn(node.clone().reconcile_loop());
+        tokio::spawn(crate::controller::run(node.clone()));
+        tokio::spawn(node.clone().metrics_loop());
+        Ok(node)
     }
 
-    fn shard(&self, id: ShardId) -> Result<&Arc<Shard>, ApiError> {
-        self.shards.get(&id).ok_or_else(|| ApiError::Unavailable(format!("shard {id} is not hosted on this node")))
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
     }
 
-    /// Flushes every shard now (used by tests and on shutdown).
+    /// The metadata group's Raft handle.
+    pub fn meta_raft(&self) -> &Raft<MetaTypes> {
+        &self.meta
+    }
+
+    /// The topology this node's metadata replica has applied, updated on every change.
+    pub fn topology(&self) -> watch::Receiver<Arc<Topology>> {
+        self.topology.clone()
+    }
+
+    /// The current cluster state.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.topology.borrow().state.clone()
+    }
+
+    pub(crate) fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// A shard hosted here.
+    pub fn shard(&self, id: ShardId) -> Option<Arc<Shard>> {
+        self.shards.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    fn all_shards(&self) -> Vec<Arc<Shard>> {
+        self.shards.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Who this node is, for a joining node's `Hello`.
+    pub async fn hello(&self) -> Hello {
+        Hello {
+            node_id: self.id,
+            addr: self.config.advertise_addr.clone(),
+            meta_initialized: self.meta.is_initialized().await.unwrap_or(false),
+            cluster_id: self.state().cluster_id.clone(),
+        }
+    }
+
+    /// Whether this node leads the metadata group.
+    pub fn is_meta_leader(&self) -> bool {
+        let m = self.meta.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    async fn open_shard(&self, id: ShardId) -> Result<Arc<Shard>, NodeError> {
+        let _guard = self.opening.lock().await;
+        if let Some(s) = self.shard(id) {
+            return Ok(s);
+        }
+        let dir = self.config.dir.join("shards").join(format!("shard-{id:05}"));
+        let context = ShardContext {
+            node_id: self.id,
+            store: self.store.clone(),
+            topology: self.topology.clone(),
+            channels: self.channels.clone(),
+            config: self.config.shard.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let shard = Shard::open(id, &dir, &context).await?;
+        tracing::info!(shard = id, "opened shard");
+        self.shards.write().unwrap_or_else(|e| e.into_inner()).insert(id, shard.clone());
+        Ok(shard)
+    }
+
+    /// Proposes a metadata command here or, when this node does not lead the metadata group,
+    /// through its leader. The inner result is the state's verdict.
+    pub async fn propose_meta(&self, command: MetaCommand, hops: u32) -> Result<Result<(), MetaError>, NodeError> {
+        match self.meta.client_write(command.clone()).await {
+            Ok(r) => Ok(r.data.refused.map_or(Ok(()), Err)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) else {
+                    return Err(NodeError::Meta("the metadata group has no leader now; retry".into()));
+                };
+                if hops >= 2 || leader == self.id {
+                    return Err(NodeError::Meta("the metadata leader moved while forwarding; retry".into()));
+                }
+                Ok(ControlClient::new(&self.channels, &node.addr)?.propose(&command, hops + 1).await?)
+            }
+            Err(e) => Err(NodeError::Meta(e.to_string())),
+        }
+    }
+
+    /// The read index of the metadata group (this node must lead it).
+    pub async fn meta_read_index(&self) -> Result<u64, NodeError> {
+        let (read, _) = self.meta.get_read_log_id().await.map_err(NodeError::raft)?;
+        Ok(read.map_or(0, |l| l.index))
+    }
+
+    /// Waits until this node's metadata replica has applied everything the metadata leader
+    /// had committed when asked: after that, the local state is not older than the cluster's.
+    async fn meta_caught_up(&self) -> Result<(), NodeError> {
+        let index = if self.is_meta_leader() {
+            self.meta_read_index().await?
+        } else {
+            let m = self.meta.metrics().borrow().clone();
+            let leader =
+                m.current_leader.ok_or_else(|| NodeError::Meta("the metadata group has no leader now".into()))?;
+            let addr = m
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+                .ok_or_else(|| NodeError::Meta(format!("metadata leader {leader} has no address")))?;
+            ControlClient::new(&self.channels, &addr)?.meta_read_index().await?
+        };
+        self.meta
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(index), "metadata caught up")
+            .await
+            .map_err(NodeError::raft)?;
+        Ok(())
+    }
+
+    async fn join_loop(self: Arc<Self>) {
+        let mut stop = self.stopped();
+        loop {
+            match self.try_join().await {
+                Ok(true) => {
+                    tracing::info!(node = self.id, cluster = %self.state().cluster_id, "member of the cluster");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "joining the cluster failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One step of joining; `true` once this node is registered with its current address.
+    async fn try_join(&self) -> Result<bool, NodeError> {
+        let me = NodeInfo { id: self.id, addr: self.config.advertise_addr.clone(), state: NodeState::Active };
+        if self.meta.is_initialized().await.map_err(NodeError::raft)? {
+            let state = self.state();
+            if !state.is_bootstrapped() {
+                // The node that created the group stopped before bootstrapping: its successor does.
+                if self.is_meta_leader() {
+                    let membership = self.meta.metrics().borrow().membership_config.membership().clone();
+                    let nodes = membership
+                        .nodes()
+                        .map(|(id, n)| NodeInfo { id: *id, addr: n.addr.clone(), state: NodeState::Active })
+                        .collect();
+                    self.bootstrap_cluster(nodes).await?;
+                }
+                return Ok(false);
+            }
+            return match state.nodes.get(&self.id) {
+                Some(n) if n.addr == me.addr && n.state != NodeState::Left => Ok(true),
+                _ => {
+                    let verdict =
+                        self.propose_meta(MetaCommand::RegisterNode { id: me.id, addr: me.addr.clone() }, 0).await?;
+                    verdict.map_err(|e| NodeError::Meta(e.to_string()))?;
+                    Ok(false)
+                }
+            };
+        }
+        let mut peers: BTreeMap<NodeId, Hello> = BTreeMap::new();
+        peers.insert(self.id, self.hello().await);
+        for seed in self.config.seeds.iter().filter(|s| **s != me.addr) {
+            match ControlClient::new(&self.channels, seed)?.hello().await {
+                Ok(h) => {
+                    peers.insert(h.node_id, h);
+                }
+                Err(e) => tracing::debug!(seed = %seed, error = %e, "seed did not answer"),
+            }
+        }
+        if let Some(member) = peers.values().find(|h| h.meta_initialized && h.node_id != self.id) {
+            tracing::info!(via = %member.addr, "joining the cluster");
+            let verdict = ControlClient::new(&self.channels, &member.addr)?
+                .propose(&MetaCommand::RegisterNode { id: me.id, addr: me.addr.clone() }, 0)
+                .await?;
+            verdict.map_err(|e| NodeError::Meta(e.to_string()))?;
+            return Ok(false);
+        }
+        let expect = self.config.bootstrap.expect.max(1);
+        if peers.len() < expect {
+            tracing::info!(found = peers.len(), expect, "waiting for more storage nodes before creating the cluster");
+            return Ok(false);
+        }
+        if peers.keys().next() != Some(&self.id) {
+            return Ok(false);
+        }
+        let voter_count = if peers.len() >= 3 { 3 } else { 1 };
+        let voters: BTreeMap<NodeId, BasicNode> =
+            peers.values().take(voter_count).map(|h| (h.node_id, BasicNode::new(h.addr.clone()))).collect();
+        tracing::info!(nodes = ?peers.keys().collect::<Vec<_>>(), voters = ?voters.keys().collect::<Vec<_>>(), "creating the cluster");
+        match self.meta.initialize(voters).await {
+            Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(NodeError::raft(e)),
+        }
+        self.meta
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "metadata leader")
+            .await
+            .map_err(NodeError::raft)?;
+        let nodes = peers
+            .values()
+            .map(|h| NodeInfo { id: h.node_id, addr: h.addr.clone(), state: NodeState::Active })
+            .collect();
+        self.bootstrap_cluster(nodes).await?;
+        Ok(false)
+    }
+
+    async fn bootstrap_cluster(&self, nodes: Vec<NodeInfo>) -> Result<(), NodeError> {
+        let cluster_id: String = format!("{:016x}", {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u64(self.id);
+            h.finish()
+        });
+        let b = &self.config.bootstrap;
+        let command = MetaCommand::Bootstrap {
+            cluster_id: cluster_id.clone(),
+            config: b.cluster.clone(),
+            shards: b.shards,
+            nodes,
+        };
+        match self.propose_meta(command, 0).await? {
+            Ok(()) => {
+                tracing::info!(cluster = %cluster_id, shards = b.shards, rf = b.cluster.replication_factor, "cluster created");
+                Ok(())
+            }
+            Err(MetaError::AlreadyBootstrapped(_)) => Ok(()),
+            Err(e) => Err(NodeError::Meta(e.to_string())),
+        }
+    }
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut stop = self.stopped();
+        let mut changes = self.topology.clone();
+        loop {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "reconciling shards failed; retrying");
+            }
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>) -> Result<(), NodeError> {
+        let state = self.state();
+        if !state.is_bootstrapped() || !state.nodes.contains_key(&self.id) {
+            return Ok(());
+        }
+        let mut hosted = HashSet::new();
+        for info in state.shards_hosted_by(self.id) {
+            hosted.insert(info.id);
+            let shard = self.open_shard(info.id).await?;
+            if !info.initialized && info.replicas.first() == Some(&self.id) {
+                let members: BTreeMap<NodeId, BasicNode> = info
+                    .replicas
+                    .iter()
+                    .filter_map(|n| state.nodes.get(n).map(|i| (*n, BasicNode::new(i.addr.clone()))))
+                    .collect();
+                shard.initialize(members).await?;
+                if let Err(e) = self.propose_meta(MetaCommand::ShardInitialized { shard: info.id }, 0).await? {
+                    tracing::debug!(shard = info.id, reason = %e, "shard already marked initialized");
+                }
+                tracing::info!(shard = info.id, replicas = ?info.replicas, "initialized shard group");
+            }
+            if let Some(mv) = info.moving {
+                let start = shard.is_leader() && self.moves.lock().unwrap_or_else(|e| e.into_inner()).insert(info.id);
+                if start {
+                    tokio::spawn(self.clone().execute_move(shard, mv));
+                }
+            }
+        }
+        let extra: Vec<ShardId> = self
+            .shards
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .filter(|id| !hosted.contains(id))
+            .collect();
+        if !extra.is_empty() {
+            // Act only on a copy of the metadata at least as new as the cluster's.
+            self.meta_caught_up().await?;
+            let state = self.state();
+            for id in extra {
+                if state.shards_hosted_by(self.id).any(|s| s.id == id) {
+                    continue;
+                }
+                let shard = self.shards.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                if let Some(shard) = shard {
+                    tracing::info!(shard = id, "this node no longer hosts the shard; removing its local copy");
+                    shard.remove().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute_move(self: Arc<Self>, shard: Arc<Shard>, mv: Move) {
+        let id = shard.id();
+        match self.try_move(&shard, mv).await {
+            Ok(()) => {
+                tracing::info!(shard = id, add = mv.add, remove = ?mv.remove, "replica move finished")
+            }
+            Err(e) => {
+                tracing::warn!(shard = id, add = mv.add, remove = ?mv.remove, error = %e, "replica move failed; will retry")
+            }
+        }
+        self.moves.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Adds `mv.add` as a learner, waits for it to catch up, makes it a voter in place of
+    /// `mv.remove`, and records the new voters in the metadata.
+    async fn try_move(&self, shard: &Shard, mv: Move) -> Result<(), NodeError> {
+        let addr = self
+            .state()
+            .nodes
+            .get(&mv.add)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| NodeError::Meta(format!("node {} is unknown", mv.add)))?;
+        let raft = shard.raft();
+        let membership = raft.metrics().borrow().membership_config.membership().clone();
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if !voters.contains(&mv.add) {
+            if !membership.learner_ids().any(|l| l == mv.add) {
+                tracing::info!(shard = shard.id(), node = mv.add, "adding a learner");
+                tokio::time::timeout(Duration::from_secs(120), raft.add_learner(mv.add, BasicNode::new(addr), true))
+                    .await
+                    .map_err(|_| NodeError::Raft("the new replica did not catch up within 120 s".into()))?
+                    .map_err(NodeError::raft)?;
+            }
+            voters.insert(mv.add);
+        }
+        if let Some(r) = mv.remove {
+            voters.remove(&r);
+        }
+        let current: BTreeSet<NodeId> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if current != voters {
+            tracing::info!(shard = shard.id(), voters = ?voters, "changing voters");
+            tokio::time::timeout(Duration::from_secs(60), raft.change_membership(voters.clone(), false))
+                .await
+                .map_err(|_| NodeError::Raft("the membership change did not commit within 60 s".into()))?
+                .map_err(NodeError::raft)?;
+        }
+        let replicas = voters.into_iter().collect();
+        self.propose_meta(MetaCommand::FinishMove { shard: shard.id(), mv, replicas }, 0)
+            .await?
+            .map_err(|e| NodeError::Meta(e.to_string()))
+    }
+
+    async fn metrics_loop(self: Arc<Self>) {
+        let mut stop = self.stopped();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let shards = self.all_shards();
+            let (mut unflushed, mut blocks, mut log_bytes, mut leading, mut leaderless) = (0, 0, 0, 0, 0);
+            let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &shards {
+                let (u, b) = s.usage();
+                unflushed += u;
+                blocks += b;
+                log_bytes += s.log_bytes();
+                let leader = s.raft().metrics().borrow().current_leader;
+                leading += usize::from(leader == Some(self.id));
+                leaderless += usize::from(leader.is_none());
+                if let Some(previous) = leaders.insert(s.id(), leader) {
+                    if previous != leader && leader.is_some() {
+                        self.metrics.leader_changes.inc();
+                    }
+                }
+            }
+            self.metrics.unflushed_bytes.set(unflushed as i64);
+            self.metrics.blocks.set(blocks as i64);
+            self.metrics.raft_log_bytes.set(log_bytes as i64);
+            self.metrics.shards_hosted.set(shards.len() as i64);
+            self.metrics.shards_leading.set(leading as i64);
+            self.metrics.shards_without_leader.set(leaderless as i64);
+        }
+    }
+
+    /// Whether the node serves: it has joined, and every shard it hosts is open and has a
+    /// leader. `Err` says what is missing.
+    pub fn ready(&self) -> Result<(), String> {
+        let state = self.state();
+        if !state.is_bootstrapped() {
+            return Err("the cluster is not bootstrapped yet".into());
+        }
+        if state.nodes.get(&self.id).is_none_or(|n| n.addr != self.config.advertise_addr) {
+            return Err("this node has not joined the cluster yet".into());
+        }
+        for info in state.shards_hosted_by(self.id) {
+            if !info.initialized {
+                return Err(format!("shard {} is not initialized yet", info.id));
+            }
+            let Some(shard) = self.shard(info.id) else {
+                return Err(format!("shard {} is not open yet", info.id));
+            };
+            if shard.raft().metrics().borrow().current_leader.is_none() {
+                return Err(format!("shard {} has no leader", info.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every shard this node leads (used by tests and on shutdown).
     pub async fn flush_all(&self) -> Result<usize, NodeError> {
         let mut n = 0;
-        for shard in self.shards.values() {
+        for shard in self.all_shards() {
             n += shard.flush(true).await?;
         }
         Ok(n)
     }
 
-    /// Flushes and stops every shard.
+    /// Stops the loops, flushes the shards this node leads and stops every group.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
         let mut first_error = None;
-        for shard in self.shards.values() {
+        for shard in self.all_shards() {
             if let Err(e) = shard.shutdown().await {
                 tracing::error!(shard = shard.id(), error = %e, "shard shutdown failed");
                 first_error.get_or_insert(e);
             }
         }
+        if let Err(e) = self.meta.shutdown().await {
+            first_error.get_or_insert(NodeError::raft(e));
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// What this node and its groups are doing, for `/admin/status`.
+    pub fn status(&self) -> NodeStatus {
+        let state = self.state();
+        let mut shards: Vec<ShardStatus> = self
+            .all_shards()
+            .iter()
+            .map(|s| {
+                let (unflushed_bytes, blocks) = s.usage();
+                ShardStatus {
+                    shard: s.id(),
+                    group: GroupStatus::of(&s.raft().metrics().borrow()),
+                    unflushed_bytes,
+                    blocks,
+                    log_bytes: s.log_bytes(),
+                }
+            })
+            .collect();
+        shards.sort_by_key(|s| s.shard);
+        NodeStatus {
+            node_id: self.id,
+            addr: self.config.advertise_addr.clone(),
+            ready: self.ready().err(),
+            cluster_id: state.cluster_id.clone(),
+            topology_version: state.version,
+            meta: GroupStatus::of(&self.meta.metrics().borrow()),
+            shards,
+        }
+    }
+}
+
+/// A node's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Internal address.
+    pub addr: String,
+    /// `null` when ready, else what is missing.
+    pub ready: Option<String>,
+    /// Cluster id (empty before bootstrap).
+    pub cluster_id: String,
+    /// Version of the cluster state applied here.
+    pub topology_version: u64,
+    /// The metadata group as this node sees it.
+    pub meta: GroupStatus,
+    /// The shards hosted here.
+    pub shards: Vec<ShardStatus>,
+}
+
+/// One Raft group as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Leader, if known.
+    pub leader: Option<NodeId>,
+    /// Last log index here.
+    pub last_log_index: Option<u64>,
+    /// Last applied index here.
+    pub last_applied: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot: Option<u64>,
+    /// Purged up to.
+    pub purged: Option<u64>,
+    /// Voters.
+    pub voters: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// On the leader: the index each member has replicated up to.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+}
+
+impl GroupStatus {
+    fn of(m: &RaftMetrics<u64, BasicNode>) -> Self {
+        let membership = m.membership_config.membership();
+        Self {
+            role: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            replication: m.replication.as_ref().map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect()),
+        }
+    }
+}
+
+/// One shard replica on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    /// Shard id.
+    pub shard: ShardId,
+    /// Its group.
+    #[serde(flatten)]
+    pub group: GroupStatus,
+    /// In-memory bytes of unflushed spans.
+    pub unflushed_bytes: usize,
+    /// Committed blocks.
+    pub blocks: usize,
+    /// Bytes of its Raft log on disk.
+    pub log_bytes: u64,
+}
+
+impl RaftGroups for StorageNode {
+    fn meta(&self) -> Option<Raft<MetaTypes>> {
+        Some(self.meta.clone())
+    }
+
+    fn shard(&self, id: ShardId) -> Option<Raft<ShardTypes>> {
+        StorageNode::shard(self, id).map(|s| s.raft().clone())
     }
 }
 
 #[async_trait::async_trait]
 impl StorageApi for StorageNode {
-    async fn push(&self, shard: ShardId, tenant: &TenantId, batch: RecordBatch) -> Result<u64, ApiError> {
-        self.shard(shard)?.append(tenant, batch).await
+    async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
+        let s = self.shard(shard).ok_or(ApiError::NotLeader { shard, leader: None })?;
+        s.append(tenant, batch).await
     }
 
-    async fn read_unflushed(&self, request: &ReadRequest) -> Result<Vec<ShardData>, ApiError> {
-        request
-            .shards
-            .iter()
-            .map(|&id| self.shard(id)?.read(&request.tenant, request.time_range, request.trace_id))
-            .collect()
+    async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError> {
+        let s = self.shard(request.shard).ok_or(ApiError::NotLeader { shard: request.shard, leader: None })?;
+        s.read(&request).await
     }
 }

@@ -1,57 +1,174 @@
-//! The openraft type configuration of a storage shard and the commands in its log.
+//! The openraft type configurations (data shards and the metadata group) and the commands in
+//! their logs.
 
 use std::io::Cursor;
+use std::sync::{Arc, OnceLock};
 
-use serde::{Deserialize, Serialize};
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use spindle_cluster::{MetaCommand, MetaError};
+use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::BlockMeta;
 
+/// Spans in a Raft entry: the IPC bytes that are logged and replicated, and the decoded batch,
+/// which the leader already has (it decoded the push) and a follower decodes once, at apply.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct SpanPayload(Arc<PayloadInner>);
+
+struct PayloadInner {
+    ipc: Bytes,
+    decoded: OnceLock<Result<RecordBatch, String>>,
+}
+
+impl SpanPayload {
+    /// A payload whose batch is already decoded.
+    pub fn from_encoded(batch: EncodedBatch) -> Self {
+        let decoded = OnceLock::new();
+        let _ = decoded.set(Ok(batch.batch().clone()));
+        Self(Arc::new(PayloadInner { ipc: batch.ipc().clone(), decoded }))
+    }
+
+    /// A payload read from the log or the network.
+    pub fn from_ipc(ipc: Bytes) -> Self {
+        Self(Arc::new(PayloadInner { ipc, decoded: OnceLock::new() }))
+    }
+
+    /// The IPC bytes.
+    pub fn ipc(&self) -> &Bytes {
+        &self.0.ipc
+    }
+
+    /// The spans, decoded on first use and kept.
+    pub fn batch(&self) -> Result<RecordBatch, String> {
+        self.0
+            .decoded
+            .get_or_init(|| {
+                EncodedBatch::decode(self.0.ipc.clone()).map(|b| b.batch().clone()).map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for SpanPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpanPayload({} bytes)", self.0.ipc.len())
+    }
+}
+
+impl PartialEq for SpanPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ipc == other.0.ipc
+    }
+}
+
+impl Eq for SpanPayload {}
+
+impl Serialize for SpanPayload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0.ipc)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpanPayload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(Self::from_ipc(Bytes::from(bytes.into_vec())))
+    }
+}
+
+/// One push inside an [`ShardCommand::Append`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendItem {
+    /// Tenant id.
+    pub tenant: String,
+    /// xxh3-128 of the tenant and the IPC bytes: how the leader recognises a retried push.
+    pub digest: [u64; 2],
+    /// The spans.
+    pub payload: SpanPayload,
+}
+
 /// A command in a shard's Raft log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardCommand {
-    /// Buffer a batch of spans for a tenant (Arrow IPC stream in the span schema).
+    /// Spans of the pushes that reached the leader together (one entry, one fsync: group
+    /// commit).
     Append {
-        /// Tenant id.
-        tenant: String,
-        /// The spans.
-        #[serde(with = "serde_bytes")]
-        ipc: Vec<u8>,
+        /// When the leader proposed it (unix ms, the leader's clock): ages unflushed data and
+        /// ends the window in which a retried push is recognised.
+        received_unix_ms: u64,
+        /// The pushes.
+        items: Vec<AppendItem>,
     },
-    /// A block was written to the object store: record it and drop the buffered spans it holds
-    /// (every `Append` of the tenant at or below `through_index`).
+    /// A block holding a tenant's appended spans of log range `(after_index, through_index]`
+    /// was written to the object store. Applied only if it starts exactly where the tenant's
+    /// flushed range ends (no overlap, no gap) and was proposed in the term its leader flushed
+    /// in; otherwise refused, and the block file is an orphan for the sweep.
     BlockFlushed {
         /// Tenant id.
         tenant: String,
-        /// The block.
-        block: BlockMeta,
-        /// Highest log index whose spans the block contains.
+        /// Term of the leader that wrote the block.
+        term: u64,
+        /// Node id of that leader.
+        leader: u64,
+        /// The tenant's flushed range ended here when the flush started.
+        after_index: u64,
+        /// Last log index whose spans the block holds.
         through_index: u64,
+        /// The block (without its Bloom filter, which lives in the object-store index).
+        block: Box<BlockMeta>,
     },
 }
 
-/// What applying a command produced.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ShardResponse {
-    /// Spans buffered by an `Append`.
-    pub rows: u64,
-    /// Why the command could not be applied, if it could not.
-    pub error: Option<String>,
+/// What applying a shard command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardResponse {
+    /// Nothing to report (blank and membership entries).
+    #[default]
+    Done,
+    /// Rows stored per item of an `Append`, or why an item could not be stored.
+    Appended(Vec<Result<u64, String>>),
+    /// The block is committed.
+    Flushed,
+    /// The block was refused (stale or overlapping).
+    FlushRefused(String),
+}
+
+/// What applying a metadata command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaResponse {
+    /// Why the state refused the command, if it did.
+    pub refused: Option<MetaError>,
 }
 
 openraft::declare_raft_types!(
-    /// Raft types of a storage shard.
-    pub TypeConfig:
+    /// Raft types of a data shard.
+    pub ShardTypes:
         D = ShardCommand,
         R = ShardResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
+        Entry = openraft::Entry<ShardTypes>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-/// A log entry of a shard.
-pub type Entry = openraft::Entry<TypeConfig>;
-/// A log id of a shard.
+openraft::declare_raft_types!(
+    /// Raft types of the metadata group.
+    pub MetaTypes:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<MetaTypes>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log id (term, leader, index).
 pub type LogId = openraft::LogId<u64>;
 /// Storage errors as openraft wants them.
 pub type StorageError = openraft::StorageError<u64>;
+/// Stored membership of a group.
+pub type Membership = openraft::StoredMembership<u64, openraft::BasicNode>;

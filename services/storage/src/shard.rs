@@ -1,28 +1,45 @@
-//! One storage shard: an openraft group, its log, its state machine and its flusher.
+//! One data shard on this node: its openraft group, log, state machine, write batcher and (on
+//! the leader) its flusher and orphan sweep.
+//!
+//! Write path: [`Shard::append`] checks leadership, quorum and backpressure, recognises a batch
+//! it committed recently (a retry) by its digest, and queues the push. The writer task turns
+//! every push queued at that moment into one `Append` entry (group commit: one log write, one
+//! fsync, one replication round for all of them) and answers each push once the entry is
+//! committed by a quorum and applied.
+//!
+//! Flush path (leader only): a tenant's unflushed appends `(flushed_through, last]` are
+//! written to the block named after that range, then `BlockFlushed` is committed. A commit
+//! whose outcome is unknown leaves the file in place (a retry overwrites it; the sweep removes
+//! it if it is never committed); nothing is deleted on an ambiguous outcome.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use arrow::array::{FixedSizeBinaryArray, RecordBatch, Scalar};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::compute::kernels::cmp::eq;
+use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
-use spindle_schema::{col, ipc};
-use spindle_storage::index::write_index;
-use spindle_storage::{write_block, BlockOptions, TenantId};
-use spindle_storage_api::{ApiError, ShardData, ShardId};
-use tokio::sync::{Mutex, Notify, Semaphore};
+use spindle_cluster::{NodeId, ShardId, Topology};
+use spindle_cluster_client::Channels;
+use spindle_schema::col;
+use spindle_schema::ipc::EncodedBatch;
+use spindle_storage::index::{index_path, read_index, write_index};
+use spindle_storage::{block_dir, parse_block_file_name, write_block, BlockMeta, BlockOptions, TenantId};
+use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use xxhash_rust::xxh3::Xxh3;
 
-use crate::log_store::LogStore;
+use crate::log_store::{LogOptions, LogStore};
 use crate::metrics::StorageMetrics;
-use crate::network::SingleVoterNetwork;
-use crate::raft_types::{ShardCommand, TypeConfig};
-use crate::state_machine::{self, tenant_loads, SharedState, StateMachine};
-use crate::NodeError;
+use crate::network::GrpcNetwork;
+use crate::raft_types::{AppendItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
+use crate::shard_sm::{self, tenant_loads, ShardStateMachine, SharedState};
+use crate::{now_unix_ms, NodeError, RaftTiming};
 
 /// Tunables of a shard.
 #[derive(Debug, Clone)]
@@ -33,12 +50,24 @@ pub struct ShardConfig {
     pub flush_max_age: Duration,
     /// Pushes are refused (backpressure) while the shard holds this many unflushed bytes.
     pub max_unflushed_bytes: usize,
-    /// Pushes are refused while this many are waiting for their commit.
-    pub max_inflight_writes: usize,
-    /// `fsync` every append to the Raft log.
-    pub fsync: bool,
+    /// Pushes waiting for their commit, at most (more are refused with backpressure).
+    pub max_pending_writes: usize,
+    /// Bytes of pushes grouped into one Raft entry, at most.
+    pub max_entry_bytes: usize,
+    /// Raft entries being committed at once.
+    pub commits_in_flight: usize,
+    /// How long a push waits for its commit before the client is told to retry.
+    pub commit_timeout: Duration,
+    /// Block files never committed are deleted once this old.
+    pub orphan_grace: Duration,
+    /// How often the leader looks for orphaned block files.
+    pub sweep_interval: Duration,
     /// How blocks are written.
     pub block: BlockOptions,
+    /// The Raft log.
+    pub log: LogOptions,
+    /// Raft timing.
+    pub raft: RaftTiming,
 }
 
 impl Default for ShardConfig {
@@ -47,77 +76,108 @@ impl Default for ShardConfig {
             flush_max_bytes: 256 * 1024 * 1024,
             flush_max_age: Duration::from_secs(120),
             max_unflushed_bytes: 768 * 1024 * 1024,
-            max_inflight_writes: 256,
-            fsync: true,
+            max_pending_writes: 1024,
+            max_entry_bytes: 16 * 1024 * 1024,
+            commits_in_flight: 2,
+            commit_timeout: Duration::from_secs(10),
+            orphan_grace: Duration::from_secs(15 * 60),
+            sweep_interval: Duration::from_secs(10 * 60),
             block: BlockOptions::default(),
+            log: LogOptions::default(),
+            raft: RaftTiming::default(),
         }
     }
+}
+
+/// What every shard of a node shares.
+#[derive(Clone)]
+pub struct ShardContext {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Where blocks go.
+    pub store: Arc<dyn ObjectStore>,
+    /// The cluster's topology (for the cluster id that names block objects).
+    pub topology: watch::Receiver<Arc<Topology>>,
+    /// Channels to the other nodes (Raft traffic).
+    pub channels: Channels,
+    /// Tunables.
+    pub config: ShardConfig,
+    /// The node's metrics.
+    pub metrics: StorageMetrics,
+}
+
+/// A push waiting for its commit.
+struct PendingWrite {
+    tenant: String,
+    digest: [u64; 2],
+    batch: EncodedBatch,
+    reply: oneshot::Sender<Result<u64, ApiError>>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// A shard hosted on this node.
 pub struct Shard {
     id: ShardId,
-    node_id: u64,
-    raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    dir: PathBuf,
+    raft: Raft<ShardTypes>,
     state: SharedState,
+    log: LogStore<ShardTypes>,
     store: Arc<dyn ObjectStore>,
+    topology: watch::Receiver<Arc<Topology>>,
     config: ShardConfig,
-    inflight: Semaphore,
-    flush_lock: Mutex<()>,
-    stop: Notify,
+    writes: mpsc::UnboundedSender<PendingWrite>,
+    pending: Arc<Semaphore>,
+    committing: Mutex<HashSet<[u64; 2]>>,
+    flush_lock: tokio::sync::Mutex<()>,
+    index_synced: AtomicBool,
+    last_sweep_ms: AtomicU64,
+    stop: watch::Sender<bool>,
     metrics: StorageMetrics,
 }
 
 impl Shard {
-    /// Opens the shard stored under `dir` as the single voter of its group, and starts its flusher.
-    pub async fn open(
-        id: ShardId,
-        node_id: u64,
-        dir: &Path,
-        store: Arc<dyn ObjectStore>,
-        config: ShardConfig,
-        metrics: StorageMetrics,
-    ) -> Result<Arc<Self>, NodeError> {
-        let log = LogStore::open(&dir.join("raft-log"), config.fsync)?;
-        let sm = StateMachine::open(&dir.join("state"))?;
+    /// Opens the shard stored under `dir` (replaying its log) and starts its tasks. A new
+    /// shard's group is empty until [`Shard::initialize`] is called on one replica, or its
+    /// leader reaches it.
+    pub async fn open(id: ShardId, dir: &Path, context: &ShardContext) -> Result<Arc<Self>, NodeError> {
+        let ShardContext { node_id, store, topology, channels, config, metrics } = context.clone();
+        let log = LogStore::open(&dir.join("log"), config.log.clone())?;
+        let sm = ShardStateMachine::open(&dir.join("state"))?;
         let state = sm.state();
         let raft_config = openraft::Config {
-            cluster_name: format!("spindle-shard-{id}"),
-            heartbeat_interval: 200,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 0,
             purge_batch_size: 1,
-            max_payload_entries: 256,
-            ..Default::default()
+            ..config.raft.config(format!("spindle-shard-{id}"))
         }
         .validate()
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let raft = Raft::new(node_id, Arc::new(raft_config), SingleVoterNetwork, log, sm)
+        .map_err(NodeError::raft)?;
+        let raft = Raft::new(node_id, Arc::new(raft_config), GrpcNetwork::new(id, channels), log.clone(), sm)
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
-            let members = BTreeMap::from([(node_id, BasicNode::new("local"))]);
-            raft.initialize(members).await.map_err(|e| NodeError::Raft(e.to_string()))?;
-        }
-        raft.wait(Some(Duration::from_secs(30)))
-            .state(ServerState::Leader, "shard leadership")
-            .await
-            .map_err(|e| NodeError::Raft(format!("shard {id} did not elect a leader: {e}")))?;
+            .map_err(NodeError::raft)?;
+        let (writes, queue) = mpsc::unbounded_channel();
         let shard = Arc::new(Self {
             id,
             node_id,
+            dir: dir.to_path_buf(),
             raft,
             state,
+            log,
             store,
-            inflight: Semaphore::new(config.max_inflight_writes),
+            topology,
+            pending: Arc::new(Semaphore::new(config.max_pending_writes)),
             config,
-            flush_lock: Mutex::new(()),
-            stop: Notify::new(),
+            writes,
+            committing: Mutex::new(HashSet::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            index_synced: AtomicBool::new(false),
+            last_sweep_ms: AtomicU64::new(0),
+            stop: watch::channel(false).0,
             metrics,
         });
-        tokio::spawn(shard.clone().flush_loop());
+        tokio::spawn(write_loop(id, shard.raft.clone(), queue, shard.config.clone()));
+        tokio::spawn(shard.clone().maintenance_loop());
         Ok(shard)
     }
 
@@ -126,13 +186,67 @@ impl Shard {
         self.id
     }
 
-    fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    /// The shard's Raft handle.
+    pub fn raft(&self) -> &Raft<ShardTypes> {
+        &self.raft
     }
 
-    /// Appends spans; returns once they are committed and applied.
-    pub async fn append(&self, tenant: &TenantId, batch: RecordBatch) -> Result<u64, ApiError> {
-        let unflushed = state_machine::read(&self.state).unflushed_bytes;
+    /// Makes this node the first member of a new group with `members` as voters. Does nothing
+    /// if the group already has a log (initialized before, or reached by its leader).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), NodeError> {
+        if self.raft.is_initialized().await.map_err(NodeError::raft)? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::raft(e)),
+        }
+    }
+
+    /// The leader this node knows of, if this node is not it.
+    fn not_leader(&self) -> Option<ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.current_leader != Some(self.node_id) || m.state != ServerState::Leader)
+            .then_some(ApiError::NotLeader { shard: self.id, leader: m.current_leader.filter(|l| *l != self.node_id) })
+    }
+
+    /// Whether this node leads the shard.
+    pub fn is_leader(&self) -> bool {
+        self.not_leader().is_none()
+    }
+
+    /// Refuses writes when the leader has not heard from a quorum lately (it may be cut off,
+    /// and whatever it appended could not commit).
+    fn check_quorum(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        let limit = (self.config.raft.election_max * 2).as_millis() as u64;
+        match m.millis_since_quorum_ack {
+            Some(ms) if voters > 1 && ms > limit => {
+                Err(ApiError::Unavailable(format!("shard {} leader has not heard from a quorum for {ms} ms", self.id)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends spans; returns once they are committed by a quorum and applied.
+    pub async fn append(&self, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
+        if let Some(e) = self.not_leader() {
+            return Err(e);
+        }
+        self.check_quorum()?;
+        let rows = batch.num_rows() as u64;
+        let digest = digest(tenant.as_str(), batch.ipc());
+        let (unflushed, seen) = {
+            let s = shard_sm::read(&self.state);
+            (s.unflushed_bytes, s.recent.contains(&digest))
+        };
+        if seen.is_some() {
+            // A retry of a push this shard committed: acknowledge it without storing it again.
+            self.metrics.duplicate_pushes.inc();
+            return Ok(rows);
+        }
         if unflushed >= self.config.max_unflushed_bytes {
             self.metrics.pushes_rejected_overload.inc();
             return Err(ApiError::Overloaded(format!(
@@ -140,161 +254,463 @@ impl Shard {
                 self.id, self.config.max_unflushed_bytes
             )));
         }
-        let Ok(_permit) = self.inflight.try_acquire() else {
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
             self.metrics.pushes_rejected_overload.inc();
             return Err(ApiError::Overloaded(format!(
-                "shard {} has {} writes in flight; retry shortly",
-                self.id, self.config.max_inflight_writes
+                "shard {} has {} pushes waiting for their commit; retry shortly",
+                self.id, self.config.max_pending_writes
             )));
         };
-        let ipc = ipc::encode(&[batch]).map_err(|e| ApiError::Internal(format!("encoding batch: {e}")))?;
-        let command = ShardCommand::Append { tenant: tenant.to_string(), ipc };
-        let response = self.raft.client_write(command).await.map_err(write_error)?;
-        if let Some(e) = response.data.error {
-            return Err(ApiError::Internal(e));
+        if !self.committing.lock().unwrap_or_else(|e| e.into_inner()).insert(digest) {
+            return Err(ApiError::Unavailable("the same batch is being committed now; retry shortly".into()));
         }
-        self.metrics.spans_appended.inc_by(response.data.rows);
-        Ok(response.data.rows)
+        let _guard = Committing { set: &self.committing, digest };
+        let (reply, answer) = oneshot::channel();
+        let write = PendingWrite { tenant: tenant.to_string(), digest, batch, reply, _permit: permit };
+        self.writes.send(write).map_err(|_| ApiError::Unavailable(format!("shard {} is stopping", self.id)))?;
+        let rows = answer
+            .await
+            .map_err(|_| ApiError::Unavailable(format!("shard {} stopped before answering", self.id)))??;
+        self.metrics.spans_appended.inc_by(rows);
+        Ok(rows)
     }
 
-    /// A tenant's unflushed spans (optionally only a time range or one trace) and its blocks.
-    pub fn read(&self, tenant: &TenantId, time_range: Option<(i64, i64)>, trace_id: Option<[u8; 16]>) -> Result<ShardData, ApiError> {
-        let (buffered, blocks) = {
-            let s = state_machine::read(&self.state);
-            match s.tenants.get(tenant.as_str()) {
-                Some(t) => (t.unflushed.clone(), t.blocks.clone()),
+    /// A tenant's committed blocks and unflushed spans, linearizable: the leader confirms it
+    /// still leads (a heartbeat round to a quorum) and has applied everything committed before.
+    pub async fn read(&self, request: &ShardReadRequest) -> Result<ShardRead, ApiError> {
+        if let Some(e) = self.not_leader() {
+            return Err(e);
+        }
+        match tokio::time::timeout(self.config.raft.election_max * 2, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(ApiError::NotLeader { shard: self.id, leader: f.leader_id });
+            }
+            Ok(Err(e)) => return Err(ApiError::Unavailable(format!("shard {}: {e}", self.id))),
+            Err(_) => return Err(ApiError::Unavailable(format!("shard {} could not confirm its leadership", self.id))),
+        }
+        let (blocks, batches) = {
+            let s = shard_sm::read(&self.state);
+            match s.tenants.get(request.tenant.as_str()) {
+                Some(t) => {
+                    let overlaps =
+                        |lo: i64, hi: i64| request.time_range.is_none_or(|(start, end)| lo <= end && hi >= start);
+                    let blocks: Vec<BlockMeta> = t
+                        .blocks
+                        .iter()
+                        .filter(|b| overlaps(b.min_time_ns, b.max_time_ns))
+                        .filter(|b| {
+                            request.trace_ids.as_ref().is_none_or(|ids| ids.iter().any(|id| b.may_contain_trace(id)))
+                        })
+                        .cloned()
+                        .collect();
+                    let batches: Vec<RecordBatch> = t
+                        .unflushed
+                        .iter()
+                        .filter(|b| overlaps(b.min_time, b.max_time))
+                        .map(|b| b.batch.clone())
+                        .collect();
+                    (blocks, batches)
+                }
                 None => (Vec::new(), Vec::new()),
             }
         };
-        let filter = trace_id
-            .map(|id| FixedSizeBinaryArray::try_from_iter(std::iter::once(id)).map(Scalar::new))
-            .transpose()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut batches = Vec::new();
-        for b in buffered {
-            if let Some((start, end)) = time_range {
-                if b.max_time < start || b.min_time > end {
-                    continue;
-                }
-            }
-            match &filter {
-                None => batches.push(b.batch),
-                Some(id) => {
-                    let column = b.batch.column_by_name(col::TRACE_ID).ok_or_else(|| ApiError::Internal("no trace_id".into()))?;
-                    let mask = eq(column, id).map_err(|e| ApiError::Internal(e.to_string()))?;
-                    let hit = filter_record_batch(&b.batch, &mask).map_err(|e| ApiError::Internal(e.to_string()))?;
-                    if hit.num_rows() > 0 {
-                        batches.push(hit);
-                    }
-                }
-            }
-        }
-        Ok(ShardData { shard: self.id, batches, blocks })
+        let ids: Option<HashSet<[u8; 16]>> = request.trace_ids.as_ref().map(|ids| ids.iter().copied().collect());
+        let projection = request.projection.clone();
+        let stream = futures::stream::iter(batches)
+            .filter_map(move |b| {
+                let out = select(b, ids.as_ref(), projection.as_deref());
+                async move { out.transpose() }
+            })
+            .boxed();
+        Ok(ShardRead { blocks, batches: stream })
     }
 
-    async fn flush_loop(self: Arc<Self>) {
+    async fn maintenance_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut snapshotted_flushes = 0;
+        let mut was_leader = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.stop.notified() => return,
+                _ = stop.wait_for(|s| *s) => return,
             }
-            {
-                // Under the flush lock: a merge must not straddle the index a flush is cutting at.
-                let _guard = self.flush_lock.lock().await;
-                if let Err(e) = state_machine::coalesce_small_batches(&self.state, 4096, 65536) {
-                    tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
+            if let Err(e) = shard_sm::coalesce_small_batches(&self.state, 4096, 65536) {
+                tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
+            }
+            // Every replica snapshots after a block commits, so its log can be purged.
+            let flushes = shard_sm::read(&self.state).flushes;
+            if flushes != snapshotted_flushes {
+                snapshotted_flushes = flushes;
+                if let Err(e) = self.raft.trigger().snapshot().await {
+                    tracing::warn!(shard = self.id, error = %e, "could not trigger a snapshot");
                 }
             }
-            self.metrics.unflushed_bytes.set(state_machine::read(&self.state).unflushed_bytes as i64);
+            let leader = self.is_leader();
+            if leader && !was_leader {
+                self.index_synced.store(false, Ordering::Relaxed);
+            }
+            was_leader = leader;
+            if !leader {
+                continue;
+            }
             if let Err(e) = self.flush(false).await {
                 self.metrics.flush_errors.inc();
                 tracing::error!(shard = self.id, error = %e, "flush failed; will retry");
             }
+            if !self.index_synced.load(Ordering::Relaxed) {
+                match self.sync_indexes().await {
+                    Ok(()) => self.index_synced.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(shard = self.id, error = %e, "could not bring the block indexes up to date")
+                    }
+                }
+            }
+            let now = now_unix_ms();
+            if now.saturating_sub(self.last_sweep_ms.load(Ordering::Relaxed))
+                >= self.config.sweep_interval.as_millis() as u64
+            {
+                self.last_sweep_ms.store(now, Ordering::Relaxed);
+                match self.sweep_orphans().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(shard = self.id, removed = n, "removed orphaned block files")
+                    }
+                    Err(e) => tracing::warn!(shard = self.id, error = %e, "orphan sweep failed"),
+                }
+            }
         }
     }
 
-    /// Writes every tenant's unflushed spans to blocks if a threshold is reached (or `force`),
-    /// commits the blocks through Raft and snapshots so the log can be purged. Only the leader
-    /// flushes. Returns the number of blocks written.
+    fn cluster_id(&self) -> Option<String> {
+        let id = self.topology.borrow().state.cluster_id.clone();
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// Writes every tenant's unflushed spans to blocks if a threshold is reached (or `force`)
+    /// and commits them through Raft. Only the leader flushes. Returns the blocks committed.
     pub async fn flush(&self, force: bool) -> Result<usize, NodeError> {
         let _guard = self.flush_lock.lock().await;
         if !self.is_leader() {
             return Ok(0);
         }
+        let Some(cluster) = self.cluster_id() else {
+            return Ok(0);
+        };
         let loads = tenant_loads(&self.state);
         let total: usize = loads.iter().map(|l| l.bytes).sum();
-        let due = force
-            || total >= self.config.max_unflushed_bytes / 2
-            || loads.iter().any(|l| {
-                l.bytes >= self.config.flush_max_bytes || l.oldest.is_some_and(|o| o.elapsed() >= self.config.flush_max_age)
-            });
-        if !due || loads.is_empty() {
+        let now = now_unix_ms();
+        let max_age = self.config.flush_max_age.as_millis() as u64;
+        // Under memory pressure every tenant goes; otherwise the tenants past a threshold. The
+        // log is kept back to the oldest unflushed span, at most `flush_max_age` old.
+        let everyone = force || total >= self.config.max_unflushed_bytes / 2;
+        let due: Vec<_> = loads
+            .into_iter()
+            .filter(|l| {
+                everyone
+                    || l.bytes >= self.config.flush_max_bytes
+                    || l.oldest_unix_ms.is_some_and(|o| now.saturating_sub(o) >= max_age)
+            })
+            .collect();
+        if due.is_empty() {
             return Ok(0);
         }
-        // Flush every tenant together so the snapshot taken afterwards stays small.
+        let (term, leader) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.current_term, self.node_id)
+        };
         let mut written = 0;
-        for load in loads {
-            let tenant = TenantId::new(&load.tenant).map_err(|e| NodeError::Raft(e.to_string()))?;
-            let (batches, through_index, seq, mut blocks) = {
-                let s = state_machine::read(&self.state);
-                let Some(t) = s.tenants.get(&load.tenant) else { continue };
-                let Some(last) = t.unflushed.last() else { continue };
-                let batches: Vec<RecordBatch> = t.unflushed.iter().map(|b| b.batch.clone()).collect();
-                (batches, last.index, s.next_seq.max(1), t.blocks.clone())
+        for load in due {
+            let tenant = TenantId::new(&load.tenant)?;
+            let (after_index, through_index, batches) = {
+                let s = shard_sm::read(&self.state);
+                let Some(t) = s.tenants.get(&load.tenant) else {
+                    continue;
+                };
+                let Some(last) = t.unflushed.last().and_then(|b| b.parts.last()) else {
+                    continue;
+                };
+                (t.flushed_through, last.0, t.unflushed.iter().map(|b| b.batch.clone()).collect::<Vec<_>>())
             };
-            let Some(block) = write_block(self.store.clone(), &tenant, self.id, seq, batches, &self.config.block).await?
+            let range = (after_index + 1, through_index);
+            let Some(block) =
+                write_block(self.store.clone(), &tenant, &cluster, self.id, range, batches, &self.config.block).await?
             else {
                 continue;
             };
             let (rows, bytes) = (block.rows, block.bytes);
-            let command = ShardCommand::BlockFlushed { tenant: load.tenant.clone(), block: block.clone(), through_index };
-            if let Err(e) = self.raft.client_write(command).await {
-                // Not committed: the spans stay buffered and the next flush writes a new block.
-                if let Err(del) = self.store.delete(&object_store::path::Path::from(block.path.as_str())).await {
-                    tracing::warn!(shard = self.id, block = %block.id, error = %del, "could not delete uncommitted block");
+            let command = ShardCommand::BlockFlushed {
+                tenant: load.tenant.clone(),
+                term,
+                leader,
+                after_index,
+                through_index,
+                block: Box::new(BlockMeta { trace_bloom: None, ..block.clone() }),
+            };
+            // An error here leaves the outcome unknown: the file stays (a retry of the same range
+            // overwrites it, and the sweep removes it if it never commits).
+            let response = tokio::time::timeout(self.config.commit_timeout, self.raft.client_write(command))
+                .await
+                .map_err(|_| {
+                    NodeError::Raft(format!("the block did not commit within {:?}", self.config.commit_timeout))
+                })?
+                .map_err(NodeError::raft)?;
+            match response.data {
+                ShardResponse::Flushed => {
+                    self.add_to_index(&tenant, &cluster, block).await?;
+                    self.metrics.flushes.inc();
+                    self.metrics.block_bytes_written.inc_by(bytes);
+                    self.metrics.block_spans_written.inc_by(rows);
+                    tracing::info!(shard = self.id, tenant = %tenant, first = range.0, last = range.1, rows, bytes, "flushed block");
+                    written += 1;
                 }
-                return Err(NodeError::Raft(e.to_string()));
+                other => {
+                    tracing::warn!(shard = self.id, tenant = %tenant, answer = ?other, "block not committed; it is an orphan now")
+                }
             }
-            // The index lists committed blocks only; queriers also get them from the shard itself.
-            blocks.push(block);
-            write_index(self.store.as_ref(), &tenant, self.id, &blocks).await?;
-            self.metrics.flushes.inc();
-            self.metrics.blocks.inc();
-            self.metrics.block_bytes_written.inc_by(bytes);
-            self.metrics.block_spans_written.inc_by(rows);
-            tracing::info!(shard = self.id, tenant = %tenant, seq, rows, bytes, "flushed block");
-            written += 1;
-        }
-        if written > 0 {
-            self.raft.trigger().snapshot().await.map_err(|e| NodeError::Raft(e.to_string()))?;
         }
         Ok(written)
     }
 
-    /// Stops the flusher, flushes everything and stops Raft.
+    async fn add_to_index(&self, tenant: &TenantId, cluster: &str, block: BlockMeta) -> Result<(), NodeError> {
+        let path = index_path(tenant, cluster, self.id);
+        let mut blocks = read_index(self.store.as_ref(), &path).await?;
+        blocks.retain(|b| b.id != block.id);
+        blocks.push(block);
+        write_index(self.store.as_ref(), &path, &blocks).await?;
+        Ok(())
+    }
+
+    /// Adds committed blocks missing from the object-store indexes (a leader that died between
+    /// committing a block and listing it), without their Bloom filters.
+    async fn sync_indexes(&self) -> Result<(), NodeError> {
+        let Some(cluster) = self.cluster_id() else {
+            return Ok(());
+        };
+        let catalog: Vec<(String, Vec<BlockMeta>)> =
+            shard_sm::read(&self.state).tenants.iter().map(|(t, s)| (t.clone(), s.blocks.clone())).collect();
+        for (tenant, blocks) in catalog {
+            let tenant = TenantId::new(&tenant)?;
+            let path = index_path(&tenant, &cluster, self.id);
+            let mut index = read_index(self.store.as_ref(), &path).await?;
+            let known: HashSet<String> = index.iter().map(|b| b.id.clone()).collect();
+            let missing: Vec<BlockMeta> = blocks.into_iter().filter(|b| !known.contains(&b.id)).collect();
+            if !missing.is_empty() {
+                tracing::info!(shard = self.id, tenant = %tenant, blocks = missing.len(), "listing committed blocks missing from the index");
+                index.extend(missing);
+                write_index(self.store.as_ref(), &path, &index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes block files of this shard that no committed block names and that are older than
+    /// the grace period. Returns how many went.
+    pub async fn sweep_orphans(&self) -> Result<usize, NodeError> {
+        let Some(cluster) = self.cluster_id() else {
+            return Ok(0);
+        };
+        let catalog: Vec<(String, HashSet<String>)> = shard_sm::read(&self.state)
+            .tenants
+            .iter()
+            .map(|(t, s)| (t.clone(), s.blocks.iter().map(|b| b.path.clone()).collect()))
+            .collect();
+        let grace = self.config.orphan_grace;
+        let mut removed = 0;
+        for (tenant, committed) in catalog {
+            let tenant = TenantId::new(&tenant)?;
+            let listed: Vec<_> = self.store.list(Some(&block_dir(&tenant, &cluster, self.id))).collect().await;
+            for object in listed {
+                let object = object.map_err(spindle_storage::StorageError::from)?;
+                let name = object.location.filename().unwrap_or_default();
+                if parse_block_file_name(name).is_none() || committed.contains(object.location.as_ref()) {
+                    continue;
+                }
+                let age = std::time::SystemTime::now().duration_since(object.last_modified.into()).unwrap_or_default();
+                if age >= grace {
+                    tracing::info!(shard = self.id, path = %object.location, "deleting a block file that was never committed");
+                    self.store.delete(&object.location).await.map_err(spindle_storage::StorageError::from)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Bytes of this shard's Raft log on disk.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.disk_bytes()
+    }
+
+    /// Unflushed bytes and committed blocks of this shard.
+    pub fn usage(&self) -> (usize, usize) {
+        let s = shard_sm::read(&self.state);
+        (s.unflushed_bytes, s.tenants.values().map(|t| t.blocks.len()).sum())
+    }
+
+    /// Stops the tasks; if this node leads the shard, flushes everything first and waits for
+    /// the snapshot that lets the log be purged. Then stops Raft.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
-        self.stop.notify_one();
+        let _ = self.stop.send(true);
         let flushed = self.flush(true).await;
         if matches!(flushed, Ok(n) if n > 0) {
-            // Give openraft a moment to build the snapshot and purge the log before stopping.
-            let applied = self.raft.metrics().borrow().last_applied;
-            let _ = self
-                .raft
-                .wait(Some(Duration::from_secs(5)))
-                .metrics(|m| m.snapshot == applied, "snapshot after flush")
-                .await;
+            let _ = self.raft.trigger().snapshot().await;
+            let wait_until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < wait_until {
+                let (snapshot, safe) = {
+                    let m = self.raft.metrics().borrow().clone();
+                    (m.snapshot.map_or(0, |s| s.index), shard_sm::read(&self.state).safe_point())
+                };
+                if snapshot >= safe {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        self.raft.shutdown().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.raft.shutdown().await.map_err(NodeError::raft)?;
         flushed.map(|_| ())
+    }
+
+    /// Stops the shard without flushing and deletes its local files (its replicas live on other
+    /// nodes now).
+    pub async fn remove(&self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
+        self.raft.shutdown().await.map_err(NodeError::raft)?;
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(())
     }
 }
 
-fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ApiError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            ApiError::Unavailable(format!("shard has no leader here (leader: {:?})", f.leader_id))
+/// Removes its digest from the set of pushes being committed when the push finishes.
+struct Committing<'a> {
+    set: &'a Mutex<HashSet<[u64; 2]>>,
+    digest: [u64; 2],
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.digest);
+    }
+}
+
+/// The digest that recognises a retried push: xxh3-128 of the tenant and the IPC bytes.
+fn digest(tenant: &str, ipc: &[u8]) -> [u64; 2] {
+    let mut h = Xxh3::new();
+    h.update(tenant.as_bytes());
+    h.update(&[0]);
+    h.update(ipc);
+    let d = h.digest128();
+    [d as u64, (d >> 64) as u64]
+}
+
+/// Keeps the rows of `ids` (all when `None`) and the columns of `projection`.
+fn select(
+    batch: RecordBatch,
+    ids: Option<&HashSet<[u8; 16]>>,
+    projection: Option<&[usize]>,
+) -> Result<Option<RecordBatch>, ApiError> {
+    let internal = |e: arrow::error::ArrowError| ApiError::Internal(e.to_string());
+    let batch = match ids {
+        None => batch,
+        Some(ids) => {
+            let column =
+                batch.column_by_name(col::TRACE_ID).ok_or_else(|| ApiError::Internal("no trace_id column".into()))?;
+            let trace_ids = column.as_fixed_size_binary();
+            let mask: BooleanArray = (0..trace_ids.len())
+                .map(|i| Some(<[u8; 16]>::try_from(trace_ids.value(i)).is_ok_and(|id| ids.contains(&id))))
+                .collect();
+            if mask.true_count() == 0 {
+                return Ok(None);
+            }
+            filter_record_batch(&batch, &mask).map_err(internal)?
         }
+    };
+    match projection {
+        Some(p) => batch.project(p).map(Some).map_err(internal),
+        None => Ok(Some(batch)),
+    }
+}
+
+/// Turns queued pushes into `Append` entries: every push waiting when a commit slot frees up
+/// goes into one entry (up to `max_entry_bytes`).
+async fn write_loop(
+    shard: ShardId,
+    raft: Raft<ShardTypes>,
+    mut queue: mpsc::UnboundedReceiver<PendingWrite>,
+    config: ShardConfig,
+) {
+    let slots = Arc::new(Semaphore::new(config.commits_in_flight.max(1)));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut bytes = first.batch.ipc().len();
+        let mut group = vec![first];
+        while bytes < config.max_entry_bytes {
+            match queue.try_recv() {
+                Ok(w) => {
+                    bytes += w.batch.ipc().len();
+                    group.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let timeout = config.commit_timeout;
+        tokio::spawn(async move {
+            commit(shard, &raft, group, timeout).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit(shard: ShardId, raft: &Raft<ShardTypes>, group: Vec<PendingWrite>, timeout: Duration) {
+    let items = group
+        .iter()
+        .map(|w| AppendItem {
+            tenant: w.tenant.clone(),
+            digest: w.digest,
+            payload: SpanPayload::from_encoded(w.batch.clone()),
+        })
+        .collect();
+    let command = ShardCommand::Append { received_unix_ms: now_unix_ms(), items };
+    let outcome = tokio::time::timeout(timeout, raft.client_write(command)).await;
+    match outcome {
+        Ok(Ok(response)) => match response.data {
+            ShardResponse::Appended(results) if results.len() == group.len() => {
+                for (w, r) in group.into_iter().zip(results) {
+                    let _ = w.reply.send(r.map_err(ApiError::Internal));
+                }
+            }
+            other => {
+                for w in group {
+                    let _ = w.reply.send(Err(ApiError::Internal(format!("unexpected apply result {other:?}"))));
+                }
+            }
+        },
+        Ok(Err(e)) => {
+            let error = write_error(shard, e);
+            for w in group {
+                let _ = w.reply.send(Err(error.clone()));
+            }
+        }
+        Err(_) => {
+            for w in group {
+                let _ = w.reply.send(Err(ApiError::Unavailable(format!(
+                    "the commit did not finish within {timeout:?}; its outcome is unknown and a retry is safe"
+                ))));
+            }
+        }
+    }
+}
+
+fn write_error(shard: ShardId, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::NotLeader { shard, leader: f.leader_id },
         RaftError::APIError(other) => ApiError::Internal(other.to_string()),
         RaftError::Fatal(f) => ApiError::Unavailable(format!("shard stopped: {f}")),
     }

@@ -1,23 +1,27 @@
 //! The shard's Raft log and state machine against openraft's own storage test suite, plus
-//! crash-recovery cases of the log files.
+//! crash-recovery cases of the log files and the state machine's flush fencing and snapshots.
 
 use std::io::Write;
 
+use bytes::Bytes;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, StorageError};
-use spindle_storage_node::log_store::LogStore;
-use spindle_storage_node::raft_types::TypeConfig;
-use spindle_storage_node::state_machine::StateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, StorageError};
+use spindle_storage::BlockMeta;
+use spindle_storage_node::log_store::{LogOptions, LogStore};
+use spindle_storage_node::raft_types::{AppendItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
+use spindle_storage_node::shard_sm::{coalesce_small_batches, read, ShardStateMachine};
 use tempfile::TempDir;
+
+type Log = LogStore<ShardTypes>;
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+impl StoreBuilder<ShardTypes, Log, ShardStateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, Log, ShardStateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = LogStore::open(&dir.path().join("log"), true).expect("open log");
-        let sm = StateMachine::open(&dir.path().join("sm")).expect("open state machine");
+        let log = Log::open(&dir.path().join("log"), LogOptions::default()).expect("open log");
+        let sm = ShardStateMachine::open(&dir.path().join("sm")).expect("open state machine");
         Ok((dir, log, sm))
     }
 }
@@ -27,11 +31,15 @@ fn passes_openraft_storage_suite() {
     Suite::test_all(Builder).expect("openraft storage suite");
 }
 
-fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
 }
 
-async fn append(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
+fn blank(term: u64, index: u64) -> Entry<ShardTypes> {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Blank }
+}
+
+async fn append(log: &mut Log, entries: Vec<Entry<ShardTypes>>) {
     log.blocking_append(entries).await.expect("append");
 }
 
@@ -40,7 +48,7 @@ async fn torn_tail_is_cut_and_log_continues() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
     {
-        let mut log = LogStore::open(&path, true).unwrap();
+        let mut log = Log::open(&path, LogOptions::default()).unwrap();
         append(&mut log, (1..=10).map(|i| blank(1, i)).collect()).await;
     }
     // A crash in the middle of a write leaves a partial record at the end of the segment.
@@ -51,12 +59,12 @@ async fn torn_tail_is_cut_and_log_continues() {
         .unwrap();
     std::fs::OpenOptions::new().append(true).open(&segment).unwrap().write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
 
-    let mut log = LogStore::open(&path, true).unwrap();
+    let mut log = Log::open(&path, LogOptions::default()).unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
     append(&mut log, vec![blank(1, 11)]).await;
     drop(log);
-    let mut log = LogStore::open(&path, true).unwrap();
+    let mut log = Log::open(&path, LogOptions::default()).unwrap();
     let entries = log.try_get_log_entries(1..=11).await.unwrap();
     assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>());
 }
@@ -65,104 +73,194 @@ async fn torn_tail_is_cut_and_log_continues() {
 async fn purge_and_truncate_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
-    let mut log = LogStore::open(&path, false).unwrap();
+    let options = LogOptions { fsync: false, ..LogOptions::default() };
+    let mut log = Log::open(&path, options.clone()).unwrap();
     append(&mut log, (1..=20).map(|i| blank(1, i)).collect()).await;
-    log.purge(LogId::new(CommittedLeaderId::new(1, 1), 5)).await.unwrap();
-    log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 16)).await.unwrap();
+    log.purge(log_id(1, 5)).await.unwrap();
+    log.truncate(log_id(1, 16)).await.unwrap();
     append(&mut log, vec![blank(2, 16)]).await;
+    // The in-memory tail and the disk agree after truncation.
+    let tail = log.try_get_log_entries(14..100).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect::<Vec<_>>(),
+        vec![(1, 14), (1, 15), (2, 16)]
+    );
+    log.save_committed(Some(log_id(2, 16))).await.unwrap();
     drop(log);
-    let mut log = LogStore::open(&path, false).unwrap();
+    let mut log = Log::open(&path, options).unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(5));
     assert_eq!(state.last_log_id.map(|l| (l.leader_id.term, l.index)), Some((2, 16)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 16)));
     let entries = log.try_get_log_entries(0..100).await.unwrap();
     assert_eq!(entries.first().map(|e| e.log_id.index), Some(6));
     assert_eq!(entries.len(), 11);
 }
 
 #[tokio::test]
-async fn state_machine_restores_snapshot() {
+async fn replication_reads_are_capped_in_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
-    sm.apply(vec![blank(1, 1), blank(1, 2)]).await.unwrap();
-    let mut builder = sm.get_snapshot_builder().await;
-    let snapshot = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder).await.unwrap();
-    assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(2));
-    drop(sm);
-    let mut sm = StateMachine::open(dir.path()).unwrap();
-    let (applied, _) = sm.applied_state().await.unwrap();
-    assert_eq!(applied.map(|l| l.index), Some(2));
+    let options = LogOptions { fsync: false, max_read_bytes: 3 * 1024, cache_bytes: 4 * 1024 };
+    let mut log = Log::open(&dir.path().join("log"), options).unwrap();
+    append(&mut log, (1..=10).map(|i| append_entry(i, &[("t", i as u8)])).collect()).await;
+    let first = log.limited_get_log_entries(1, 11).await.unwrap();
+    assert!(!first.is_empty() && first.len() < 10, "got {} entries", first.len());
+    // A read larger than the cap still returns one entry; entries beyond the cache come from disk.
+    let all = log.try_get_log_entries(1..11).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(all[0], append_entry(1, &[("t", 1)]));
 }
 
-fn one_span_ipc(i: u8) -> Vec<u8> {
+fn spans_ipc(trace: u8, n: u8) -> Bytes {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    let span = Span {
-        trace_id: vec![i + 1; 16],
-        span_id: vec![i + 1; 8],
-        name: format!("s{i}"),
-        start_time_unix_nano: 1_000 + i as u64,
-        end_time_unix_nano: 2_000 + i as u64,
-        ..Default::default()
-    };
-    let rs = ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() };
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![i + 1; 8],
+            name: format!("s{i}"),
+            start_time_unix_nano: 1_000 + i as u64,
+            end_time_unix_nano: 2_000 + i as u64,
+            ..Default::default()
+        })
+        .collect();
+    let rs = ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() };
     let batch = spindle_otlp::to_arrow::resource_spans_to_batch(&[rs]).unwrap().batch;
-    spindle_schema::ipc::encode(&[batch]).unwrap()
+    Bytes::from(spindle_schema::ipc::encode(&[batch]).unwrap())
+}
+
+/// An append at `index` with one item per `(tenant, trace)`, one span each.
+fn append_entry(index: u64, items: &[(&str, u8)]) -> Entry<ShardTypes> {
+    let items = items
+        .iter()
+        .map(|(tenant, trace)| AppendItem {
+            tenant: tenant.to_string(),
+            digest: [index, *trace as u64],
+            payload: SpanPayload::from_ipc(spans_ipc(*trace, 1)),
+        })
+        .collect();
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(ShardCommand::Append { received_unix_ms: 0, items }),
+    }
+}
+
+fn block(tenant: &str, first: u64, last: u64) -> BlockMeta {
+    BlockMeta {
+        id: format!("c-0-{tenant}-{first}-{last}"),
+        shard: 0,
+        first_index: first,
+        last_index: last,
+        path: format!("{tenant}/blocks/c/shard-00000/{first}-{last}.parquet"),
+        min_time_ns: 0,
+        max_time_ns: 0,
+        min_trace_id: String::new(),
+        max_trace_id: String::new(),
+        rows: 0,
+        bytes: 1,
+        created_unix_ms: 0,
+        layout: 1,
+        trace_bloom: None,
+    }
+}
+
+fn flushed(index: u64, tenant: &str, after: u64, through: u64) -> Entry<ShardTypes> {
+    let command = ShardCommand::BlockFlushed {
+        tenant: tenant.into(),
+        term: 1,
+        leader: 1,
+        after_index: after,
+        through_index: through,
+        block: Box::new(block(tenant, after + 1, through)),
+    };
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(command) }
+}
+
+fn rows(sm: &ShardStateMachine, tenant: &str) -> usize {
+    let state = sm.state();
+    let s = read(&state);
+    s.tenants.get(tenant).map_or(0, |t| t.unflushed.iter().map(|b| b.batch.num_rows()).sum())
 }
 
 #[tokio::test]
-async fn small_batches_coalesce_and_flush_drops_them() {
-    use spindle_storage_node::raft_types::ShardCommand;
-    use spindle_storage_node::state_machine::{coalesce_small_batches, read};
-
+async fn flushes_are_fenced_by_log_range_and_term() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
-    let entries: Vec<_> = (1..=10u64)
-        .map(|i| Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
-            payload: EntryPayload::Normal(ShardCommand::Append { tenant: "t".into(), ipc: one_span_ipc(i as u8) }),
-        })
-        .collect();
-    let responses = sm.apply(entries).await.unwrap();
-    assert!(responses.iter().all(|r| r.rows == 1 && r.error.is_none()));
+    let mut sm = ShardStateMachine::open(dir.path()).unwrap();
+    sm.apply((1..=4).map(|i| append_entry(i, &[("a", i as u8)]))).await.unwrap();
+    // A block covering (0, 3]: rows of entries 1-3 go.
+    let r = sm.apply(vec![flushed(5, "a", 0, 3)]).await.unwrap();
+    assert_eq!(r, vec![ShardResponse::Flushed]);
+    assert_eq!(rows(&sm, "a"), 1);
+    // The same block again (a retried commit), an overlapping one, and one with a gap: refused.
+    for (index, after, through) in [(6, 0, 3), (7, 2, 4), (8, 4, 4)] {
+        let r = sm.apply(vec![flushed(index, "a", after, through)]).await.unwrap();
+        assert!(matches!(r[0], ShardResponse::FlushRefused(_)), "({after}, {through}]: {r:?}");
+    }
+    // A block proposed in a different term than its flusher's: refused.
+    let mut stale = flushed(9, "a", 3, 4);
+    stale.log_id = LogId::new(CommittedLeaderId::new(2, 1), 9);
+    assert!(matches!(sm.apply(vec![stale]).await.unwrap()[0], ShardResponse::FlushRefused(_)));
+    assert_eq!(rows(&sm, "a"), 1);
     let state = sm.state();
-    let before = read(&state).unflushed_bytes;
-    assert_eq!(read(&state).tenants["t"].unflushed.len(), 10);
+    assert_eq!(read(&state).tenants["a"].blocks.len(), 1);
+}
 
+#[tokio::test]
+async fn snapshot_at_the_safe_point_restores_unflushed_spans_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = ShardStateMachine::open(&dir.path().join("sm")).unwrap();
+    let mut log: Vec<Entry<ShardTypes>> = vec![
+        append_entry(1, &[("a", 1)]),
+        append_entry(2, &[("b", 2), ("a", 3)]),
+        append_entry(3, &[("a", 4)]),
+        flushed(4, "a", 0, 3),
+        append_entry(5, &[("b", 5)]),
+    ];
+    sm.apply(log.clone()).await.unwrap();
+    assert_eq!((rows(&sm, "a"), rows(&sm, "b")), (0, 2));
+    // Tenant b still has the span of entry 2 unflushed: the snapshot stops at index 1.
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1)));
+    drop(sm);
+
+    // A restart (or a follower installing the snapshot) restores the catalog, then applies the
+    // log after the snapshot again: a's appends are in its block, b's come back, nothing twice.
+    let mut restored = ShardStateMachine::open(&dir.path().join("sm")).unwrap();
+    let (applied, _) = restored.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1)));
+    let state = restored.state();
+    assert_eq!(read(&state).tenants["a"].flushed_through, 3);
+    let replay: Vec<_> = log.drain(1..).collect();
+    let answers = restored.apply(replay).await.unwrap();
+    assert!(matches!(answers[2], ShardResponse::FlushRefused(_)), "the flush it already has is stale: {answers:?}");
+    assert_eq!((rows(&restored, "a"), rows(&restored, "b")), (0, 2));
+    assert_eq!(read(&state).tenants["a"].blocks.len(), 1);
+
+    // Once b is flushed too, the safe point is the last applied entry.
+    restored.apply(vec![flushed(6, "b", 0, 5)]).await.unwrap();
+    let snapshot = restored.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 6)));
+}
+
+#[tokio::test]
+async fn coalescing_keeps_what_each_log_index_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = ShardStateMachine::open(dir.path()).unwrap();
+    sm.apply((1..=10).map(|i| append_entry(i, &[("t", i as u8)]))).await.unwrap();
+    let state = sm.state();
     assert_eq!(coalesce_small_batches(&state, 100, 1000).unwrap(), 9);
     {
         let s = read(&state);
         let t = &s.tenants["t"];
         assert_eq!(t.unflushed.len(), 1);
         assert_eq!(t.unflushed[0].batch.num_rows(), 10);
-        assert_eq!(t.unflushed[0].index, 10);
-        assert_eq!((t.unflushed[0].min_time, t.unflushed[0].max_time), (1_001, 2_010));
+        assert_eq!(t.unflushed[0].parts.len(), 10);
         assert_eq!(s.unflushed_bytes, t.unflushed_bytes);
-        assert!(s.unflushed_bytes > 0 && s.unflushed_bytes <= before * 2);
     }
-
-    let block = spindle_storage::BlockMeta {
-        id: "b1".into(),
-        shard: 0,
-        seq: 1,
-        path: "t/blocks/b1.parquet".into(),
-        min_time_ns: 0,
-        max_time_ns: 0,
-        min_trace_id: String::new(),
-        max_trace_id: String::new(),
-        rows: 10,
-        bytes: 1,
-        created_unix_ms: 0,
-        layout: 1,
-        trace_bloom: None,
-    };
-    let flushed = Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), 11),
-        payload: EntryPayload::Normal(ShardCommand::BlockFlushed { tenant: "t".into(), block, through_index: 10 }),
-    };
-    sm.apply(vec![flushed]).await.unwrap();
+    // A block of (0, 6] drops exactly the first six rows of the merged batch.
+    sm.apply(vec![flushed(11, "t", 0, 6)]).await.unwrap();
     let s = read(&state);
-    assert!(s.tenants["t"].unflushed.is_empty());
-    assert_eq!(s.unflushed_bytes, 0);
-    assert_eq!(s.tenants["t"].blocks.len(), 1);
-    assert_eq!(s.next_seq, 2);
+    let t = &s.tenants["t"];
+    assert_eq!(t.unflushed[0].batch.num_rows(), 4);
+    assert_eq!(t.unflushed[0].parts.iter().map(|p| p.0).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+    assert!(s.recent.contains(&[3, 3]).is_some(), "digests of applied pushes are remembered");
 }

@@ -1,0 +1,256 @@
+//! Wiring of each role. `all` is a one-node cluster in one process; the other roles run one
+//! part each and reach the rest over the internal gRPC API.
+//!
+//! | role | serves |
+//! |---|---|
+//! | `all` | OTLP, Tempo API + SQL, `/admin`, ops; a storage node with no internal listener |
+//! | `storage` | internal gRPC (push, read, metadata, Raft), `/admin`, ops |
+//! | `ingester` | OTLP, ops |
+//! | `querier` | Tempo API + SQL, ops |
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use spindle_cluster::ClusterConfig;
+use spindle_cluster_client::watch::TopologyWatch;
+use spindle_cluster_client::{Channels, RouterConfig, ShardRouter};
+use spindle_ingester::grpc::{map_codec_errors, OtlpGrpc};
+use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
+use spindle_querier::{Querier, QueryMetrics};
+use spindle_query::{QueryConfig, QueryEngine, SpanSource};
+use spindle_storage_api::grpc::StorageGrpcServer;
+use spindle_storage_api::StorageApi;
+use spindle_storage_node::log_store::LogOptions;
+use spindle_storage_node::network::RaftService;
+use spindle_storage_node::service::ClusterService;
+use spindle_storage_node::{BootstrapConfig, NodeConfig, ShardConfig, StorageMetrics, StorageNode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Command, Config};
+use crate::ops::{self, Readiness};
+
+type Server = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// How long a querier may go without reaching the metadata and still call itself ready.
+const METADATA_FRESHNESS: Duration = Duration::from_secs(10);
+
+fn node_config(config: &Config) -> NodeConfig {
+    NodeConfig {
+        node_id: config.node_id,
+        advertise_addr: config.advertise_addr.clone(),
+        dir: config.data_dir.join("raft"),
+        seeds: config.seeds.clone(),
+        bootstrap: BootstrapConfig {
+            expect: config.bootstrap_expect,
+            shards: config.shards,
+            cluster: ClusterConfig {
+                replication_factor: config.replication_factor,
+                shards_per_tenant: config.shards_per_tenant,
+                ..ClusterConfig::default()
+            },
+        },
+        shard: ShardConfig {
+            flush_max_bytes: config.flush_max_bytes,
+            flush_max_age: config.flush_max_age,
+            max_unflushed_bytes: config.max_unflushed_bytes,
+            log: LogOptions { fsync: config.fsync, ..LogOptions::default() },
+            ..ShardConfig::default()
+        },
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Runs `role` until SIGTERM or Ctrl-C, then stops cleanly: external listeners first, then the
+/// storage node (which flushes what it leads), then the internal listener it needed for that.
+pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
+    let stores = matches!(role, Command::All | Command::Storage);
+    let ingests = matches!(role, Command::All | Command::Ingester);
+    let queries = matches!(role, Command::All | Command::Querier);
+    let mut registry = Registry::default();
+    let channels = Channels::default();
+
+    // Bind first so a busy port is reported before any work starts.
+    let http_listener = bind(config.http_addr, "the HTTP API").await?;
+    let otlp_listeners = if ingests {
+        Some((bind(config.otlp_grpc_addr, "OTLP/gRPC").await?, bind(config.otlp_http_addr, "OTLP/HTTP").await?))
+    } else {
+        None
+    };
+    let grpc_listener = match config.grpc_addr.filter(|_| stores) {
+        Some(addr) => Some(bind(addr, "the internal gRPC API").await?),
+        None => None,
+    };
+    let store = if stores || queries {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        Some(spindle_storage::store::local_store(&config.blocks_dir).context("opening the block store")?)
+    } else {
+        None
+    };
+
+    let node = match (&store, stores) {
+        (Some(store), true) => Some(
+            StorageNode::start(
+                node_config(&config),
+                store.clone(),
+                channels.clone(),
+                StorageMetrics::register(&mut registry),
+            )
+            .await
+            .context("starting the storage node")?,
+        ),
+        _ => None,
+    };
+    let topology = match &node {
+        Some(n) => TopologyWatch::local(n.topology()),
+        None => TopologyWatch::remote(config.seeds.clone(), channels.clone(), Duration::from_secs(1)),
+    };
+    let local = node.as_ref().map(|n| (n.id(), n.clone() as Arc<dyn StorageApi>));
+    let router_config = RouterConfig { write_deadline: config.write_timeout, ..RouterConfig::default() };
+    let router = Arc::new(ShardRouter::new(topology.clone(), local, channels.clone(), router_config));
+
+    let ingester = ingests.then(|| {
+        Arc::new(Ingester::new(
+            router.clone(),
+            IngesterConfig { max_request_bytes: config.max_request_bytes, ..IngesterConfig::default() },
+            IngestMetrics::register(&mut registry),
+        ))
+    });
+    let querier = match (&store, queries) {
+        (Some(store), true) => {
+            let source = Arc::new(SpanSource::new(router.clone(), store.clone()));
+            let engine = QueryEngine::new(
+                source,
+                QueryConfig { memory_limit: config.query_memory_limit, ..QueryConfig::default() },
+            )
+            .context("starting the query engine")?;
+            Some(Querier::new(Arc::new(engine), QueryMetrics::register(&mut registry)))
+        }
+        _ => None,
+    };
+
+    let ready: Readiness = match (&node, &ingester) {
+        (Some(node), _) => {
+            let node = node.clone();
+            Arc::new(move || node.ready())
+        }
+        (None, Some(ingester)) => {
+            let ingester = ingester.clone();
+            Arc::new(move || {
+                if ingester.has_topology() {
+                    Ok(())
+                } else {
+                    Err("no topology from the storage nodes yet".into())
+                }
+            })
+        }
+        (None, None) => {
+            let topology = topology.clone();
+            Arc::new(move || {
+                let fresh = topology.is_fresh(METADATA_FRESHNESS) && topology.current().state.is_bootstrapped();
+                if fresh {
+                    Ok(())
+                } else {
+                    Err("cannot reach the cluster metadata".into())
+                }
+            })
+        }
+    };
+
+    let mut http = ops::routes(Arc::new(registry), ready);
+    if let Some(q) = querier {
+        http = http.merge(spindle_querier::router(q));
+    }
+    if let Some(n) = &node {
+        http = http.merge(spindle_storage_node::admin::routes(n.clone()));
+    }
+
+    let (stop_external, external) = watch::channel(false);
+    let (stop_internal, internal) = watch::channel(false);
+    let mut servers: Vec<Server> = vec![serve_http(http_listener, http, external.clone(), "HTTP API")];
+    if let (Some((grpc, http)), Some(ingester)) = (otlp_listeners, &ingester) {
+        servers.push(serve_http(http, spindle_ingester::http::router(ingester.clone()), external.clone(), "OTLP/HTTP"));
+        let otlp = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(map_codec_errors::<tonic::body::Body>))
+            .add_service(OtlpGrpc::service(ingester.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                stopped(external.clone()),
+            );
+        servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
+    }
+    let internal_server = match (grpc_listener, &node) {
+        (Some(listener), Some(node)) => {
+            let server = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(StorageGrpcServer::service(node.clone()))
+                .add_service(ClusterService::service(node.clone()))
+                .add_service(RaftService::service(node.clone()))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stopped(internal),
+                );
+            Some(tokio::spawn(async move { server.await.context("internal gRPC API") }))
+        }
+        _ => None,
+    };
+
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing requests, then flushing");
+        let _ = stop_external.send(true);
+    });
+    tracing::info!(
+        role = role.name(),
+        http = %config.http_addr,
+        otlp_grpc = ?ingests.then_some(config.otlp_grpc_addr),
+        otlp_http = ?ingests.then_some(config.otlp_http_addr),
+        internal_grpc = %config.grpc_addr.filter(|_| stores).map(|a| a.to_string()).unwrap_or_default(),
+        node_id = %node.as_ref().map(|n| n.id().to_string()).unwrap_or_default(),
+        data_dir = %config.data_dir.display(),
+        "spindle is running"
+    );
+    let served = futures::future::join_all(servers).await.into_iter().collect::<anyhow::Result<Vec<()>>>();
+    if let Some(node) = node {
+        node.shutdown().await.context("stopping the storage node")?;
+    }
+    let _ = stop_internal.send(true);
+    if let Some(server) = internal_server {
+        server.await.context("internal gRPC API task")??;
+    }
+    tracing::info!("stopped cleanly");
+    served.map(|_| ())
+}
+
+fn serve_http(listener: TcpListener, router: Router, stop: watch::Receiver<bool>, what: &'static str) -> Server {
+    Box::pin(async move { axum::serve(listener, router).with_graceful_shutdown(stopped(stop)).await.context(what) })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

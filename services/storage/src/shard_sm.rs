@@ -1,0 +1,579 @@
+//! A shard's state machine: spans not yet in a block, and the catalog of committed blocks.
+//!
+//! Applying `Append` buffers its batches (decoded once); applying `BlockFlushed` records the
+//! block and drops the buffered rows of the log range it covers, if the range starts exactly
+//! where the tenant's flushed range ends. Every replica applies the same entries the same way,
+//! so every replica holds the same spans for the same log index. The state is shared (behind a
+//! lock) with the read path, so queriers see a span as soon as it is applied.
+//!
+//! Snapshots hold metadata only. A snapshot is taken at the *safe point*: the highest index at
+//! which every appended span is in a committed block. It carries the catalog and each tenant's
+//! flushed-through index; the spans after the safe point stay in the Raft log (openraft purges
+//! only up to the snapshot) and are applied again after a restart or a snapshot install. Those
+//! re-applied entries are idempotent: an append of a tenant at or below its flushed-through
+//! index is already in a block, and a `BlockFlushed` it has seen is refused as stale.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use serde::{Deserialize, Serialize};
+use spindle_schema::col;
+use spindle_storage::BlockMeta;
+
+use crate::raft_types::{LogId, Membership, ShardCommand, ShardResponse, ShardTypes, StorageError};
+use crate::write_atomic;
+
+/// How long a pushed batch's digest is remembered, so a retried push is recognised.
+pub const RETRY_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Most digests remembered.
+pub const RETRY_WINDOW_ENTRIES: usize = 262_144;
+
+/// A batch waiting to be flushed.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    /// The spans.
+    pub batch: RecordBatch,
+    /// Log index and row count of each append the batch holds, in log order (several once
+    /// small batches are coalesced).
+    pub parts: Vec<(u64, usize)>,
+    /// Earliest span start (unix ns).
+    pub min_time: i64,
+    /// Latest span end (unix ns).
+    pub max_time: i64,
+    /// When the leader received the oldest part (unix ms).
+    pub received_unix_ms: u64,
+}
+
+impl Buffered {
+    fn first_index(&self) -> u64 {
+        self.parts.first().map_or(0, |p| p.0)
+    }
+
+    fn last_index(&self) -> u64 {
+        self.parts.last().map_or(0, |p| p.0)
+    }
+}
+
+/// One tenant's data on a shard.
+#[derive(Debug, Default, Clone)]
+pub struct TenantState {
+    /// Every append of the tenant at or below this index is in a committed block.
+    pub flushed_through: u64,
+    /// Batches not yet in a committed block, in log order.
+    pub unflushed: Vec<Buffered>,
+    /// In-memory size of `unflushed`.
+    pub unflushed_bytes: usize,
+    /// Committed blocks.
+    pub blocks: Vec<BlockMeta>,
+}
+
+/// Digests of recently applied pushes. Not part of the replicated state's meaning: the leader
+/// consults it before proposing, to acknowledge a retried push instead of storing it twice.
+/// Every replica fills it as it applies, so a new leader has it too.
+#[derive(Debug, Default)]
+pub struct RecentDigests {
+    by_digest: HashMap<[u64; 2], u64>,
+    order: VecDeque<([u64; 2], u64, u64)>,
+    newest_ms: u64,
+}
+
+impl RecentDigests {
+    /// Whether a push with this digest was applied within the window (at which index).
+    pub fn contains(&self, digest: &[u64; 2]) -> Option<u64> {
+        self.by_digest.get(digest).copied()
+    }
+
+    fn insert(&mut self, digest: [u64; 2], index: u64, received_ms: u64) {
+        self.newest_ms = self.newest_ms.max(received_ms);
+        if self.by_digest.insert(digest, index).is_none() {
+            self.order.push_back((digest, index, received_ms));
+        }
+        while self.order.len() > RETRY_WINDOW_ENTRIES
+            || self.order.front().is_some_and(|f| f.2 + RETRY_WINDOW_MS < self.newest_ms)
+        {
+            if let Some((d, i, _)) = self.order.pop_front() {
+                if self.by_digest.get(&d) == Some(&i) {
+                    self.by_digest.remove(&d);
+                }
+            }
+        }
+    }
+}
+
+/// Everything the state machine holds.
+#[derive(Debug, Default)]
+pub struct ShardState {
+    /// Last applied log id.
+    pub last_applied: Option<LogId>,
+    /// Current membership of the group.
+    pub membership: Membership,
+    /// Memberships since the safe point (and the last one at or before it).
+    memberships: Vec<Membership>,
+    /// Where each leader's entries start: `(first index, log id of that entry)`.
+    leader_starts: Vec<LogId>,
+    /// Tenants by id.
+    pub tenants: BTreeMap<String, TenantState>,
+    /// Total in-memory size of all unflushed batches.
+    pub unflushed_bytes: usize,
+    /// Blocks committed since the state machine started (tells replicas when to snapshot).
+    pub flushes: u64,
+    /// Digests of recent pushes.
+    pub recent: RecentDigests,
+}
+
+impl ShardState {
+    /// The highest index at which every appended span is in a committed block.
+    pub fn safe_point(&self) -> u64 {
+        let first_unflushed =
+            self.tenants.values().filter_map(|t| t.unflushed.first()).map(Buffered::first_index).min();
+        match first_unflushed {
+            Some(i) => i.saturating_sub(1),
+            None => self.last_applied.map_or(0, |l| l.index),
+        }
+    }
+
+    fn log_id_at(&self, index: u64) -> Option<LogId> {
+        let start = self.leader_starts.iter().rev().find(|l| l.index <= index)?;
+        Some(LogId::new(start.leader_id, index))
+    }
+
+    fn membership_at(&self, index: u64) -> Membership {
+        self.memberships
+            .iter()
+            .rev()
+            .find(|m| m.log_id().is_some_and(|l| l.index <= index))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets leader starts and memberships no snapshot will need again.
+    fn trim_history(&mut self, safe: u64) {
+        let keep_from = |starts: &[u64]| starts.iter().rposition(|i| *i <= safe).unwrap_or(0);
+        let k = keep_from(&self.leader_starts.iter().map(|l| l.index).collect::<Vec<_>>());
+        self.leader_starts.drain(..k);
+        let m = keep_from(&self.memberships.iter().map(|m| m.log_id().map_or(0, |l| l.index)).collect::<Vec<_>>());
+        self.memberships.drain(..m);
+    }
+
+    fn apply_command(&mut self, log_id: LogId, command: &ShardCommand) -> ShardResponse {
+        let index = log_id.index;
+        match command {
+            ShardCommand::Append { received_unix_ms, items } => {
+                let mut results = Vec::with_capacity(items.len());
+                for item in items {
+                    self.recent.insert(item.digest, index, *received_unix_ms);
+                    let t = self.tenants.entry(item.tenant.clone()).or_default();
+                    let batch = match item.payload.batch() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(index, error = %e, "undecodable append in the raft log; skipped");
+                            results.push(Err(e));
+                            continue;
+                        }
+                    };
+                    let rows = batch.num_rows() as u64;
+                    if index <= t.flushed_through || rows == 0 {
+                        // Already in a block (applied again after a snapshot), or nothing to keep.
+                        results.push(Ok(rows));
+                        continue;
+                    }
+                    match time_bounds(&batch) {
+                        Ok((min_time, max_time)) => {
+                            let size = batch_bytes(&batch);
+                            t.unflushed_bytes += size;
+                            self.unflushed_bytes += size;
+                            t.unflushed.push(Buffered {
+                                parts: vec![(index, batch.num_rows())],
+                                batch,
+                                min_time,
+                                max_time,
+                                received_unix_ms: *received_unix_ms,
+                            });
+                            results.push(Ok(rows));
+                        }
+                        Err(e) => results.push(Err(e.to_string())),
+                    }
+                }
+                ShardResponse::Appended(results)
+            }
+            ShardCommand::BlockFlushed { tenant, term, leader, after_index, through_index, block } => {
+                let t = self.tenants.entry(tenant.clone()).or_default();
+                let refuse = |why: String| {
+                    tracing::info!(index, tenant = %tenant, block = %block.id, "block refused: {why}");
+                    ShardResponse::FlushRefused(why)
+                };
+                if *through_index <= t.flushed_through {
+                    return refuse(format!("stale: the tenant is flushed through {}", t.flushed_through));
+                }
+                if *after_index != t.flushed_through {
+                    return refuse(format!(
+                        "range ({after_index}, {through_index}] does not start where the flushed range ends ({})",
+                        t.flushed_through
+                    ));
+                }
+                if *term != log_id.leader_id.term || *leader != log_id.leader_id.node_id || *through_index >= index {
+                    return refuse(format!(
+                        "flushed by leader {leader} in term {term} but proposed in {} at index {index}",
+                        log_id.leader_id
+                    ));
+                }
+                let freed = drop_through(&mut t.unflushed, *through_index);
+                t.unflushed_bytes = t.unflushed_bytes.saturating_sub(freed);
+                self.unflushed_bytes = self.unflushed_bytes.saturating_sub(freed);
+                t.flushed_through = *through_index;
+                if !t.blocks.iter().any(|b| b.id == block.id) {
+                    t.blocks.push(BlockMeta { trace_bloom: None, ..block.as_ref().clone() });
+                }
+                self.flushes += 1;
+                ShardResponse::Flushed
+            }
+        }
+    }
+}
+
+/// Removes the rows of every append at or below `through` (slicing batches that hold appends
+/// on both sides); returns the bytes freed.
+fn drop_through(unflushed: &mut Vec<Buffered>, through: u64) -> usize {
+    let mut freed = 0;
+    let mut kept = Vec::with_capacity(unflushed.len());
+    for b in unflushed.drain(..) {
+        if b.last_index() <= through {
+            freed += batch_bytes(&b.batch);
+        } else if b.first_index() > through {
+            kept.push(b);
+        } else {
+            let drop_rows: usize = b.parts.iter().filter(|p| p.0 <= through).map(|p| p.1).sum();
+            let before = batch_bytes(&b.batch);
+            let batch = b.batch.slice(drop_rows, b.batch.num_rows() - drop_rows);
+            freed += before.saturating_sub(batch_bytes(&batch));
+            kept.push(Buffered { batch, parts: b.parts.into_iter().filter(|p| p.0 > through).collect(), ..b });
+        }
+    }
+    *unflushed = kept;
+    freed
+}
+
+/// Bytes of data a batch holds (IPC-decoded arrays share one buffer, which
+/// `get_array_memory_size` would count once per column).
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+}
+
+/// Earliest start and latest end of the spans in a batch.
+pub fn time_bounds(batch: &RecordBatch) -> Result<(i64, i64), arrow::error::ArrowError> {
+    let start = batch
+        .column_by_name(col::START_TIME)
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("batch lacks start_time".into()))?
+        .as_primitive_opt::<TimestampNanosecondType>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("start_time has the wrong type".into()))?;
+    let duration = batch
+        .column_by_name(col::DURATION_NS)
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("batch lacks duration_ns".into()))?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("duration_ns has the wrong type".into()))?;
+    let mut lo = i64::MAX;
+    let mut hi = i64::MIN;
+    for (s, d) in start.values().iter().zip(duration.values().iter()) {
+        lo = lo.min(*s);
+        hi = hi.max(s.saturating_add((*d).max(0)));
+    }
+    Ok((lo, hi))
+}
+
+/// Shared handle on the state, for the read and flush paths.
+pub type SharedState = Arc<RwLock<ShardState>>;
+
+/// Read-locks the state (a poisoned lock still holds consistent data: every update is a
+/// single call that cannot panic half-way through on valid input).
+pub fn read(state: &SharedState) -> RwLockReadGuard<'_, ShardState> {
+    state.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(state: &SharedState) -> RwLockWriteGuard<'_, ShardState> {
+    state.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The serialised form of a snapshot: metadata only.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<u64, openraft::BasicNode>,
+    tenants: Vec<SnapshotTenant>,
+    /// Digests of pushes applied at or before the snapshot point: `(digest, index, received ms)`.
+    recent: Vec<([u64; 2], u64, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotTenant {
+    tenant: String,
+    flushed_through: u64,
+    blocks: Vec<BlockMeta>,
+}
+
+/// The shard's state machine.
+pub struct ShardStateMachine {
+    state: SharedState,
+    dir: PathBuf,
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
+}
+
+impl ShardStateMachine {
+    /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let sm = Self { state: SharedState::default(), dir: dir.to_path_buf() };
+        match std::fs::read(sm.snapshot_path()) {
+            Ok(bytes) => {
+                let file: SnapshotFile = bincode::deserialize(&bytes).map_err(io::Error::other)?;
+                sm.restore(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(sm)
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join("snapshot.bin")
+    }
+
+    fn restore(&self, file: SnapshotFile) {
+        let mut s = write(&self.state);
+        *s = ShardState::default();
+        s.last_applied = file.meta.last_log_id;
+        s.leader_starts = file.meta.last_log_id.into_iter().collect();
+        s.membership = file.meta.last_membership.clone();
+        s.memberships = vec![file.meta.last_membership];
+        s.tenants = file
+            .tenants
+            .into_iter()
+            .map(|t| {
+                (t.tenant, TenantState { flushed_through: t.flushed_through, blocks: t.blocks, ..Default::default() })
+            })
+            .collect();
+        for (digest, index, received) in file.recent {
+            s.recent.insert(digest, index, received);
+        }
+    }
+
+    fn encode_snapshot(&self) -> Result<(SnapshotMeta<u64, openraft::BasicNode>, Vec<u8>), bincode::Error> {
+        let mut s = write(&self.state);
+        let safe = s.safe_point();
+        s.trim_history(safe);
+        let last_log_id = s.log_id_at(safe);
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership: s.membership_at(safe),
+            snapshot_id: format!("{safe}-{}", s.flushes),
+        };
+        let tenants = s
+            .tenants
+            .iter()
+            .map(|(name, t)| SnapshotTenant {
+                tenant: name.clone(),
+                flushed_through: t.flushed_through,
+                blocks: t.blocks.clone(),
+            })
+            .collect();
+        let recent = s.recent.order.iter().filter(|(_, i, _)| *i <= safe).copied().collect();
+        let file = SnapshotFile { meta: meta.clone(), tenants, recent };
+        Ok((meta, bincode::serialize(&file)?))
+    }
+}
+
+impl RaftSnapshotBuilder<ShardTypes> for ShardStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<ShardTypes>, StorageError> {
+        let (meta, bytes) = self.encode_snapshot().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        write_atomic(&self.snapshot_path(), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<ShardTypes> for ShardStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let s = read(&self.state);
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ShardResponse>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<ShardTypes>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Decode followers' batches before taking the lock, so readers are not held up.
+        for e in &entries {
+            if let EntryPayload::Normal(ShardCommand::Append { items, .. }) = &e.payload {
+                for item in items {
+                    let _ = item.payload.batch();
+                }
+            }
+        }
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut s = write(&self.state);
+        for entry in entries {
+            if s.leader_starts.last().is_none_or(|l| l.leader_id != entry.log_id.leader_id) {
+                s.leader_starts.push(entry.log_id);
+            }
+            s.last_applied = Some(entry.log_id);
+            let response = match &entry.payload {
+                EntryPayload::Blank => ShardResponse::Done,
+                EntryPayload::Normal(command) => s.apply_command(entry.log_id, command),
+                EntryPayload::Membership(m) => {
+                    let stored = Membership::new(Some(entry.log_id), m.clone());
+                    s.membership = stored.clone();
+                    s.memberships.push(stored);
+                    ShardResponse::Done
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Self { state: self.state.clone(), dir: self.dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let mut file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        file.meta = meta.clone();
+        let bytes = bincode::serialize(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        write_atomic(&self.snapshot_path(), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.restore(file);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<ShardTypes>>, StorageError> {
+        let bytes = match std::fs::read(self.snapshot_path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        };
+        let file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+}
+
+/// Per-tenant summary used by the flusher.
+#[derive(Debug, Clone)]
+pub struct TenantLoad {
+    /// Tenant id.
+    pub tenant: String,
+    /// Unflushed bytes.
+    pub bytes: usize,
+    /// When the oldest unflushed batch was received (unix ms).
+    pub oldest_unix_ms: Option<u64>,
+}
+
+/// Unflushed load per tenant.
+pub fn tenant_loads(state: &SharedState) -> Vec<TenantLoad> {
+    let s = read(state);
+    s.tenants
+        .iter()
+        .filter(|(_, t)| !t.unflushed.is_empty())
+        .map(|(name, t)| TenantLoad {
+            tenant: name.clone(),
+            bytes: t.unflushed_bytes,
+            oldest_unix_ms: t.unflushed.iter().map(|b| b.received_unix_ms).min(),
+        })
+        .collect()
+}
+
+/// Merges runs of consecutive small unflushed batches (each under `small_rows` rows) into
+/// batches of about `target_rows`, so scans see a few large batches instead of thousands of
+/// tiny ones (SDKs often export a handful of spans per request). Only the in-memory layout
+/// changes: a merged batch keeps the log index and row count of every part, so flushing still
+/// drops exactly the rows of the log range it covers, and replicas that merged differently
+/// hold the same spans per log index. Returns how many batches were merged away.
+pub fn coalesce_small_batches(
+    state: &SharedState,
+    small_rows: usize,
+    target_rows: usize,
+) -> Result<usize, arrow::error::ArrowError> {
+    type Run = (String, Vec<Buffered>);
+    let runs: Vec<Run> = {
+        let s = read(state);
+        let mut runs = Vec::new();
+        for (tenant, t) in &s.tenants {
+            let mut run: Vec<Buffered> = Vec::new();
+            let mut rows = 0;
+            let mut close = |run: &mut Vec<Buffered>, rows: &mut usize| {
+                if run.len() >= 2 {
+                    runs.push((tenant.clone(), std::mem::take(run)));
+                } else {
+                    run.clear();
+                }
+                *rows = 0;
+            };
+            for b in &t.unflushed {
+                let n = b.batch.num_rows();
+                if n >= small_rows || rows + n > target_rows {
+                    close(&mut run, &mut rows);
+                }
+                if n < small_rows {
+                    rows += n;
+                    run.push(b.clone());
+                }
+            }
+            close(&mut run, &mut rows);
+        }
+        runs
+    };
+    let mut merged_away = 0;
+    for (tenant, run) in runs {
+        let batches: Vec<RecordBatch> = run.iter().map(|b| b.batch.clone()).collect();
+        let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+        let (first, last) = (run[0].first_index(), run[run.len() - 1].last_index());
+        let replacement = Buffered {
+            batch: merged,
+            parts: run.iter().flat_map(|b| b.parts.iter().copied()).collect(),
+            min_time: run.iter().map(|b| b.min_time).min().unwrap_or(i64::MAX),
+            max_time: run.iter().map(|b| b.max_time).max().unwrap_or(i64::MIN),
+            received_unix_ms: run.iter().map(|b| b.received_unix_ms).min().unwrap_or(0),
+        };
+        let mut s = write(state);
+        let Some(t) = s.tenants.get_mut(&tenant) else {
+            continue;
+        };
+        // The run may have been flushed meanwhile; replace it only if it is still there as is.
+        let Some(pos) = t.unflushed.iter().position(|b| b.first_index() == first) else {
+            continue;
+        };
+        let end = pos + run.len();
+        if end > t.unflushed.len() || t.unflushed[end - 1].last_index() != last {
+            continue;
+        }
+        let old: usize = t.unflushed[pos..end].iter().map(|b| batch_bytes(&b.batch)).sum();
+        let new = batch_bytes(&replacement.batch);
+        t.unflushed.splice(pos..end, std::iter::once(replacement));
+        t.unflushed_bytes = t.unflushed_bytes + new - old;
+        s.unflushed_bytes = s.unflushed_bytes + new - old;
+        merged_away += run.len() - 1;
+    }
+    Ok(merged_away)
+}

@@ -1,0 +1,177 @@
+"""The cluster as separate processes on loopback: 3 storage nodes (4 shards, replication factor 3),
+ingesters and a querier sharing one block directory. Nodes are killed with SIGKILL, frozen with
+SIGSTOP, added and drained while loadsim writes and then verifies every sampled acknowledged
+span; no span may be lost or stored twice."""
+
+import json
+import os
+import subprocess
+import time
+
+import requests
+
+from cluster_proc import Cluster, Probe, count_spans, duplicates
+from spindle_proc import spindle_binary
+from test_loadsim import loadsim_binary
+
+
+def start_loadsim(ingester, querier, tenant, seed, duration, report):
+    args = [
+        loadsim_binary(), "--endpoint", ingester.otlp_grpc, "--services", "20", "--rate", "20",
+        "--duration", duration, "--batch", "200", "--concurrency", "4", "--seed", str(seed),
+        "--tenant-id", tenant, "--verify", "--verify-sample", "300",
+        "--query-endpoint", f"127.0.0.1:{querier.http_port}", "--report", report,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish_loadsim(proc, report):
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    with open(report) as f:
+        summary = json.load(f)
+    assert summary["lost_spans"] == 0 and summary["verify"]["wrong_spans"] == 0, summary
+    assert summary["spans_acknowledged"] > 0
+    return summary
+
+
+def wait_until(check, timeout, what):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except requests.RequestException as e:
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {timeout} s (last: {last})")
+
+
+def caught_up(cluster, node):
+    """Every shard replica on `node` has applied what its leader has applied."""
+    mine = {s["shard"]: s for s in node.status()["shards"]}
+    for shard, replica in mine.items():
+        leader = cluster.leader_of(shard)
+        led = next(s for s in leader.status()["shards"] if s["shard"] == shard)
+        if (replica["last_applied"] or 0) < (led["last_applied"] or 0) - 2:
+            return False
+    return bool(mine)
+
+
+def check_no_duplicates_and_all_probes(querier, probe, tenants):
+    for tenant in tenants:
+        assert duplicates(querier, tenant) == 0, f"duplicated spans for {tenant}"
+    acked = probe.acked_traces()
+    assert acked, "the probe never got an acknowledgement"
+    assert count_spans(querier, "probe") >= len(acked)
+    missing = []
+    for trace in acked[:: max(1, len(acked) // 200)]:
+        r = requests.get(f"{querier.api}/api/v2/traces/{trace}", headers={"X-Scope-OrgID": "probe"}, timeout=30)
+        if r.status_code != 200:
+            missing.append(trace)
+    assert not missing, f"acknowledged probe traces missing: {missing[:5]}"
+
+
+def test_leader_killed_under_load():
+    c = Cluster(storage=3, ingesters=2, queriers=1, storage_args=["--flush-max-age", "10s"]).start()
+    try:
+        querier = c.queriers[0]
+        reports = [os.path.join(c.dir, f"loadsim-{i}.json") for i in range(2)]
+        loads = [start_loadsim(ing, querier, f"load-{i}", i + 1, "40s", reports[i]) for i, ing in enumerate(c.ingesters)]
+        probe = Probe(c.ingesters[0]).start()
+        time.sleep(12)
+
+        victim = c.leader_of(0)
+        killed_at = time.time()
+        victim.kill9()
+        resumed = probe.resumed_after(killed_at)
+        print(f"writes resumed {resumed:.2f} s after the leader of shard 0 was killed")
+        assert resumed <= 5.0, f"ingest resumed only after {resumed:.2f} s"
+
+        time.sleep(5)
+        victim.start(timeout=90)
+        wait_until(lambda: caught_up(c, victim), 60, "the restarted node catching up")
+
+        summaries = [finish_loadsim(p, r) for p, r in zip(loads, reports)]
+        probe.stop()
+        check_no_duplicates_and_all_probes(querier, probe, ["load-0", "load-1"])
+        for i, s in enumerate(summaries):
+            assert count_spans(querier, f"load-{i}") >= s["spans_acknowledged"]
+    finally:
+        c.stop()
+
+
+def test_node_added_then_node_drained_under_load():
+    c = Cluster(storage=3, ingesters=1, queriers=1).start()
+    try:
+        querier = c.queriers[0]
+        report = os.path.join(c.dir, "loadsim.json")
+        load = start_loadsim(c.ingesters[0], querier, "load", 7, "50s", report)
+        probe = Probe(c.ingesters[0], interval=0.25).start()
+        time.sleep(6)
+
+        fourth = c.add_storage_node()
+
+        def balanced():
+            state = c.cluster_state()
+            held = sum(1 for s in state["shards"].values() if fourth.node_id in s["replicas"])
+            settled = all(s["moving"] is None and len(s["replicas"]) == 3 for s in state["shards"].values())
+            return settled and held == 3
+        wait_until(balanced, 90, "replicas moving onto the new node")
+        assert fourth.status()["ready"] is None
+
+        # Drain node 1 with `spindle storage --leave`: its replicas move to the other three.
+        leave = subprocess.run(
+            [spindle_binary(), "storage", "--leave", "--node-id", "1", "--seeds", ",".join(c.seeds)],
+            capture_output=True, text=True, timeout=180,
+        )
+        assert leave.returncode == 0, leave.stderr[-3000:] + leave.stdout
+        state = c.cluster_state()
+        assert state["nodes"]["1"]["state"] == "Left"
+        assert all(1 not in s["replicas"] and len(s["replicas"]) == 3 for s in state["shards"].values())
+        c.storage[0].terminate(timeout=60)
+
+        summary = finish_loadsim(load, report)
+        probe.stop()
+        check_no_duplicates_and_all_probes(querier, probe, ["load"])
+        assert count_spans(querier, "load") >= summary["spans_acknowledged"]
+    finally:
+        c.stop()
+
+
+def test_frozen_leader_acknowledges_nothing_and_the_majority_goes_on():
+    c = Cluster(storage=3, ingesters=1, queriers=1).start()
+    try:
+        querier = c.queriers[0]
+        probe = Probe(c.ingesters[0]).start()
+        time.sleep(3)
+        victim = c.leader_of(0)
+        term_before = next(s["term"] for s in victim.status()["shards"] if s["shard"] == 0)
+        stopped_at = time.time()
+        victim.sigstop()
+        resumed = probe.resumed_after(stopped_at)
+        print(f"writes resumed {resumed:.2f} s after the leader of shard 0 was frozen")
+        assert resumed <= 5.0
+        # The frozen node answers nothing at all, so it acknowledges nothing.
+        try:
+            requests.get(victim.api + "/admin/status", timeout=1)
+            raise AssertionError("a frozen node answered")
+        except requests.RequestException:
+            pass
+        time.sleep(5)
+        acked_while_frozen = [r for r in probe.results if r[0] > stopped_at + resumed and r[2]]
+        assert acked_while_frozen, "the majority kept acknowledging writes"
+
+        victim.sigcont()
+
+        def stepped_down():
+            shard0 = next(s for s in victim.status()["shards"] if s["shard"] == 0)
+            return shard0["role"] != "Leader" and shard0["term"] > term_before
+        wait_until(stepped_down, 30, "the old leader stepping down")
+        wait_until(lambda: caught_up(c, victim), 60, "the old leader catching up")
+        probe.stop()
+        check_no_duplicates_and_all_probes(querier, probe, ["probe"])
+    finally:
+        c.stop()
