@@ -48,6 +48,9 @@ impl Exporter {
             "grpc" => {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
                     .connect_timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(Some(4 * 1024 * 1024))
+                    .initial_connection_window_size(Some(16 * 1024 * 1024))
                     .connect()
                     .await?;
                 Ok(Exporter::Grpc(TraceServiceClient::new(channel).max_encoding_message_size(64 << 20)))

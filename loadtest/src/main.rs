@@ -3,10 +3,6 @@
 //! which reads a random sample of acknowledged traces back through the Tempo API and fails if
 //! any acknowledged span is missing.
 
-mod export;
-mod traffic;
-mod verify;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +12,8 @@ use clap::Parser;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use crate::export::{Exporter, Outcome};
+use spindle_loadtest::export::{Exporter, Outcome};
+use spindle_loadtest::{traffic, verify};
 
 /// Realistic OTLP trace load that checks nothing acknowledged was lost.
 #[derive(Debug, Parser)]

@@ -10,8 +10,8 @@ import time
 
 import requests
 
-from cluster_proc import Cluster, Probe, count_spans, duplicates
-from spindle_proc import spindle_binary
+from cluster_proc import Cluster, Probe, count_spans, duplicates, probe_request
+from spindle_proc import Spindle, spindle_binary
 from test_loadsim import loadsim_binary
 
 
@@ -175,3 +175,71 @@ def test_frozen_leader_acknowledges_nothing_and_the_majority_goes_on():
         check_no_duplicates_and_all_probes(querier, probe, ["probe"])
     finally:
         c.stop()
+
+
+def test_without_a_quorum_writes_are_refused_and_none_acknowledged():
+    c = Cluster(storage=3, ingesters=1, queriers=1)
+    c.ingesters[0].extra_args += ["--write-timeout", "3s"]
+    c.start()
+    try:
+        querier, ingester = c.queriers[0], c.ingesters[0]
+        request, ids = probe_request(32)
+        r = requests.post(ingester.otlp_http + "/v1/traces", data=request.SerializeToString(), timeout=30,
+                          headers={"Content-Type": "application/x-protobuf", "X-Scope-OrgID": "probe"})
+        assert r.status_code == 200
+        frozen = c.storage[1:]
+        for n in frozen:
+            n.sigstop()
+        # Every shard has lost its majority: a write is refused as retryable within the write
+        # timeout (plus one attempt), never acknowledged.
+        lost_request, lost_ids = probe_request(32)
+        started = time.time()
+        r = requests.post(ingester.otlp_http + "/v1/traces", data=lost_request.SerializeToString(), timeout=30,
+                          headers={"Content-Type": "application/x-protobuf", "X-Scope-OrgID": "probe"})
+        took = time.time() - started
+        assert r.status_code == 503, (r.status_code, r.text)
+        assert r.headers.get("Retry-After") == "1"
+        assert took < 10, f"the refusal took {took:.1f} s"
+        for n in frozen:
+            n.sigcont()
+        wait_until(lambda: all(n.is_ready() for n in c.storage), 60, "the cluster recovering")
+        r = requests.post(ingester.otlp_http + "/v1/traces", data=lost_request.SerializeToString(), timeout=30,
+                          headers={"Content-Type": "application/x-protobuf", "X-Scope-OrgID": "probe"})
+        assert r.status_code == 200, "the client's retry goes through once the majority is back"
+        assert duplicates(querier, "probe") == 0
+        for trace in ids + lost_ids:
+            r = requests.get(f"{querier.api}/api/v2/traces/{trace}", headers={"X-Scope-OrgID": "probe"}, timeout=30)
+            assert r.status_code == 200, trace
+        assert count_spans(querier, "probe") == 64
+    finally:
+        c.stop()
+
+
+def test_added_shards_take_new_traces_and_old_ones_stay_readable():
+    s = Spindle(extra_args=["--flush-max-size", "64KiB", "--flush-max-age", "1h"]).start()
+    try:
+        sent = []
+
+        def send(n):
+            for _ in range(n):
+                request, ids = probe_request(20)
+                r = requests.post(s.otlp_http + "/v1/traces", data=request.SerializeToString(), timeout=30,
+                                  headers={"Content-Type": "application/x-protobuf", "X-Scope-OrgID": "grow"})
+                assert r.status_code == 200, r.text
+                sent.extend(ids)
+        send(60)
+        wait_until(lambda: s.status()["shards"][0]["blocks"] > 0, 30, "a first block")
+        send(5)  # some spans stay unflushed on shard 0
+        r = requests.post(s.api + "/admin/shards", params={"add": 3}, timeout=30)
+        assert r.status_code == 200 and r.json()["applied"], r.text
+        wait_until(lambda: len(s.status()["shards"]) == 4 and s.is_ready(), 30, "the new shards starting")
+        send(40)
+        per_shard = [sh["unflushed_bytes"] + sh["blocks"] for sh in s.status()["shards"]]
+        assert all(x > 0 for x in per_shard), f"new traces reach the new shards: {per_shard}"
+        assert count_spans(s, "grow") == len(sent)
+        assert duplicates(s, "grow") == 0
+        for trace in sent[::25]:
+            r = requests.get(f"{s.api}/api/v2/traces/{trace}", headers={"X-Scope-OrgID": "grow"}, timeout=30)
+            assert r.status_code == 200, trace
+    finally:
+        s.stop()

@@ -53,7 +53,7 @@ pub struct ShardRouter {
 }
 
 /// How long a node that failed is tried only after every other replica.
-const SUSPECT_FOR: Duration = Duration::from_secs(5);
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
 impl ShardRouter {
     /// A router following `topology`; calls to node `local.0` go to `local.1` in process.

@@ -66,7 +66,7 @@ pub struct ShardInfo {
     pub id: ShardId,
     /// Nodes holding a voting replica (the group's voters once every move has finished).
     pub replicas: Vec<NodeId>,
-    /// Whether the group has been initialized (by its first replica).
+    /// Whether the group has been initialized (by one of its replicas).
     pub initialized: bool,
     /// A replica move in progress.
     pub moving: Option<Move>,
@@ -123,7 +123,7 @@ pub enum MetaCommand {
         /// New state.
         state: NodeState,
     },
-    /// A shard's group was initialized by its first replica.
+    /// A shard's group was initialized by one of its replicas.
     ShardInitialized {
         /// Shard id.
         shard: ShardId,

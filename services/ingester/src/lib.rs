@@ -44,7 +44,7 @@ impl Default for IngesterConfig {
         Self {
             max_request_bytes: 16 * 1024 * 1024,
             max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES,
-            max_push_bytes: 8 * 1024 * 1024,
+            max_push_bytes: 4 * 1024 * 1024,
         }
     }
 }

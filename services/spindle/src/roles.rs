@@ -184,26 +184,19 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let mut servers: Vec<Server> = vec![serve_http(http_listener, http, external.clone(), "HTTP API")];
     if let (Some((grpc, http)), Some(ingester)) = (otlp_listeners, &ingester) {
         servers.push(serve_http(http, spindle_ingester::http::router(ingester.clone()), external.clone(), "OTLP/HTTP"));
-        let otlp = tonic::transport::Server::builder()
+        let otlp = grpc_server()
             .layer(tower::util::MapResponseLayer::new(map_codec_errors::<tonic::body::Body>))
             .add_service(OtlpGrpc::service(ingester.clone()))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                stopped(external.clone()),
-            );
+            .serve_with_incoming_shutdown(no_delay(grpc), stopped(external.clone()));
         servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
     }
     let internal_server = match (grpc_listener, &node) {
         (Some(listener), Some(node)) => {
-            let server = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+            let server = grpc_server()
                 .add_service(StorageGrpcServer::service(node.clone()))
                 .add_service(ClusterService::service(node.clone()))
                 .add_service(RaftService::service(node.clone()))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stopped(internal),
-                );
+                .serve_with_incoming_shutdown(no_delay(listener), stopped(internal));
             Some(tokio::spawn(async move { server.await.context("internal gRPC API") }))
         }
         _ => None,
@@ -237,7 +230,29 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
 }
 
 fn serve_http(listener: TcpListener, router: Router, stop: watch::Receiver<bool>, what: &'static str) -> Server {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     Box::pin(async move { axum::serve(listener, router).with_graceful_shutdown(stopped(stop)).await.context(what) })
+}
+
+/// Accepted connections with Nagle's algorithm off: a gRPC answer goes out in several small
+/// writes, and Nagle would hold the last one back until the client's delayed ACK (~40 ms).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use futures::TryStreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).inspect_ok(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
+/// A gRPC server whose HTTP/2 windows let a request of a few megabytes arrive without waiting
+/// for window updates.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
 }
 
 async fn wait_for_signal() {

@@ -3,7 +3,7 @@
 //! Each second it
 //! 1. keeps the metadata group's membership right: every registered node a member (learner),
 //!    up to three active nodes voters, nodes that left removed;
-//! 2. cancels moves whose target is no longer active, and starts the next replica moves
+//! 2. starts the next replica moves
 //!    (`spindle_cluster::placement`), at most [`MAX_MOVES`] at once; the shard's leader
 //!    carries each out and records it;
 //! 3. marks draining nodes that hold nothing any more as `Left`.
@@ -61,13 +61,8 @@ async fn step(node: &StorageNode) -> Result<Option<String>, NodeError> {
     }
     meta_membership(node).await?;
 
-    for shard in state.shards.values() {
-        if let Some(mv) = shard.moving {
-            if state.nodes.get(&mv.add).is_none_or(|n| n.state != NodeState::Active) {
-                propose(node, MetaCommand::CancelMove { shard: shard.id }).await?;
-            }
-        }
-    }
+    // A move whose target stopped being active is ended by the shard's leader, which knows
+    // whether the target already votes (see `StorageNode::try_move`).
     let moving = state.shards.values().filter(|s| s.moving.is_some()).count();
     for (shard, mv) in next_moves(&state, MAX_MOVES.saturating_sub(moving)) {
         propose(node, MetaCommand::StartMove { shard, mv }).await?;
@@ -99,16 +94,13 @@ async fn meta_membership(node: &StorageNode) -> Result<(), NodeError> {
         raft.add_learner(n.id, BasicNode::new(n.addr.clone()), false).await.map_err(NodeError::raft)?;
     }
 
-    // An odd number of voters: one until there are three active nodes, then three.
+    // An odd number of voters: one until there are three active nodes, then three. Current
+    // voters that are still active keep their vote.
     let active: Vec<NodeId> = state.active_nodes().map(|n| n.id).collect();
-    let mut desired: BTreeSet<NodeId> = voters.iter().copied().filter(|v| active.contains(v)).collect();
-    let target = if active.len() >= META_VOTERS { META_VOTERS } else { desired.len().max(1) };
-    for a in &active {
-        if desired.len() >= target {
-            break;
-        }
-        desired.insert(*a);
-    }
+    let target = if active.len() >= META_VOTERS { META_VOTERS } else { 1 };
+    let mut order: Vec<NodeId> = active.iter().copied().filter(|a| voters.contains(a)).collect();
+    order.extend(active.iter().copied().filter(|a| !voters.contains(a)));
+    let desired: BTreeSet<NodeId> = order.into_iter().take(target).collect();
     if !desired.is_empty() && desired != voters {
         tracing::info!(voters = ?desired, "changing the metadata group's voters");
         // Demoted voters stay as learners, so they keep following the metadata.

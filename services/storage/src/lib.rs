@@ -24,6 +24,7 @@ pub mod raft_types;
 pub mod service;
 pub mod shard;
 pub mod shard_sm;
+mod snapshot_store;
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -63,7 +64,7 @@ impl NodeError {
 /// Raft timing of every group on a node.
 #[derive(Debug, Clone)]
 pub struct RaftTiming {
-    /// Leader heartbeat.
+    /// Leader heartbeat; also how long openraft gives a follower to take one AppendEntries.
     pub heartbeat: Duration,
     /// A follower that hears nothing from its leader for `max` (openraft's leader lease) plus
     /// a random time in `[min, max)` starts an election: with the defaults a dead leader is
@@ -76,7 +77,7 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_millis(150),
+            heartbeat: Duration::from_millis(250),
             election_min: Duration::from_millis(500),
             election_max: Duration::from_millis(1000),
         }

@@ -73,7 +73,7 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        Self { fsync: true, cache_bytes: 64 * 1024 * 1024, max_read_bytes: 16 * 1024 * 1024 }
+        Self { fsync: true, cache_bytes: 64 * 1024 * 1024, max_read_bytes: 4 * 1024 * 1024 }
     }
 }
 
@@ -90,7 +90,7 @@ struct Inner<C: LogTypes> {
     dir: PathBuf,
     options: LogOptions,
     /// Segment first index -> open file.
-    segments: BTreeMap<u64, File>,
+    segments: BTreeMap<u64, Arc<File>>,
     /// Locations of entries `first_index ..`, contiguous.
     locs: VecDeque<Loc>,
     /// End offset of the last segment.
@@ -188,7 +188,7 @@ impl<C: LogTypes> LogStore<C> {
                 }
                 inner.tail_offset = end;
             }
-            inner.segments.insert(first, file);
+            inner.segments.insert(first, Arc::new(file));
         }
         // Entries at or below the purge point may survive in a partly purged segment: skip them.
         if let Some(p) = inner.last_purged {
@@ -202,6 +202,17 @@ impl<C: LogTypes> LogStore<C> {
     fn lock(&self) -> MutexGuard<'_, Inner<C>> {
         // A poisoned lock means a panic while writing; the data on disk is still checked by CRC.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the log under its lock on a blocking thread (it fsyncs or deletes files).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner<C>) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
     }
 
     /// Bytes of log entries on disk (live segments).
@@ -307,44 +318,30 @@ impl<C: LogTypes> Inner<C> {
         Ok(out)
     }
 
-    fn append(&mut self, entries: Vec<openraft::Entry<C>>) -> io::Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::new();
-        let mut new_locs = Vec::with_capacity(entries.len());
+    /// Where the next records go: the active segment (a new one when the active one is full)
+    /// and the offset in it. Called with the lock held; the write itself happens without it.
+    fn reserve(&mut self, first_index: u64) -> io::Result<(u64, Arc<File>, u64)> {
         if self.segments.is_empty() || self.tail_offset >= SEGMENT_BYTES {
-            let first = entries[0].log_id.index;
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(segment_path(&self.dir, first))?;
-            self.segments.insert(first, file);
+                .open(segment_path(&self.dir, first_index))?;
+            self.segments.insert(first_index, Arc::new(file));
             self.tail_offset = 0;
             if self.options.fsync {
                 File::open(&self.dir)?.sync_all()?;
             }
         }
-        let (&segment, _) = self.segments.last_key_value().ok_or_else(|| io::Error::other("no active segment"))?;
-        for entry in &entries {
-            let start = buf.len();
-            buf.extend_from_slice(&[0u8; HEADER]);
-            C::encode_entry(entry, &mut buf).map_err(io::Error::other)?;
-            let payload_len = buf.len() - start - HEADER;
-            let len = u32::try_from(payload_len).map_err(|_| io::Error::other("raft log entry larger than 4 GiB"))?;
-            let crc = crc32fast::hash(&buf[start + HEADER..]);
-            buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-            buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
-            new_locs.push(Loc { log_id: entry.log_id, segment, offset: self.tail_offset + start as u64, len });
-        }
-        let file = self.segments.get(&segment).ok_or_else(|| io::Error::other("no active segment"))?;
-        file.write_all_at(&buf, self.tail_offset)?;
-        if self.options.fsync {
-            file.sync_data()?;
-        }
-        self.tail_offset += buf.len() as u64;
+        let (&segment, file) = self.segments.last_key_value().ok_or_else(|| io::Error::other("no active segment"))?;
+        Ok((segment, file.clone(), self.tail_offset))
+    }
+
+    /// Makes records written at the reserved place readable: their locations, and the entries
+    /// in the in-memory tail.
+    fn commit_append(&mut self, entries: Vec<openraft::Entry<C>>, new_locs: Vec<Loc>, written: u64) {
+        self.tail_offset += written;
         if let (Some(back), Some(first)) = (self.cache.back(), entries.first()) {
             if back.log_id.index + 1 != first.log_id.index {
                 self.cache.clear();
@@ -357,7 +354,6 @@ impl<C: LogTypes> Inner<C> {
         }
         self.locs.extend(new_locs);
         self.trim_cache();
-        Ok(())
     }
 
     fn trim_cache(&mut self) {
@@ -470,6 +466,40 @@ impl<C: LogTypes> Inner<C> {
     }
 }
 
+/// Appends entries: encodes them, reserves their place, writes and fsyncs them, then makes
+/// them readable. Only the reservation and the final step hold the lock, so readers (apply,
+/// replication) are not held up by the disk; openraft never appends, truncates or purges a log
+/// concurrently, so nothing moves the tail in between.
+fn write_entries<C: LogTypes>(inner: &Mutex<Inner<C>>, entries: Vec<openraft::Entry<C>>) -> io::Result<()> {
+    let Some(first) = entries.first().map(|e| e.log_id.index) else { return Ok(()) };
+    let mut buf = Vec::new();
+    let mut records = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let start = buf.len();
+        buf.extend_from_slice(&[0u8; HEADER]);
+        C::encode_entry(entry, &mut buf).map_err(io::Error::other)?;
+        let len = u32::try_from(buf.len() - start - HEADER)
+            .map_err(|_| io::Error::other("raft log entry larger than 4 GiB"))?;
+        let crc = crc32fast::hash(&buf[start + HEADER..]);
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+        records.push((entry.log_id, start as u64, len));
+    }
+    let (segment, file, offset, fsync) = {
+        let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (segment, file, offset) = guard.reserve(first)?;
+        (segment, file, offset, guard.options.fsync)
+    };
+    file.write_all_at(&buf, offset)?;
+    if fsync {
+        file.sync_data()?;
+    }
+    let locs =
+        records.into_iter().map(|(log_id, start, len)| Loc { log_id, segment, offset: offset + start, len }).collect();
+    inner.lock().unwrap_or_else(|e| e.into_inner()).commit_append(entries, locs, buf.len() as u64);
+    Ok(())
+}
+
 fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(s) => *s,
@@ -546,12 +576,9 @@ impl<C: LogTypes> RaftLogStorage<C> for LogStore<C> {
     {
         let entries: Vec<openraft::Entry<C>> = entries.into_iter().collect();
         let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
-            guard.append(entries)
-        })
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let result = tokio::task::spawn_blocking(move || write_entries::<C>(&inner, entries))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -565,11 +592,11 @@ impl<C: LogTypes> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.lock().truncate(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))
+        self.blocking(move |inner| inner.truncate(log_id.index)).await.map_err(|e| log_err(ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.lock().purge(log_id).map_err(|e| log_err(ErrorVerb::Delete, e))
+        self.blocking(move |inner| inner.purge(log_id)).await.map_err(|e| log_err(ErrorVerb::Delete, e))
     }
 }
 

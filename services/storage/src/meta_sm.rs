@@ -3,7 +3,7 @@
 //! state (a few kilobytes).
 
 use std::io::{self, Cursor};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -13,7 +13,7 @@ use spindle_cluster::{ClusterState, Topology};
 use tokio::sync::watch;
 
 use crate::raft_types::{LogId, Membership, MetaResponse, MetaTypes, StorageError};
-use crate::write_atomic;
+use crate::snapshot_store::SnapshotStore;
 
 #[derive(Default)]
 struct Inner {
@@ -31,7 +31,7 @@ struct SnapshotFile {
 /// The metadata state machine.
 pub struct MetaStateMachine {
     inner: Arc<Mutex<Inner>>,
-    dir: PathBuf,
+    snapshots: SnapshotStore,
     topology: watch::Sender<Arc<Topology>>,
 }
 
@@ -44,11 +44,11 @@ impl MetaStateMachine {
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (topology, _) = watch::channel(Arc::new(Topology::empty()));
-        let sm = Self { inner: Arc::default(), dir: dir.to_path_buf(), topology };
-        match std::fs::read(sm.snapshot_path()) {
-            Ok(bytes) => sm.restore(serde_json::from_slice(&bytes).map_err(io::Error::other)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let sm = Self { inner: Arc::default(), snapshots: SnapshotStore::new(&dir.join("snapshot.json")), topology };
+        if let Some(bytes) = sm.snapshots.read()? {
+            let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+            sm.snapshots.loaded(file.meta.last_log_id);
+            sm.restore(file);
         }
         Ok(sm)
     }
@@ -60,10 +60,6 @@ impl MetaStateMachine {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.join("snapshot.json")
     }
 
     fn publish(&self, state: &ClusterState) {
@@ -93,7 +89,7 @@ impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
             SnapshotFile { meta, state: inner.state.clone() }
         };
         let bytes = serde_json::to_vec(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        write_atomic(&self.snapshot_path(), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
@@ -136,7 +132,7 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Self { inner: self.inner.clone(), dir: self.dir.clone(), topology: self.topology.clone() }
+        Self { inner: self.inner.clone(), snapshots: self.snapshots.clone(), topology: self.topology.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -152,17 +148,13 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
             serde_json::from_slice(snapshot.get_ref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         file.meta = meta.clone();
         let bytes = serde_json::to_vec(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        write_atomic(&self.snapshot_path(), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.restore(file);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<MetaTypes>>, StorageError> {
-        let bytes = match std::fs::read(self.snapshot_path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
-        };
+        let Some(bytes) = self.snapshots.read().map_err(|e| snap_err(ErrorVerb::Read, e))? else { return Ok(None) };
         let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }

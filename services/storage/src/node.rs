@@ -7,7 +7,8 @@
 //!   the one with the lowest id creates the cluster (up to 3 metadata voters, every shard
 //!   placed on the nodes found).
 //! - Reconciling: the node opens every shard it must host (a replica, or a move's target),
-//!   initializes the groups it is first replica of, carries out the replica moves of the
+//!   initializes the groups it is to start (each shard by a different replica, so leadership
+//!   starts spread), carries out the replica moves of the
 //!   shards it leads (add learner, catch up, change voters), and removes the shards it no
 //!   longer hosts once an up-to-date copy of the metadata confirms it.
 //! - Controlling: on the metadata leader, [`crate::controller`] decides the moves.
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use spindle_cluster::{
     ClusterConfig, ClusterState, MetaCommand, MetaError, Move, NodeId, NodeInfo, NodeState, ShardId, Topology,
@@ -77,11 +78,11 @@ pub struct NodeConfig {
 pub struct StorageNode {
     id: NodeId,
     config: NodeConfig,
-    store: Arc<dyn ObjectStore>,
     channels: Channels,
     meta: Raft<MetaTypes>,
     topology: watch::Receiver<Arc<Topology>>,
     shards: RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    shard_context: ShardContext,
     opening: tokio::sync::Mutex<()>,
     moves: Mutex<HashSet<ShardId>>,
     leaders: Mutex<HashMap<ShardId, Option<NodeId>>>,
@@ -91,6 +92,27 @@ pub struct StorageNode {
 
 /// How many replica moves the controller runs at once.
 pub const MAX_MOVES: usize = 2;
+
+/// How long a new replica may take to catch up before its move is retried.
+const MOVE_CATCH_UP: Duration = Duration::from_secs(120);
+
+/// Waits until the leader has replicated to `learner` everything it had when asked.
+async fn wait_caught_up(raft: &Raft<ShardTypes>, learner: NodeId) -> Result<(), NodeError> {
+    let target = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    raft.wait(Some(MOVE_CATCH_UP))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&learner).copied().flatten())
+                    .is_some_and(|matched| matched.index >= target)
+            },
+            "new replica caught up",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| NodeError::Raft(format!("the new replica did not catch up: {e}")))
+}
 
 impl StorageNode {
     /// Opens the node's metadata replica and the shards on its disk, and starts joining (or
@@ -127,9 +149,17 @@ impl StorageNode {
         )
         .await
         .map_err(NodeError::raft)?;
+        let shard_context = ShardContext::new(
+            config.node_id,
+            store.clone(),
+            topology.clone(),
+            channels.clone(),
+            config.shard.clone(),
+            metrics.clone(),
+        );
         let node = Arc::new(Self {
+            shard_context,
             id: config.node_id,
-            store,
             channels,
             meta,
             topology,
@@ -145,6 +175,10 @@ impl StorageNode {
         let shards_dir = node.config.dir.join("shards");
         if let Ok(entries) = std::fs::read_dir(&shards_dir) {
             for entry in entries.flatten() {
+                if entry.file_name().to_str().is_some_and(|n| n.starts_with("removing-")) {
+                    std::fs::remove_dir_all(entry.path())?;
+                    continue;
+                }
                 if let Some(id) =
                     entry.file_name().to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|n| n.parse().ok())
                 {
@@ -214,15 +248,7 @@ impl StorageNode {
             return Ok(s);
         }
         let dir = self.config.dir.join("shards").join(format!("shard-{id:05}"));
-        let context = ShardContext {
-            node_id: self.id,
-            store: self.store.clone(),
-            topology: self.topology.clone(),
-            channels: self.channels.clone(),
-            config: self.config.shard.clone(),
-            metrics: self.metrics.clone(),
-        };
-        let shard = Shard::open(id, &dir, &context).await?;
+        let shard = Shard::open(id, &dir, &self.shard_context).await?;
         tracing::info!(shard = id, "opened shard");
         self.shards.write().unwrap_or_else(|e| e.into_inner()).insert(id, shard.clone());
         Ok(shard)
@@ -420,7 +446,10 @@ impl StorageNode {
         for info in state.shards_hosted_by(self.id) {
             hosted.insert(info.id);
             let shard = self.open_shard(info.id).await?;
-            if !info.initialized && info.replicas.first() == Some(&self.id) {
+            // Each shard is initialized by a different replica in turn, which campaigns first and
+            // so leads it: leadership starts spread over the nodes.
+            let initializer = info.replicas.get(info.id as usize % info.replicas.len().max(1));
+            if !info.initialized && initializer == Some(&self.id) {
                 let members: BTreeMap<NodeId, BasicNode> = info
                     .replicas
                     .iter()
@@ -478,26 +507,45 @@ impl StorageNode {
         self.moves.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
-    /// Adds `mv.add` as a learner, waits for it to catch up, makes it a voter in place of
-    /// `mv.remove`, and records the new voters in the metadata.
+    /// Adds `mv.add` as a learner, waits until it has caught up, makes it a voter in place of
+    /// `mv.remove`, and records the new voters in the metadata. A move whose target is no
+    /// longer active is cancelled here, where the group's real membership is known: if the
+    /// target does not vote yet it is taken out of the group first; if it does, the move
+    /// finishes as planned (and the controller later moves the replica off it).
     async fn try_move(&self, shard: &Shard, mv: Move) -> Result<(), NodeError> {
-        let addr = self
-            .state()
-            .nodes
-            .get(&mv.add)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| NodeError::Meta(format!("node {} is unknown", mv.add)))?;
+        let state = self.state();
+        let target = state.nodes.get(&mv.add).filter(|n| n.state == NodeState::Active);
         let raft = shard.raft();
         let membership = raft.metrics().borrow().membership_config.membership().clone();
         let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if !voters.contains(&mv.add) {
+            let Some(target) = target else {
+                if membership.learner_ids().any(|l| l == mv.add) {
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([mv.add])), false)
+                        .await
+                        .map_err(NodeError::raft)?;
+                }
+                tracing::info!(
+                    shard = shard.id(),
+                    node = mv.add,
+                    "the move's target is not active any more; cancelling"
+                );
+                return self
+                    .propose_meta(MetaCommand::CancelMove { shard: shard.id() }, 0)
+                    .await?
+                    .map_err(|e| NodeError::Meta(e.to_string()));
+            };
             if !membership.learner_ids().any(|l| l == mv.add) {
                 tracing::info!(shard = shard.id(), node = mv.add, "adding a learner");
-                tokio::time::timeout(Duration::from_secs(120), raft.add_learner(mv.add, BasicNode::new(addr), true))
-                    .await
-                    .map_err(|_| NodeError::Raft("the new replica did not catch up within 120 s".into()))?
-                    .map_err(NodeError::raft)?;
+                tokio::time::timeout(
+                    MOVE_CATCH_UP,
+                    raft.add_learner(mv.add, BasicNode::new(target.addr.clone()), false),
+                )
+                .await
+                .map_err(|_| NodeError::Raft("adding the learner did not commit".into()))?
+                .map_err(NodeError::raft)?;
             }
+            wait_caught_up(raft, mv.add).await?;
             voters.insert(mv.add);
         }
         if let Some(r) = mv.remove {

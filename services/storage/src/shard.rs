@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,14 @@ pub struct ShardConfig {
     pub flush_max_bytes: usize,
     /// ... or once the oldest of them is this old.
     pub flush_max_age: Duration,
-    /// Pushes are refused (backpressure) while the shard holds this many unflushed bytes.
+    /// Pushes are refused (backpressure) while the node's shards hold this many unflushed
+    /// bytes together (leaders and followers alike); at half of it every tenant is flushed.
     pub max_unflushed_bytes: usize,
-    /// Pushes waiting for their commit, at most (more are refused with backpressure).
-    pub max_pending_writes: usize,
-    /// Bytes of pushes grouped into one Raft entry, at most.
+    /// Bytes of pushes waiting for their commit on the node, at most (more are refused with
+    /// backpressure).
+    pub max_pending_bytes: usize,
+    /// Bytes of pushes grouped into one Raft entry, at most. openraft gives a follower one
+    /// heartbeat interval to take an AppendEntries, so entries stay small.
     pub max_entry_bytes: usize,
     /// Raft entries being committed at once.
     pub commits_in_flight: usize,
@@ -76,8 +79,8 @@ impl Default for ShardConfig {
             flush_max_bytes: 256 * 1024 * 1024,
             flush_max_age: Duration::from_secs(120),
             max_unflushed_bytes: 768 * 1024 * 1024,
-            max_pending_writes: 1024,
-            max_entry_bytes: 16 * 1024 * 1024,
+            max_pending_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 4 * 1024 * 1024,
             commits_in_flight: 2,
             commit_timeout: Duration::from_secs(10),
             orphan_grace: Duration::from_secs(15 * 60),
@@ -104,15 +107,36 @@ pub struct ShardContext {
     pub config: ShardConfig,
     /// The node's metrics.
     pub metrics: StorageMetrics,
+    /// Unflushed bytes of every shard on the node.
+    pub unflushed: Arc<AtomicUsize>,
+    /// Kibibytes of pushes waiting for their commit on the node.
+    pub pending: Arc<Semaphore>,
 }
 
-/// A push waiting for its commit.
+impl ShardContext {
+    /// The shared parts of a node's shards.
+    pub fn new(
+        node_id: NodeId,
+        store: Arc<dyn ObjectStore>,
+        topology: watch::Receiver<Arc<Topology>>,
+        channels: Channels,
+        config: ShardConfig,
+        metrics: StorageMetrics,
+    ) -> Self {
+        let pending = Arc::new(Semaphore::new((config.max_pending_bytes / 1024).max(1)));
+        Self { node_id, store, topology, channels, config, metrics, unflushed: Arc::default(), pending }
+    }
+}
+
+/// A push waiting for its commit. It keeps its digest marked as being committed, and its share
+/// of the pending budget, until the commit ends (even if the caller gave up waiting).
 struct PendingWrite {
     tenant: String,
     digest: [u64; 2],
     batch: EncodedBatch,
     reply: oneshot::Sender<Result<u64, ApiError>>,
     _permit: OwnedSemaphorePermit,
+    _committing: Committing,
 }
 
 /// A shard hosted on this node.
@@ -128,7 +152,8 @@ pub struct Shard {
     config: ShardConfig,
     writes: mpsc::UnboundedSender<PendingWrite>,
     pending: Arc<Semaphore>,
-    committing: Mutex<HashSet<[u64; 2]>>,
+    unflushed: Arc<AtomicUsize>,
+    committing: Arc<Mutex<HashSet<[u64; 2]>>>,
     flush_lock: tokio::sync::Mutex<()>,
     index_synced: AtomicBool,
     last_sweep_ms: AtomicU64,
@@ -141,9 +166,9 @@ impl Shard {
     /// shard's group is empty until [`Shard::initialize`] is called on one replica, or its
     /// leader reaches it.
     pub async fn open(id: ShardId, dir: &Path, context: &ShardContext) -> Result<Arc<Self>, NodeError> {
-        let ShardContext { node_id, store, topology, channels, config, metrics } = context.clone();
+        let ShardContext { node_id, store, topology, channels, config, metrics, unflushed, pending } = context.clone();
         let log = LogStore::open(&dir.join("log"), config.log.clone())?;
-        let sm = ShardStateMachine::open(&dir.join("state"))?;
+        let sm = ShardStateMachine::open(&dir.join("state"), unflushed.clone())?;
         let state = sm.state();
         let raft_config = openraft::Config {
             snapshot_policy: SnapshotPolicy::Never,
@@ -166,13 +191,14 @@ impl Shard {
             log,
             store,
             topology,
-            pending: Arc::new(Semaphore::new(config.max_pending_writes)),
+            pending,
+            unflushed,
             config,
             writes,
-            committing: Mutex::new(HashSet::new()),
+            committing: Arc::default(),
             flush_lock: tokio::sync::Mutex::new(()),
             index_synced: AtomicBool::new(false),
-            last_sweep_ms: AtomicU64::new(0),
+            last_sweep_ms: AtomicU64::new(now_unix_ms()),
             stop: watch::channel(false).0,
             metrics,
         });
@@ -238,10 +264,8 @@ impl Shard {
         self.check_quorum()?;
         let rows = batch.num_rows() as u64;
         let digest = digest(tenant.as_str(), batch.ipc());
-        let (unflushed, seen) = {
-            let s = shard_sm::read(&self.state);
-            (s.unflushed_bytes, s.recent.contains(&digest))
-        };
+        let seen = shard_sm::read(&self.state).recent.contains(&digest);
+        let unflushed = self.unflushed.load(Ordering::Relaxed);
         if seen.is_some() {
             // A retry of a push this shard committed: acknowledge it without storing it again.
             self.metrics.duplicate_pushes.inc();
@@ -250,23 +274,25 @@ impl Shard {
         if unflushed >= self.config.max_unflushed_bytes {
             self.metrics.pushes_rejected_overload.inc();
             return Err(ApiError::Overloaded(format!(
-                "shard {} holds {unflushed} unflushed bytes (limit {}); retry after the next flush",
-                self.id, self.config.max_unflushed_bytes
+                "this storage node holds {unflushed} unflushed bytes (limit {}); retry after the next flush",
+                self.config.max_unflushed_bytes
             )));
         }
-        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+        let kib = u32::try_from(batch.ipc().len() / 1024 + 1).unwrap_or(u32::MAX);
+        let Ok(permit) = self.pending.clone().try_acquire_many_owned(kib) else {
             self.metrics.pushes_rejected_overload.inc();
             return Err(ApiError::Overloaded(format!(
-                "shard {} has {} pushes waiting for their commit; retry shortly",
-                self.id, self.config.max_pending_writes
+                "this storage node has {} bytes of pushes waiting for their commit; retry shortly",
+                self.config.max_pending_bytes
             )));
         };
         if !self.committing.lock().unwrap_or_else(|e| e.into_inner()).insert(digest) {
             return Err(ApiError::Unavailable("the same batch is being committed now; retry shortly".into()));
         }
-        let _guard = Committing { set: &self.committing, digest };
+        let committing = Committing { set: self.committing.clone(), digest };
         let (reply, answer) = oneshot::channel();
-        let write = PendingWrite { tenant: tenant.to_string(), digest, batch, reply, _permit: permit };
+        let write =
+            PendingWrite { tenant: tenant.to_string(), digest, batch, reply, _permit: permit, _committing: committing };
         self.writes.send(write).map_err(|_| ApiError::Unavailable(format!("shard {} is stopping", self.id)))?;
         let rows = answer
             .await
@@ -355,11 +381,9 @@ impl Shard {
             if !leader {
                 continue;
             }
-            if let Err(e) = self.flush(false).await {
-                self.metrics.flush_errors.inc();
-                tracing::error!(shard = self.id, error = %e, "flush failed; will retry");
-            }
-            if !self.index_synced.load(Ordering::Relaxed) {
+            // Failures are counted and logged per tenant inside.
+            let _ = self.flush(false).await;
+            if !self.index_synced.load(Ordering::Relaxed) && self.is_settled_leader() {
                 match self.sync_indexes().await {
                     Ok(()) => self.index_synced.store(true, Ordering::Relaxed),
                     Err(e) => {
@@ -388,24 +412,31 @@ impl Shard {
         (!id.is_empty()).then_some(id)
     }
 
-    /// Writes every tenant's unflushed spans to blocks if a threshold is reached (or `force`)
-    /// and commits them through Raft. Only the leader flushes. Returns the blocks committed.
+    /// Whether this node leads the shard and has applied every entry of earlier terms (its own
+    /// first entry is applied): only then is its view of flushed ranges and blocks complete.
+    fn is_settled_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        self.is_leader() && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+    }
+
+    /// Writes tenants' unflushed spans to blocks if a threshold is reached (or `force`) and
+    /// commits them through Raft. Only the leader flushes. Returns the blocks committed; a
+    /// tenant whose flush fails does not keep the others from flushing.
     pub async fn flush(&self, force: bool) -> Result<usize, NodeError> {
         let _guard = self.flush_lock.lock().await;
-        if !self.is_leader() {
+        if !self.is_settled_leader() {
             return Ok(0);
         }
         let Some(cluster) = self.cluster_id() else {
             return Ok(0);
         };
-        let loads = tenant_loads(&self.state);
-        let total: usize = loads.iter().map(|l| l.bytes).sum();
         let now = now_unix_ms();
         let max_age = self.config.flush_max_age.as_millis() as u64;
-        // Under memory pressure every tenant goes; otherwise the tenants past a threshold. The
-        // log is kept back to the oldest unflushed span, at most `flush_max_age` old.
-        let everyone = force || total >= self.config.max_unflushed_bytes / 2;
-        let due: Vec<_> = loads
+        // Under memory pressure (the whole node's) every tenant goes; otherwise the tenants past
+        // a threshold. The log is kept back to the oldest unflushed span, at most
+        // `flush_max_age` old.
+        let everyone = force || self.unflushed.load(Ordering::Relaxed) >= self.config.max_unflushed_bytes / 2;
+        let due: Vec<_> = tenant_loads(&self.state)
             .into_iter()
             .filter(|l| {
                 everyone
@@ -413,64 +444,70 @@ impl Shard {
                     || l.oldest_unix_ms.is_some_and(|o| now.saturating_sub(o) >= max_age)
             })
             .collect();
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let (term, leader) = {
-            let m = self.raft.metrics().borrow().clone();
-            (m.current_term, self.node_id)
-        };
-        let mut written = 0;
+        let term = self.raft.metrics().borrow().current_term;
+        let (mut written, mut first_error) = (0, None);
         for load in due {
-            let tenant = TenantId::new(&load.tenant)?;
-            let (after_index, through_index, batches) = {
-                let s = shard_sm::read(&self.state);
-                let Some(t) = s.tenants.get(&load.tenant) else {
-                    continue;
-                };
-                let Some(last) = t.unflushed.last().and_then(|b| b.parts.last()) else {
-                    continue;
-                };
-                (t.flushed_through, last.0, t.unflushed.iter().map(|b| b.batch.clone()).collect::<Vec<_>>())
-            };
-            let range = (after_index + 1, through_index);
-            let Some(block) =
-                write_block(self.store.clone(), &tenant, &cluster, self.id, range, batches, &self.config.block).await?
-            else {
-                continue;
-            };
-            let (rows, bytes) = (block.rows, block.bytes);
-            let command = ShardCommand::BlockFlushed {
-                tenant: load.tenant.clone(),
-                term,
-                leader,
-                after_index,
-                through_index,
-                block: Box::new(BlockMeta { trace_bloom: None, ..block.clone() }),
-            };
-            // An error here leaves the outcome unknown: the file stays (a retry of the same range
-            // overwrites it, and the sweep removes it if it never commits).
-            let response = tokio::time::timeout(self.config.commit_timeout, self.raft.client_write(command))
-                .await
-                .map_err(|_| {
-                    NodeError::Raft(format!("the block did not commit within {:?}", self.config.commit_timeout))
-                })?
-                .map_err(NodeError::raft)?;
-            match response.data {
-                ShardResponse::Flushed => {
-                    self.add_to_index(&tenant, &cluster, block).await?;
-                    self.metrics.flushes.inc();
-                    self.metrics.block_bytes_written.inc_by(bytes);
-                    self.metrics.block_spans_written.inc_by(rows);
-                    tracing::info!(shard = self.id, tenant = %tenant, first = range.0, last = range.1, rows, bytes, "flushed block");
-                    written += 1;
-                }
-                other => {
-                    tracing::warn!(shard = self.id, tenant = %tenant, answer = ?other, "block not committed; it is an orphan now")
+            match self.flush_tenant(&load.tenant, &cluster, term).await {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    if !self.is_leader() {
+                        tracing::info!(shard = self.id, "leadership moved during a flush; the new leader flushes");
+                        break;
+                    }
+                    self.metrics.flush_errors.inc();
+                    tracing::error!(shard = self.id, tenant = %load.tenant, error = %e, "flush failed; will retry");
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        Ok(written)
+        first_error.map_or(Ok(written), Err)
+    }
+
+    /// Flushes one tenant's unflushed spans; whether a block was committed.
+    async fn flush_tenant(&self, tenant_id: &str, cluster: &str, term: u64) -> Result<bool, NodeError> {
+        let tenant = TenantId::new(tenant_id)?;
+        let (after_index, through_index, batches) = {
+            let s = shard_sm::read(&self.state);
+            let Some(t) = s.tenants.get(tenant_id) else { return Ok(false) };
+            let Some(last) = t.unflushed.last().and_then(|b| b.parts.last()) else { return Ok(false) };
+            (t.flushed_through, last.index, t.unflushed.iter().map(|b| b.batch.clone()).collect::<Vec<_>>())
+        };
+        let range = (after_index + 1, through_index);
+        let Some(block) =
+            write_block(self.store.clone(), &tenant, cluster, self.id, range, batches, &self.config.block).await?
+        else {
+            return Ok(false);
+        };
+        let (rows, bytes) = (block.rows, block.bytes);
+        let command = ShardCommand::BlockFlushed {
+            tenant: tenant_id.to_string(),
+            term,
+            leader: self.node_id,
+            after_index,
+            through_index,
+            block: Box::new(BlockMeta { trace_bloom: None, ..block.clone() }),
+        };
+        // An error here leaves the outcome unknown: the file stays (a retry of the same range
+        // overwrites it, and the sweep removes it once the range can no longer commit).
+        let response = tokio::time::timeout(self.config.commit_timeout, self.raft.client_write(command))
+            .await
+            .map_err(|_| NodeError::Raft(format!("the block did not commit within {:?}", self.config.commit_timeout)))?
+            .map_err(NodeError::raft)?;
+        match response.data {
+            ShardResponse::Flushed => {
+                self.add_to_index(&tenant, cluster, block).await?;
+                self.metrics.flushes.inc();
+                self.metrics.block_bytes_written.inc_by(bytes);
+                self.metrics.block_spans_written.inc_by(rows);
+                tracing::info!(shard = self.id, tenant = %tenant, first = range.0, last = range.1, rows, bytes, "flushed block");
+                Ok(true)
+            }
+            other => {
+                tracing::warn!(shard = self.id, tenant = %tenant, answer = ?other, "block not committed; it is an orphan now");
+                Ok(false)
+            }
+        }
     }
 
     async fn add_to_index(&self, tenant: &TenantId, cluster: &str, block: BlockMeta) -> Result<(), NodeError> {
@@ -505,26 +542,30 @@ impl Shard {
         Ok(())
     }
 
-    /// Deletes block files of this shard that no committed block names and that are older than
-    /// the grace period. Returns how many went.
+    /// Deletes block files of this shard that no committed block names, that can never be
+    /// committed any more (their range starts at or below the tenant's flushed-through index,
+    /// which only grows, so their `BlockFlushed` would be refused) and that are older than the
+    /// grace period. Safe even on a leader that has been cut off: it deletes nothing that any
+    /// log could still commit. Returns how many went.
     pub async fn sweep_orphans(&self) -> Result<usize, NodeError> {
         let Some(cluster) = self.cluster_id() else {
             return Ok(0);
         };
-        let catalog: Vec<(String, HashSet<String>)> = shard_sm::read(&self.state)
+        let catalog: Vec<(String, u64, HashSet<String>)> = shard_sm::read(&self.state)
             .tenants
             .iter()
-            .map(|(t, s)| (t.clone(), s.blocks.iter().map(|b| b.path.clone()).collect()))
+            .map(|(t, s)| (t.clone(), s.flushed_through, s.blocks.iter().map(|b| b.path.clone()).collect()))
             .collect();
         let grace = self.config.orphan_grace;
         let mut removed = 0;
-        for (tenant, committed) in catalog {
+        for (tenant, flushed_through, committed) in catalog {
             let tenant = TenantId::new(&tenant)?;
             let listed: Vec<_> = self.store.list(Some(&block_dir(&tenant, &cluster, self.id))).collect().await;
             for object in listed {
                 let object = object.map_err(spindle_storage::StorageError::from)?;
                 let name = object.location.filename().unwrap_or_default();
-                if parse_block_file_name(name).is_none() || committed.contains(object.location.as_ref()) {
+                let Some((first, _)) = parse_block_file_name(name) else { continue };
+                if committed.contains(object.location.as_ref()) || first > flushed_through {
                     continue;
                 }
                 let age = std::time::SystemTime::now().duration_since(object.last_modified.into()).unwrap_or_default();
@@ -577,18 +618,22 @@ impl Shard {
     pub async fn remove(&self) -> Result<(), NodeError> {
         let _ = self.stop.send(true);
         self.raft.shutdown().await.map_err(NodeError::raft)?;
-        std::fs::remove_dir_all(&self.dir)?;
+        // Renamed first, so a crash half-way through the deletion leaves no damaged shard
+        // behind (a restarting node deletes what is left of it).
+        let removing = self.dir.with_file_name(format!("removing-{}", self.id));
+        std::fs::rename(&self.dir, &removing)?;
+        std::fs::remove_dir_all(&removing)?;
         Ok(())
     }
 }
 
-/// Removes its digest from the set of pushes being committed when the push finishes.
-struct Committing<'a> {
-    set: &'a Mutex<HashSet<[u64; 2]>>,
+/// Removes its digest from the set of pushes being committed when the commit ends.
+struct Committing {
+    set: Arc<Mutex<HashSet<[u64; 2]>>>,
     digest: [u64; 2],
 }
 
-impl Drop for Committing<'_> {
+impl Drop for Committing {
     fn drop(&mut self) {
         self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.digest);
     }

@@ -15,7 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Cursor};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arrow::array::{AsArray, RecordBatch};
@@ -27,7 +28,7 @@ use spindle_schema::col;
 use spindle_storage::BlockMeta;
 
 use crate::raft_types::{LogId, Membership, ShardCommand, ShardResponse, ShardTypes, StorageError};
-use crate::write_atomic;
+use crate::snapshot_store::SnapshotStore;
 
 /// How long a pushed batch's digest is remembered, so a retried push is recognised.
 pub const RETRY_WINDOW_MS: u64 = 10 * 60 * 1000;
@@ -39,9 +40,8 @@ pub const RETRY_WINDOW_ENTRIES: usize = 262_144;
 pub struct Buffered {
     /// The spans.
     pub batch: RecordBatch,
-    /// Log index and row count of each append the batch holds, in log order (several once
-    /// small batches are coalesced).
-    pub parts: Vec<(u64, usize)>,
+    /// The pushes the batch holds, in log order (several once small batches are coalesced).
+    pub parts: Vec<Part>,
     /// Earliest span start (unix ns).
     pub min_time: i64,
     /// Latest span end (unix ns).
@@ -50,13 +50,26 @@ pub struct Buffered {
     pub received_unix_ms: u64,
 }
 
+/// One push in a [`Buffered`] batch: the log entry and the item within it that brought it, and
+/// how many of the batch's rows are its.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Log index of the `Append`.
+    pub index: u64,
+    /// Position of the push in the `Append`'s items.
+    pub item: u32,
+    /// Rows it holds.
+    pub rows: usize,
+}
+
 impl Buffered {
     fn first_index(&self) -> u64 {
-        self.parts.first().map_or(0, |p| p.0)
+        self.parts.first().map_or(0, |p| p.index)
     }
 
-    fn last_index(&self) -> u64 {
-        self.parts.last().map_or(0, |p| p.0)
+    /// Log index of the newest push the batch holds.
+    pub fn last_index(&self) -> u64 {
+        self.parts.last().map_or(0, |p| p.index)
     }
 }
 
@@ -91,9 +104,8 @@ impl RecentDigests {
 
     fn insert(&mut self, digest: [u64; 2], index: u64, received_ms: u64) {
         self.newest_ms = self.newest_ms.max(received_ms);
-        if self.by_digest.insert(digest, index).is_none() {
-            self.order.push_back((digest, index, received_ms));
-        }
+        self.by_digest.insert(digest, index);
+        self.order.push_back((digest, index, received_ms));
         while self.order.len() > RETRY_WINDOW_ENTRIES
             || self.order.front().is_some_and(|f| f.2 + RETRY_WINDOW_MS < self.newest_ms)
         {
@@ -121,6 +133,8 @@ pub struct ShardState {
     pub tenants: BTreeMap<String, TenantState>,
     /// Total in-memory size of all unflushed batches.
     pub unflushed_bytes: usize,
+    /// The node-wide count of unflushed bytes this shard adds to.
+    budget: Arc<AtomicUsize>,
     /// Blocks committed since the state machine started (tells replicas when to snapshot).
     pub flushes: u64,
     /// Digests of recent pushes.
@@ -128,6 +142,17 @@ pub struct ShardState {
 }
 
 impl ShardState {
+    fn grow(&mut self, bytes: usize) {
+        self.unflushed_bytes += bytes;
+        self.budget.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn shrink(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.unflushed_bytes);
+        self.unflushed_bytes -= bytes;
+        self.budget.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// The highest index at which every appended span is in a committed block.
     pub fn safe_point(&self) -> u64 {
         let first_unflushed =
@@ -166,9 +191,7 @@ impl ShardState {
         match command {
             ShardCommand::Append { received_unix_ms, items } => {
                 let mut results = Vec::with_capacity(items.len());
-                for item in items {
-                    self.recent.insert(item.digest, index, *received_unix_ms);
-                    let t = self.tenants.entry(item.tenant.clone()).or_default();
+                for (position, item) in items.iter().enumerate() {
                     let batch = match item.payload.batch() {
                         Ok(b) => b,
                         Err(e) => {
@@ -178,18 +201,22 @@ impl ShardState {
                         }
                     };
                     let rows = batch.num_rows() as u64;
-                    if index <= t.flushed_through || rows == 0 {
+                    let flushed = self.tenants.get(&item.tenant).is_some_and(|t| index <= t.flushed_through);
+                    if flushed || rows == 0 {
                         // Already in a block (applied again after a snapshot), or nothing to keep.
+                        self.recent.insert(item.digest, index, *received_unix_ms);
                         results.push(Ok(rows));
                         continue;
                     }
                     match time_bounds(&batch) {
                         Ok((min_time, max_time)) => {
                             let size = batch_bytes(&batch);
+                            self.grow(size);
+                            self.recent.insert(item.digest, index, *received_unix_ms);
+                            let t = self.tenants.entry(item.tenant.clone()).or_default();
                             t.unflushed_bytes += size;
-                            self.unflushed_bytes += size;
                             t.unflushed.push(Buffered {
-                                parts: vec![(index, batch.num_rows())],
+                                parts: vec![Part { index, item: position as u32, rows: batch.num_rows() }],
                                 batch,
                                 min_time,
                                 max_time,
@@ -225,11 +252,11 @@ impl ShardState {
                 }
                 let freed = drop_through(&mut t.unflushed, *through_index);
                 t.unflushed_bytes = t.unflushed_bytes.saturating_sub(freed);
-                self.unflushed_bytes = self.unflushed_bytes.saturating_sub(freed);
                 t.flushed_through = *through_index;
                 if !t.blocks.iter().any(|b| b.id == block.id) {
                     t.blocks.push(BlockMeta { trace_bloom: None, ..block.as_ref().clone() });
                 }
+                self.shrink(freed);
                 self.flushes += 1;
                 ShardResponse::Flushed
             }
@@ -248,11 +275,11 @@ fn drop_through(unflushed: &mut Vec<Buffered>, through: u64) -> usize {
         } else if b.first_index() > through {
             kept.push(b);
         } else {
-            let drop_rows: usize = b.parts.iter().filter(|p| p.0 <= through).map(|p| p.1).sum();
+            let drop_rows: usize = b.parts.iter().filter(|p| p.index <= through).map(|p| p.rows).sum();
             let before = batch_bytes(&b.batch);
             let batch = b.batch.slice(drop_rows, b.batch.num_rows() - drop_rows);
             freed += before.saturating_sub(batch_bytes(&batch));
-            kept.push(Buffered { batch, parts: b.parts.into_iter().filter(|p| p.0 > through).collect(), ..b });
+            kept.push(Buffered { batch, parts: b.parts.into_iter().filter(|p| p.index > through).collect(), ..b });
         }
     }
     *unflushed = kept;
@@ -318,7 +345,7 @@ struct SnapshotTenant {
 /// The shard's state machine.
 pub struct ShardStateMachine {
     state: SharedState,
-    dir: PathBuf,
+    snapshots: SnapshotStore,
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -326,17 +353,16 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
 }
 
 impl ShardStateMachine {
-    /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    /// Opens the state machine in `dir`, restoring the last snapshot if there is one. Its
+    /// unflushed bytes are added to `budget`, the node-wide count.
+    pub fn open(dir: &Path, budget: Arc<AtomicUsize>) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let sm = Self { state: SharedState::default(), dir: dir.to_path_buf() };
-        match std::fs::read(sm.snapshot_path()) {
-            Ok(bytes) => {
-                let file: SnapshotFile = bincode::deserialize(&bytes).map_err(io::Error::other)?;
-                sm.restore(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let state = SharedState::new(RwLock::new(ShardState { budget, ..ShardState::default() }));
+        let sm = Self { state, snapshots: SnapshotStore::new(&dir.join("snapshot.bin")) };
+        if let Some(bytes) = sm.snapshots.read()? {
+            let file: SnapshotFile = bincode::deserialize(&bytes).map_err(io::Error::other)?;
+            sm.snapshots.loaded(file.meta.last_log_id);
+            sm.restore(file);
         }
         Ok(sm)
     }
@@ -346,13 +372,12 @@ impl ShardStateMachine {
         self.state.clone()
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.join("snapshot.bin")
-    }
-
     fn restore(&self, file: SnapshotFile) {
         let mut s = write(&self.state);
-        *s = ShardState::default();
+        let held = s.unflushed_bytes;
+        s.shrink(held);
+        let budget = s.budget.clone();
+        *s = ShardState { budget, ..ShardState::default() };
         s.last_applied = file.meta.last_log_id;
         s.leader_starts = file.meta.last_log_id.into_iter().collect();
         s.membership = file.meta.last_membership.clone();
@@ -397,7 +422,7 @@ impl ShardStateMachine {
 impl RaftSnapshotBuilder<ShardTypes> for ShardStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ShardTypes>, StorageError> {
         let (meta, bytes) = self.encode_snapshot().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        write_atomic(&self.snapshot_path(), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.snapshots.save(meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
@@ -447,7 +472,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Self { state: self.state.clone(), dir: self.dir.clone() }
+        Self { state: self.state.clone(), snapshots: self.snapshots.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -463,17 +488,13 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let mut file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         file.meta = meta.clone();
         let bytes = bincode::serialize(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        write_atomic(&self.snapshot_path(), &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.restore(file);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<ShardTypes>>, StorageError> {
-        let bytes = match std::fs::read(self.snapshot_path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
-        };
+        let Some(bytes) = self.snapshots.read().map_err(|e| snap_err(ErrorVerb::Read, e))? else { return Ok(None) };
         let file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
@@ -548,7 +569,7 @@ pub fn coalesce_small_batches(
     for (tenant, run) in runs {
         let batches: Vec<RecordBatch> = run.iter().map(|b| b.batch.clone()).collect();
         let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
-        let (first, last) = (run[0].first_index(), run[run.len() - 1].last_index());
+        let keys: Vec<(u64, u32)> = run.iter().flat_map(|b| b.parts.iter().map(|p| (p.index, p.item))).collect();
         let replacement = Buffered {
             batch: merged,
             parts: run.iter().flat_map(|b| b.parts.iter().copied()).collect(),
@@ -560,19 +581,30 @@ pub fn coalesce_small_batches(
         let Some(t) = s.tenants.get_mut(&tenant) else {
             continue;
         };
-        // The run may have been flushed meanwhile; replace it only if it is still there as is.
-        let Some(pos) = t.unflushed.iter().position(|b| b.first_index() == first) else {
+        // The run may have been flushed or sliced meanwhile: replace it only if the same pushes
+        // (log index and item, unique) are still there in the same batches.
+        let first = (run[0].parts[0].index, run[0].parts[0].item);
+        let Some(pos) = t.unflushed.iter().position(|b| b.parts.first().map(|p| (p.index, p.item)) == Some(first))
+        else {
             continue;
         };
         let end = pos + run.len();
-        if end > t.unflushed.len() || t.unflushed[end - 1].last_index() != last {
+        let current = t
+            .unflushed
+            .get(pos..end)
+            .map(|bs| bs.iter().flat_map(|b| b.parts.iter().map(|p| (p.index, p.item))).collect::<Vec<_>>());
+        if current.as_ref() != Some(&keys) {
             continue;
         }
         let old: usize = t.unflushed[pos..end].iter().map(|b| batch_bytes(&b.batch)).sum();
         let new = batch_bytes(&replacement.batch);
         t.unflushed.splice(pos..end, std::iter::once(replacement));
         t.unflushed_bytes = t.unflushed_bytes + new - old;
-        s.unflushed_bytes = s.unflushed_bytes + new - old;
+        if new >= old {
+            s.grow(new - old);
+        } else {
+            s.shrink(old - new);
+        }
         merged_away += run.len() - 1;
     }
     Ok(merged_away)

@@ -21,7 +21,7 @@ impl StoreBuilder<ShardTypes, Log, ShardStateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, Log, ShardStateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Log::open(&dir.path().join("log"), LogOptions::default()).expect("open log");
-        let sm = ShardStateMachine::open(&dir.path().join("sm")).expect("open state machine");
+        let sm = ShardStateMachine::open(&dir.path().join("sm"), Default::default()).expect("open state machine");
         Ok((dir, log, sm))
     }
 }
@@ -184,7 +184,7 @@ fn rows(sm: &ShardStateMachine, tenant: &str) -> usize {
 #[tokio::test]
 async fn flushes_are_fenced_by_log_range_and_term() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = ShardStateMachine::open(dir.path()).unwrap();
+    let mut sm = ShardStateMachine::open(dir.path(), Default::default()).unwrap();
     sm.apply((1..=4).map(|i| append_entry(i, &[("a", i as u8)]))).await.unwrap();
     // A block covering (0, 3]: rows of entries 1-3 go.
     let r = sm.apply(vec![flushed(5, "a", 0, 3)]).await.unwrap();
@@ -207,7 +207,7 @@ async fn flushes_are_fenced_by_log_range_and_term() {
 #[tokio::test]
 async fn snapshot_at_the_safe_point_restores_unflushed_spans_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = ShardStateMachine::open(&dir.path().join("sm")).unwrap();
+    let mut sm = ShardStateMachine::open(&dir.path().join("sm"), Default::default()).unwrap();
     let mut log: Vec<Entry<ShardTypes>> = vec![
         append_entry(1, &[("a", 1)]),
         append_entry(2, &[("b", 2), ("a", 3)]),
@@ -224,7 +224,7 @@ async fn snapshot_at_the_safe_point_restores_unflushed_spans_from_the_log() {
 
     // A restart (or a follower installing the snapshot) restores the catalog, then applies the
     // log after the snapshot again: a's appends are in its block, b's come back, nothing twice.
-    let mut restored = ShardStateMachine::open(&dir.path().join("sm")).unwrap();
+    let mut restored = ShardStateMachine::open(&dir.path().join("sm"), Default::default()).unwrap();
     let (applied, _) = restored.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 1)));
     let state = restored.state();
@@ -244,10 +244,16 @@ async fn snapshot_at_the_safe_point_restores_unflushed_spans_from_the_log() {
 #[tokio::test]
 async fn coalescing_keeps_what_each_log_index_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = ShardStateMachine::open(dir.path()).unwrap();
+    let budget = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut sm = ShardStateMachine::open(&dir.path().join("budgeted"), budget.clone()).unwrap();
     sm.apply((1..=10).map(|i| append_entry(i, &[("t", i as u8)]))).await.unwrap();
     let state = sm.state();
     assert_eq!(coalesce_small_batches(&state, 100, 1000).unwrap(), 9);
+    assert_eq!(
+        budget.load(std::sync::atomic::Ordering::Relaxed),
+        read(&state).unflushed_bytes,
+        "the node-wide count follows"
+    );
     {
         let s = read(&state);
         let t = &s.tenants["t"];
@@ -259,8 +265,9 @@ async fn coalescing_keeps_what_each_log_index_holds() {
     // A block of (0, 6] drops exactly the first six rows of the merged batch.
     sm.apply(vec![flushed(11, "t", 0, 6)]).await.unwrap();
     let s = read(&state);
+    assert_eq!(budget.load(std::sync::atomic::Ordering::Relaxed), s.unflushed_bytes);
     let t = &s.tenants["t"];
     assert_eq!(t.unflushed[0].batch.num_rows(), 4);
-    assert_eq!(t.unflushed[0].parts.iter().map(|p| p.0).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+    assert_eq!(t.unflushed[0].parts.iter().map(|p| p.index).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
     assert!(s.recent.contains(&[3, 3]).is_some(), "digests of applied pushes are remembered");
 }

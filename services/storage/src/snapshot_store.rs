@@ -1,0 +1,52 @@
+//! The file holding a group's latest snapshot.
+//!
+//! openraft builds snapshots in a task of its own, so a build that started before a snapshot
+//! was installed can finish after it. The file only ever moves forward: a snapshot older than
+//! the one on disk is not written, so a restart never finds a snapshot below the purged log.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::raft_types::LogId;
+use crate::write_atomic;
+
+/// A group's snapshot file. Cheap to clone: clones guard the same file.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotStore {
+    path: PathBuf,
+    written: Arc<Mutex<Option<LogId>>>,
+}
+
+impl SnapshotStore {
+    /// The snapshot file at `path`.
+    pub(crate) fn new(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), written: Arc::default() }
+    }
+
+    /// The file's bytes, if there is one. `last_log_id` of what it holds must be reported with
+    /// [`SnapshotStore::loaded`] by the caller, who decodes it.
+    pub(crate) fn read(&self) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the last log id of the snapshot read from the file.
+    pub(crate) fn loaded(&self, last_log_id: Option<LogId>) {
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) = last_log_id;
+    }
+
+    /// Writes a snapshot unless the file holds a newer one; returns whether it wrote.
+    pub(crate) fn save(&self, last_log_id: Option<LogId>, bytes: &[u8]) -> io::Result<bool> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written > last_log_id {
+            return Ok(false);
+        }
+        write_atomic(&self.path, bytes)?;
+        *written = last_log_id;
+        Ok(true)
+    }
+}
