@@ -119,7 +119,8 @@ pub struct Options {
     /// Age of the oldest unflushed span that triggers a flush, e.g. 2m [2m].
     #[arg(long, env = "SPINDLE_FLUSH_MAX_AGE", global = true)]
     pub flush_max_age: Option<String>,
-    /// Unflushed spans of a shard at which writes are refused with backpressure (429 / RESOURCE_EXHAUSTED) [768MiB].
+    /// Unflushed spans on a storage node (all its shard replicas) at which writes are refused with
+    /// backpressure (429 / RESOURCE_EXHAUSTED) [768MiB].
     #[arg(long, env = "SPINDLE_MAX_UNFLUSHED_SIZE", global = true)]
     pub max_unflushed_size: Option<String>,
     /// Memory all running queries may use together [512MiB].
