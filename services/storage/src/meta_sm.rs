@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use openraft::{EntryPayload, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use spindle_cluster::{ClusterState, Topology};
 use tokio::sync::watch;
 
 use crate::raft_types::{LogId, Membership, MetaResponse, MetaTypes, StorageError};
-use crate::snapshot_store::SnapshotStore;
+use crate::snapshot_store::{snap_err, SnapshotStore};
 
 #[derive(Default)]
 struct Inner {
@@ -33,10 +33,6 @@ pub struct MetaStateMachine {
     inner: Arc<Mutex<Inner>>,
     snapshots: SnapshotStore,
     topology: watch::Sender<Arc<Topology>>,
-}
-
-fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
 }
 
 impl MetaStateMachine {

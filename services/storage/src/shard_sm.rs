@@ -22,13 +22,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use openraft::{EntryPayload, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use spindle_schema::col;
 use spindle_storage::BlockMeta;
 
 use crate::raft_types::{LogId, Membership, ShardCommand, ShardResponse, ShardTypes, StorageError};
-use crate::snapshot_store::SnapshotStore;
+use crate::snapshot_store::{snap_err, SnapshotStore};
 
 /// How long a pushed batch's digest is remembered, so a retried push is recognised.
 pub const RETRY_WINDOW_MS: u64 = 10 * 60 * 1000;
@@ -346,10 +346,6 @@ struct SnapshotTenant {
 pub struct ShardStateMachine {
     state: SharedState,
     snapshots: SnapshotStore,
-}
-
-fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
 }
 
 impl ShardStateMachine {

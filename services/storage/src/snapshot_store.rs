@@ -8,8 +8,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::raft_types::LogId;
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+
+use crate::raft_types::{LogId, StorageError};
 use crate::write_atomic;
+
+/// A snapshot I/O or encoding failure, as openraft wants it.
+pub(crate) fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
+}
 
 /// A group's snapshot file. Cheap to clone: clones guard the same file.
 #[derive(Debug, Clone)]
