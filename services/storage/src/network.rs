@@ -171,11 +171,13 @@ impl<C: WireTypes> RaftNetwork<C> for GrpcPeer<C> {
 }
 
 /// The groups a node hosts, as the Raft service finds them.
+#[async_trait::async_trait]
 pub trait RaftGroups: Send + Sync + 'static {
     /// The metadata group, once opened.
     fn meta(&self) -> Option<Raft<MetaTypes>>;
-    /// A data shard's group, if hosted here.
-    fn shard(&self, id: ShardId) -> Option<Raft<ShardTypes>>;
+    /// A data shard's group, if hosted here (opened on the spot if this node is to host it
+    /// but has not opened it yet: a new group's first votes can arrive before that).
+    async fn shard(&self, id: ShardId) -> Option<Raft<ShardTypes>>;
 }
 
 /// Serves Raft calls for every group of a node.
@@ -201,6 +203,7 @@ impl RaftService {
             let raft = self
                 .groups
                 .shard(group)
+                .await
                 .ok_or_else(|| Status::not_found(format!("shard {group} is not hosted on this node")))?;
             handle(&raft, kind, &payload.body).await?
         };

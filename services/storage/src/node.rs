@@ -755,13 +755,26 @@ pub struct ShardStatus {
     pub log_bytes: u64,
 }
 
+#[async_trait::async_trait]
 impl RaftGroups for StorageNode {
     fn meta(&self) -> Option<Raft<MetaTypes>> {
         Some(self.meta.clone())
     }
 
-    fn shard(&self, id: ShardId) -> Option<Raft<ShardTypes>> {
-        StorageNode::shard(self, id).map(|s| s.raft().clone())
+    async fn shard(&self, id: ShardId) -> Option<Raft<ShardTypes>> {
+        if let Some(s) = StorageNode::shard(self, id) {
+            return Some(s.raft().clone());
+        }
+        if !self.state().shards_hosted_by(self.id).any(|s| s.id == id) {
+            return None;
+        }
+        match self.open_shard(id).await {
+            Ok(s) => Some(s.raft().clone()),
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "could not open a shard this node hosts");
+                None
+            }
+        }
     }
 }
 
