@@ -7,7 +7,12 @@ them and prints one JSON object with every figure:
 - a cluster: 3 storage nodes (4 shards, replication factor 3) and one ingester.
 
 For each: light load (1 caller, 20 requests/s: the latency of one export), 4 callers, and
-16 callers (saturation). Usage: python3 loadtest/bench_ack.py <release-bin-dir> [seconds]
+16 callers (saturation). Usage:
+
+    python3 loadtest/bench_ack.py <release-bin-dir> [seconds] [extra storage-node options...]
+
+e.g. `... 20 --shards-per-tenant 1` puts a tenant's traces on one shard (one Raft entry per
+request instead of one per shard).
 """
 
 import json
@@ -56,7 +61,7 @@ def all_in_one(bins, root):
     return procs, f"127.0.0.1:{grpc}"
 
 
-def cluster(bins, root):
+def cluster(bins, root, extra=()):
     blocks = "file://" + os.path.join(root, "blocks")
     internal = [free_port() for _ in range(3)]
     seeds = ",".join(f"127.0.0.1:{p}" for p in internal)
@@ -69,7 +74,7 @@ def cluster(bins, root):
             f"{bins}/spindle", "storage", "--node-id", str(i + 1), "--data-dir", os.path.join(root, f"node-{i + 1}"),
             "--storage-url", blocks, "--grpc-addr", f"127.0.0.1:{port}", "--advertise-addr", f"127.0.0.1:{port}",
             "--http-addr", f"127.0.0.1:{http}", "--seeds", seeds, "--bootstrap-expect", "3", "--shards", "4",
-            "--replication-factor", "3"], log))
+            "--replication-factor", "3", *extra], log))
     wait_ready(http_ports)
     http, grpc, otlp_http = free_port(), free_port(), free_port()
     procs.append(start([f"{bins}/spindle", "ingester", "--seeds", seeds, "--http-addr", f"127.0.0.1:{http}",
@@ -91,8 +96,10 @@ def ackbench(bins, endpoint, seconds, concurrency, rate=0.0):
 def main():
     bins = sys.argv[1]
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20
+    extra = sys.argv[3:]
     report = {}
-    for name, setup in [("all_in_one", all_in_one), ("cluster_3_nodes_rf3", cluster)]:
+    setups = [("all_in_one", all_in_one), ("cluster_3_nodes_rf3", lambda b, r: cluster(b, r, extra))]
+    for name, setup in setups:
         root = tempfile.mkdtemp(prefix=f"spindle-bench-{name}-")
         procs, endpoint = setup(bins, root)
         try:
