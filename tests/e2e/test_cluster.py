@@ -243,3 +243,37 @@ def test_added_shards_take_new_traces_and_old_ones_stay_readable():
             assert r.status_code == 200, trace
     finally:
         s.stop()
+
+
+def test_whole_cluster_killed_and_restarted_keeps_everything():
+    """Every storage node killed with SIGKILL at once (a power cut), then started again: the
+    metadata, the shards and every acknowledged span come back, flushed or not."""
+    c = Cluster(storage=3, ingesters=1, queriers=1, storage_args=["--flush-max-size", "16KiB"]).start()
+    try:
+        querier, ingester = c.queriers[0], c.ingesters[0]
+        sent = []
+        for _ in range(40):
+            request, ids = probe_request(25)
+            r = requests.post(ingester.otlp_http + "/v1/traces", data=request.SerializeToString(), timeout=30,
+                              headers={"Content-Type": "application/x-protobuf", "X-Scope-OrgID": "power"})
+            assert r.status_code == 200, r.text
+            sent.extend(ids)
+        wait_until(lambda: any(s["blocks"] for n in c.storage for s in n.status()["shards"]), 30, "a first block")
+        state_before = c.cluster_state()
+        for n in c.storage:
+            n.kill9()
+        for n in c.storage:
+            n.start(wait=False)
+        for n in c.storage:
+            n.wait_ready(90)
+        state_after = c.cluster_state()
+        assert state_after["cluster_id"] == state_before["cluster_id"]
+        assert state_after["shards"] == state_before["shards"]
+        wait_until(lambda: querier.is_ready(), 30, "the querier reaching the metadata again")
+        wait_until(lambda: count_spans(querier, "power") == len(sent), 30, "every span readable again")
+        assert duplicates(querier, "power") == 0
+        for trace in sent[::50]:
+            r = requests.get(f"{querier.api}/api/v2/traces/{trace}", headers={"X-Scope-OrgID": "power"}, timeout=30)
+            assert r.status_code == 200, trace
+    finally:
+        c.stop()
