@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, RaftTypeConfig, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::raft_types::{LogId, StorageError};
 use crate::write_atomic;
@@ -36,28 +35,16 @@ use crate::write_atomic;
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER: usize = 8;
 
-/// What a group's log needs of its type configuration: entries it can encode and decode.
+/// What a group's log needs of its type configuration (entries are serde-encoded with bincode;
+/// openraft's `serde` feature makes every entry serialisable).
 pub trait LogTypes:
     RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode, Entry = openraft::Entry<Self>, D: Clone>
 {
-    /// Appends the encoding of `entry` to `buf`.
-    fn encode_entry(entry: &openraft::Entry<Self>, buf: &mut Vec<u8>) -> bincode::Result<()>;
-    /// Decodes an entry.
-    fn decode_entry(bytes: &[u8]) -> bincode::Result<openraft::Entry<Self>>;
 }
 
-impl<C> LogTypes for C
-where
-    C: RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode, Entry = openraft::Entry<C>, D: Clone>,
-    openraft::Entry<C>: Serialize + DeserializeOwned,
+impl<C> LogTypes for C where
+    C: RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode, Entry = openraft::Entry<C>, D: Clone>
 {
-    fn encode_entry(entry: &openraft::Entry<C>, buf: &mut Vec<u8>) -> bincode::Result<()> {
-        bincode::serialize_into(buf, entry)
-    }
-
-    fn decode_entry(bytes: &[u8]) -> bincode::Result<openraft::Entry<C>> {
-        bincode::deserialize(bytes)
-    }
 }
 
 /// Tunables of a log.
@@ -241,7 +228,7 @@ fn scan_segment<C: LogTypes>(file: &mut File, first: u64, locs: &mut VecDeque<Lo
         if crc32fast::hash(&payload) != crc {
             break;
         }
-        let entry = match C::decode_entry(&payload) {
+        let entry = match bincode::deserialize::<openraft::Entry<C>>(&payload) {
             Ok(e) => e,
             Err(_) => break,
         };
@@ -289,7 +276,7 @@ impl<C: LogTypes> Inner<C> {
         if crc32fast::hash(payload) != crc {
             return Err(io::Error::other(format!("raft log entry {} fails its checksum", loc.log_id.index)));
         }
-        C::decode_entry(payload).map_err(io::Error::other)
+        bincode::deserialize(payload).map_err(io::Error::other)
     }
 
     /// Entries `start..end_exclusive` (clipped to the log), stopping after `max_bytes` (but
@@ -477,7 +464,7 @@ fn write_entries<C: LogTypes>(inner: &Mutex<Inner<C>>, entries: Vec<openraft::En
     for entry in &entries {
         let start = buf.len();
         buf.extend_from_slice(&[0u8; HEADER]);
-        C::encode_entry(entry, &mut buf).map_err(io::Error::other)?;
+        bincode::serialize_into(&mut buf, entry).map_err(io::Error::other)?;
         let len = u32::try_from(buf.len() - start - HEADER)
             .map_err(|_| io::Error::other("raft log entry larger than 4 GiB"))?;
         let crc = crc32fast::hash(&buf[start + HEADER..]);

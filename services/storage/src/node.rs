@@ -238,7 +238,8 @@ impl StorageNode {
 
     /// Whether this node leads the metadata group.
     pub fn is_meta_leader(&self) -> bool {
-        let m = self.meta.metrics().borrow().clone();
+        let metrics = self.meta.metrics();
+        let m = metrics.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
@@ -284,15 +285,17 @@ impl StorageNode {
         let index = if self.is_meta_leader() {
             self.meta_read_index().await?
         } else {
-            let m = self.meta.metrics().borrow().clone();
-            let leader =
-                m.current_leader.ok_or_else(|| NodeError::Meta("the metadata group has no leader now".into()))?;
-            let addr = m
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-                .ok_or_else(|| NodeError::Meta(format!("metadata leader {leader} has no address")))?;
+            let addr = {
+                let metrics = self.meta.metrics();
+                let m = metrics.borrow();
+                let leader =
+                    m.current_leader.ok_or_else(|| NodeError::Meta("the metadata group has no leader now".into()))?;
+                m.membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|n| n.addr.clone())
+                    .ok_or_else(|| NodeError::Meta(format!("metadata leader {leader} has no address")))?
+            };
             ControlClient::new(&self.channels, &addr)?.meta_read_index().await?
         };
         self.meta

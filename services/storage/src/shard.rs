@@ -232,7 +232,8 @@ impl Shard {
 
     /// The leader this node knows of, if this node is not it.
     fn not_leader(&self) -> Option<ApiError> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         (m.current_leader != Some(self.node_id) || m.state != ServerState::Leader)
             .then_some(ApiError::NotLeader { shard: self.id, leader: m.current_leader.filter(|l| *l != self.node_id) })
     }
@@ -245,7 +246,8 @@ impl Shard {
     /// Refuses writes when the leader has not heard from a quorum lately (it may be cut off,
     /// and whatever it appended could not commit).
     fn check_quorum(&self) -> Result<(), ApiError> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let voters = m.membership_config.membership().voter_ids().count();
         let limit = (self.config.raft.election_max * 2).as_millis() as u64;
         match m.millis_since_quorum_ack {
@@ -415,7 +417,8 @@ impl Shard {
     /// Whether this node leads the shard and has applied every entry of earlier terms (its own
     /// first entry is applied): only then is its view of flushed ranges and blocks complete.
     fn is_settled_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         self.is_leader() && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
@@ -600,7 +603,8 @@ impl Shard {
             let wait_until = Instant::now() + Duration::from_secs(5);
             while Instant::now() < wait_until {
                 let (snapshot, safe) = {
-                    let m = self.raft.metrics().borrow().clone();
+                    let metrics = self.raft.metrics();
+                    let m = metrics.borrow();
                     (m.snapshot.map_or(0, |s| s.index), shard_sm::read(&self.state).safe_point())
                 };
                 if snapshot >= safe {
