@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use spindle_cluster::{NodeId, ShardId};
 use spindle_schema::ipc::EncodedBatch;
-use spindle_storage::TenantId;
+use spindle_storage::{BlockMeta, TenantId};
 use spindle_storage_api::grpc::GrpcStorageClient;
-use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest, StorageApi};
+use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, ShardRead, ShardReadRequest, StorageApi};
 
 use crate::watch::TopologyWatch;
 use crate::Channels;
@@ -55,6 +55,10 @@ pub struct ShardRouter {
 /// How long a node that failed is tried only after every other replica.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
+/// How long one attempt of a compaction call may take (a Raft commit and an index update in
+/// the object store).
+const LIFECYCLE_ATTEMPT: Duration = Duration::from_secs(30);
+
 impl ShardRouter {
     /// A router following `topology`; calls to node `local.0` go to `local.1` in process.
     pub fn new(
@@ -80,7 +84,7 @@ impl ShardRouter {
 
     /// Appends a batch to a shard; see [`StorageApi::push`].
     pub async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
-        self.call(shard, self.config.write_deadline, |api| {
+        self.call(shard, self.config.write_deadline, self.config.attempt_timeout, |api| {
             let (tenant, batch) = (tenant.clone(), batch.clone());
             async move { api.push(shard, &tenant, batch).await }
         })
@@ -90,9 +94,32 @@ impl ShardRouter {
     /// Reads a shard; see [`StorageApi::read`].
     pub async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError> {
         let shard = request.shard;
-        self.call(shard, self.config.read_deadline, |api| {
+        self.call(shard, self.config.read_deadline, self.config.attempt_timeout, |api| {
             let request = request.clone();
             async move { api.read(request).await }
+        })
+        .await
+    }
+
+    /// Asks a shard's leader to lease the next merge worth doing under `policy`.
+    pub async fn plan_compaction(
+        &self,
+        shard: ShardId,
+        policy: &CompactionPolicy,
+    ) -> Result<Option<CompactionJob>, ApiError> {
+        self.call(shard, self.config.read_deadline, LIFECYCLE_ATTEMPT, |api| {
+            let policy = policy.clone();
+            async move { api.plan_compaction(shard, policy).await }
+        })
+        .await
+    }
+
+    /// Hands a merged block to the shard's leader to swap in (retried across leader changes;
+    /// a swap already made is reported as made).
+    pub async fn commit_compaction(&self, job: &CompactionJob, output: &BlockMeta) -> Result<(), ApiError> {
+        self.call(job.shard, self.config.read_deadline, LIFECYCLE_ATTEMPT, |api| {
+            let (job, output) = (job.clone(), output.clone());
+            async move { api.commit_compaction(job, output).await }
         })
         .await
     }
@@ -151,7 +178,13 @@ impl ShardRouter {
         Ok(Arc::new(GrpcStorageClient::new(channel)))
     }
 
-    async fn call<T, F, Fut>(&self, shard: ShardId, deadline: Duration, f: F) -> Result<T, ApiError>
+    async fn call<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        deadline: Duration,
+        attempt_timeout: Duration,
+        f: F,
+    ) -> Result<T, ApiError>
     where
         F: Fn(Arc<dyn StorageApi>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -177,7 +210,7 @@ impl ShardRouter {
                 topology.state.shards.get(&shard).map(|s| s.hosts().collect()).unwrap_or_default();
             if let Some(target) = self.target(shard, &replicas, &mut turn) {
                 let attempt = match self.api(target) {
-                    Ok(api) => tokio::time::timeout(self.config.attempt_timeout.min(remaining), f(api)).await,
+                    Ok(api) => tokio::time::timeout(attempt_timeout.min(remaining), f(api)).await,
                     Err(e) => Ok(Err(ApiError::Unreachable(e.to_string()))),
                 };
                 match attempt {
@@ -218,10 +251,8 @@ impl ShardRouter {
                         tracing::debug!(shard, node = target, "shard call timed out; trying another replica");
                         self.set_leader(shard, None);
                         self.suspect(target);
-                        last_error = ApiError::Unavailable(format!(
-                            "node {target} did not answer within {:?}",
-                            self.config.attempt_timeout
-                        ));
+                        last_error =
+                            ApiError::Unavailable(format!("node {target} did not answer within {attempt_timeout:?}"));
                     }
                 }
             }

@@ -9,14 +9,16 @@ use futures::{StreamExt, TryStreamExt};
 use spindle_proto::storage::read_chunk::Chunk;
 use spindle_proto::storage::storage_client::StorageClient;
 use spindle_proto::storage::storage_server::{Storage, StorageServer};
-use spindle_proto::storage::{PushRequest, PushResponse, ReadChunk, ReadHeader, ReadRequest};
+use spindle_proto::storage::{
+    CompactionRequest, CompactionResponse, PushRequest, PushResponse, ReadChunk, ReadHeader, ReadRequest,
+};
 use spindle_schema::ipc::{self, EncodedBatch};
-use spindle_storage::TenantId;
+use spindle_storage::{BlockMeta, TenantId};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::{ApiError, ShardId, ShardRead, ShardReadRequest, StorageApi};
+use crate::{ApiError, CompactionJob, CompactionPolicy, ShardId, ShardRead, ShardReadRequest, StorageApi};
 
 /// Largest internal message: a push of one chunk of an OTLP request, or one slice of a read.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -68,6 +70,21 @@ impl ApiError {
             _ => ApiError::Internal(m),
         }
     }
+}
+
+/// Body of a `CommitCompaction` call.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CommitBody {
+    job: CompactionJob,
+    output: BlockMeta,
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::Internal(format!("encoding json: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, ApiError> {
+    serde_json::from_str(json).map_err(|e| ApiError::InvalidArgument(format!("decoding json: {e}")))
 }
 
 fn invalid(e: impl std::fmt::Display) -> ApiError {
@@ -130,6 +147,24 @@ impl StorageApi for GrpcStorageClient {
             .try_flatten()
             .boxed();
         Ok(ShardRead { blocks, batches })
+    }
+
+    async fn plan_compaction(
+        &self,
+        shard: ShardId,
+        policy: CompactionPolicy,
+    ) -> Result<Option<CompactionJob>, ApiError> {
+        let request = CompactionRequest { shard, json: to_json(&policy)? };
+        let answer =
+            self.client.clone().plan_compaction(request).await.map_err(|s| ApiError::from_status(&s, shard))?;
+        from_json(&answer.into_inner().json)
+    }
+
+    async fn commit_compaction(&self, job: CompactionJob, output: BlockMeta) -> Result<(), ApiError> {
+        let shard = job.shard;
+        let request = CompactionRequest { shard, json: to_json(&CommitBody { job, output })? };
+        self.client.clone().commit_compaction(request).await.map_err(|s| ApiError::from_status(&s, shard))?;
+        Ok(())
     }
 }
 
@@ -215,5 +250,28 @@ impl Storage for StorageGrpcServer {
             })
             .flatten();
         Ok(Response::new(futures::stream::once(async { Ok(header) }).chain(body).boxed()))
+    }
+
+    async fn plan_compaction(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        let policy: CompactionPolicy = from_json(&r.json)?;
+        let job = self.api.plan_compaction(r.shard, policy).await?;
+        Ok(Response::new(CompactionResponse { json: to_json(&job)? }))
+    }
+
+    async fn commit_compaction(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        let body: CommitBody = from_json(&r.json)?;
+        if body.job.shard != r.shard {
+            return Err(Status::invalid_argument("the job belongs to another shard"));
+        }
+        self.api.commit_compaction(body.job, body.output).await?;
+        Ok(Response::new(CompactionResponse { json: "null".into() }))
     }
 }

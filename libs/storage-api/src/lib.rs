@@ -4,6 +4,7 @@
 //! Calls address one shard; routing to the shard's leader is the caller's job
 //! (`spindle-cluster-client`).
 
+pub mod compaction;
 pub mod grpc;
 
 use arrow::record_batch::RecordBatch;
@@ -11,6 +12,7 @@ use futures::stream::BoxStream;
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{BlockMeta, TenantId};
 
+pub use compaction::{CompactionJob, CompactionPolicy};
 pub use spindle_cluster::{NodeId, ShardId};
 
 /// What a querier wants from one shard.
@@ -90,4 +92,16 @@ pub trait StorageApi: Send + Sync + 'static {
     /// Reads a shard's committed blocks and unflushed spans (linearizable: everything
     /// acknowledged before the call is included).
     async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError>;
+
+    /// Leases the next merge worth doing on a shard under `policy` to its holder, if any.
+    async fn plan_compaction(
+        &self,
+        shard: ShardId,
+        policy: CompactionPolicy,
+    ) -> Result<Option<CompactionJob>, ApiError>;
+
+    /// Swaps a leased job's inputs for its merged `output` in one catalog step. Sending it again
+    /// after an unknown outcome is safe: a swap already made is reported as made. Refused
+    /// (`InvalidArgument`) when the lease ended or the inputs changed; the output is then unused.
+    async fn commit_compaction(&self, job: CompactionJob, output: BlockMeta) -> Result<(), ApiError>;
 }

@@ -1,5 +1,6 @@
 //! Writing one Parquet block from buffered span batches.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,8 +8,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::{concat, interleave_record_batch, lexsort_to_indices, SortColumn};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use object_store::path::Path;
-use object_store::PutPayload;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
@@ -19,6 +19,7 @@ use spindle_schema::{col, span_schema};
 
 use crate::bloom::TraceBloom;
 use crate::tenant::TenantId;
+use crate::upload::upload_streaming;
 use crate::Result;
 
 /// Version of the block layout written by this code (the span schema plus writer settings).
@@ -103,6 +104,19 @@ pub fn block_path(tenant: &TenantId, cluster: &str, shard: u32, first: u64, last
     Path::from(format!("{}/{first:020}-{last:020}.parquet", block_dir(tenant, cluster, shard)))
 }
 
+/// Object path of the block a compaction job merges into. The name carries the end of the
+/// job's lease: once that has passed, an output the catalog does not name can never be
+/// committed and may be deleted.
+pub fn compacted_block_path(tenant: &TenantId, cluster: &str, shard: u32, lease_until_ms: u64, job: &str) -> Path {
+    Path::from(format!("{}/c-{lease_until_ms:020}-{job}.parquet", block_dir(tenant, cluster, shard)))
+}
+
+/// The lease end in a file name written by [`compacted_block_path`].
+pub fn parse_compacted_file_name(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("c-")?.strip_suffix(".parquet")?;
+    rest.split_once('-')?.0.parse().ok()
+}
+
 /// The log range in a block file name written by [`block_path`].
 pub fn parse_block_file_name(name: &str) -> Option<(u64, u64)> {
     let (first, last) = name.strip_suffix(".parquet")?.split_once('-')?;
@@ -110,8 +124,8 @@ pub fn parse_block_file_name(name: &str) -> Option<(u64, u64)> {
 }
 
 /// Sorts `batches` by trace id, start time and span id, drops repeated spans, and writes them
-/// as the block of log range `range` of `shard`. Encoding runs on a blocking thread so it
-/// never stalls the async runtime. Returns `None` when there are no rows.
+/// as the block of log range `range` of `shard`, streaming the upload while a blocking thread
+/// encodes. Returns `None` when there are no rows.
 pub async fn write_block(
     store: Arc<dyn ObjectStore>,
     tenant: &TenantId,
@@ -121,40 +135,23 @@ pub async fn write_block(
     batches: Vec<RecordBatch>,
     options: &BlockOptions,
 ) -> Result<Option<BlockMeta>> {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(None);
+    }
     let options = options.clone();
-    let encoded = tokio::task::spawn_blocking(move || encode_block(&batches, &options))
-        .await
-        .map_err(|e| std::io::Error::other(format!("block encoder panicked: {e}")))??;
-    let Some(encoded) = encoded else {
+    let (first_index, last_index) = range;
+    let path = block_path(tenant, cluster, shard, first_index, last_index);
+    let (facts, size) = upload_streaming(store, &path, move |w| encode_block_into(&batches, &options, w)).await?;
+    let Some(facts) = facts else {
         return Ok(None);
     };
-    let (first_index, last_index) = range;
     let id = format!("{cluster}-{shard}-{first_index}-{last_index}");
-    let path = block_path(tenant, cluster, shard, first_index, last_index);
-    let size = encoded.parquet.len() as u64;
-    store.put(&path, PutPayload::from(encoded.parquet)).await?;
-    Ok(Some(BlockMeta {
-        id,
-        shard,
-        first_index,
-        last_index,
-        path: path.to_string(),
-        min_time_ns: encoded.min_time_ns,
-        max_time_ns: encoded.max_time_ns,
-        min_trace_id: encoded.min_trace_id,
-        max_trace_id: encoded.max_trace_id,
-        rows: encoded.rows,
-        bytes: size,
-        created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        layout: BLOCK_LAYOUT_VERSION,
-        trace_bloom: Some(encoded.trace_bloom),
-    }))
+    Ok(Some(facts.into_meta(id, shard, range, &path, size)))
 }
 
-/// A block encoded in memory, with the facts its [`BlockMeta`] needs.
-pub struct EncodedBlock {
-    /// The Parquet file.
-    pub parquet: Vec<u8>,
+/// What writing a block learnt about its rows.
+#[derive(Debug, Clone)]
+pub struct BlockFacts {
     /// Rows.
     pub rows: u64,
     /// Earliest span start.
@@ -169,16 +166,57 @@ pub struct EncodedBlock {
     pub trace_bloom: TraceBloom,
 }
 
+impl BlockFacts {
+    /// The catalog entry of the block these facts describe.
+    pub fn into_meta(self, id: String, shard: u32, range: (u64, u64), path: &Path, bytes: u64) -> BlockMeta {
+        BlockMeta {
+            id,
+            shard,
+            first_index: range.0,
+            last_index: range.1,
+            path: path.to_string(),
+            min_time_ns: self.min_time_ns,
+            max_time_ns: self.max_time_ns,
+            min_trace_id: self.min_trace_id,
+            max_trace_id: self.max_trace_id,
+            rows: self.rows,
+            bytes,
+            created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            layout: BLOCK_LAYOUT_VERSION,
+            trace_bloom: Some(self.trace_bloom),
+        }
+    }
+}
+
+/// A block encoded in memory, with its facts.
+pub struct EncodedBlock {
+    /// The Parquet file.
+    pub parquet: Vec<u8>,
+    /// What the block holds.
+    pub facts: BlockFacts,
+}
+
+/// Sorts and encodes span batches as a Parquet file in memory. `None` when there are no rows.
+pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<Option<EncodedBlock>> {
+    let mut parquet = Vec::new();
+    Ok(encode_block_into(batches, options, &mut parquet)?.map(|facts| EncodedBlock { parquet, facts }))
+}
+
 /// Rows materialised at a time while writing a block.
 const WRITE_CHUNK_ROWS: usize = 32 * 1024;
 
-/// Sorts and encodes span batches as a Parquet file. `None` when there are no rows.
+/// Sorts and encodes span batches as a Parquet file written to `out`. `None` (and nothing
+/// written) when there are no rows.
 ///
 /// Only the sort keys (trace id, start time, span id) are concatenated; rows are then gathered
 /// in sorted order a chunk at a time, so writing a block needs little memory beyond its input.
 /// A span that appears twice (same trace id, start time and span id: a client that sent a
 /// batch again) is written once.
-pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<Option<EncodedBlock>> {
+pub fn encode_block_into<W: Write + Send>(
+    batches: &[RecordBatch],
+    options: &BlockOptions,
+    out: W,
+) -> Result<Option<BlockFacts>> {
     let schema = span_schema();
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -243,9 +281,7 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     };
 
     let props = writer_properties(options, distinct_traces.min(options.row_group_rows) as u64, trace_idx, start_idx)?;
-    let estimate: usize = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() / 10;
-    let mut parquet = Vec::with_capacity(estimate);
-    let mut w = ArrowWriter::try_new(&mut parquet, schema.clone(), Some(props))?;
+    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
     for chunk in order.chunks(WRITE_CHUNK_ROWS) {
         let picks: Vec<(usize, usize)> = chunk.iter().map(|&g| locate(g as usize)).collect();
         w.write(&interleave_record_batch(&batches, &picks)?)?;
@@ -253,8 +289,7 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     w.close()?;
     let first = order[0] as usize;
     let last = order[order.len() - 1] as usize;
-    Ok(Some(EncodedBlock {
-        parquet,
+    Ok(Some(BlockFacts {
         rows: rows as u64,
         min_time_ns,
         max_time_ns,
@@ -264,7 +299,7 @@ pub fn encode_block(batches: &[RecordBatch], options: &BlockOptions) -> Result<O
     }))
 }
 
-fn writer_properties(
+pub(crate) fn writer_properties(
     options: &BlockOptions,
     bloom_ndv: u64,
     trace_idx: usize,

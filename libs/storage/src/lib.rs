@@ -7,11 +7,19 @@
 
 pub mod block;
 pub mod bloom;
+pub mod compact;
 pub mod index;
+pub mod reader;
+pub mod retention;
 pub mod store;
 pub mod tenant;
+pub mod upload;
 
-pub use block::{block_dir, block_path, parse_block_file_name, write_block, BlockMeta, BlockOptions};
+pub use block::{
+    block_dir, block_path, compacted_block_path, parse_block_file_name, parse_compacted_file_name, write_block,
+    BlockMeta, BlockOptions,
+};
+pub use retention::{Retention, RetentionPolicy};
 pub use tenant::TenantId;
 
 /// Errors of block storage.
@@ -32,6 +40,9 @@ pub enum StorageError {
     /// A tenant id is not usable.
     #[error("{0}")]
     InvalidTenant(String),
+    /// A `--storage-url` is not usable.
+    #[error("invalid storage URL {url:?}: {reason}")]
+    InvalidStoreUrl { url: String, reason: &'static str },
     /// Local I/O failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

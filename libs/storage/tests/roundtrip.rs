@@ -159,7 +159,7 @@ fn otlp_survives_arrow_ipc_and_parquet() {
 
     let ipc_batches = ipc::decode(&ipc::encode(std::slice::from_ref(&converted.batch)).unwrap()).unwrap();
     let encoded = encode_block(&ipc_batches, &BlockOptions::default()).unwrap().unwrap();
-    assert_eq!(encoded.rows, 3);
+    assert_eq!(encoded.facts.rows, 3);
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(encoded.parquet)).unwrap().build().unwrap();
     let from_parquet: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
@@ -188,11 +188,11 @@ fn blocks_are_sorted_by_trace_then_start() {
     let input = sample();
     let batch = resource_spans_to_batch(&input).unwrap().batch;
     let encoded = encode_block(&[batch], &BlockOptions::default()).unwrap().unwrap();
-    assert_eq!(encoded.min_trace_id, hex_of([0x01; 15], 2));
-    assert_eq!(encoded.max_trace_id, "ab".repeat(16));
-    assert_eq!(encoded.min_time_ns, 1_700_000_000_000_000_000);
-    assert!(encoded.trace_bloom.may_contain(&[0xab; 16]));
-    assert!(!encoded.trace_bloom.may_contain(&[0x55; 16]));
+    assert_eq!(encoded.facts.min_trace_id, hex_of([0x01; 15], 2));
+    assert_eq!(encoded.facts.max_trace_id, "ab".repeat(16));
+    assert_eq!(encoded.facts.min_time_ns, 1_700_000_000_000_000_000);
+    assert!(encoded.facts.trace_bloom.may_contain(&[0xab; 16]));
+    assert!(!encoded.facts.trace_bloom.may_contain(&[0x55; 16]));
 }
 
 fn hex_of(prefix: [u8; 15], last: u8) -> String {

@@ -5,6 +5,7 @@
 //! Some defaults depend on the role (`spindle all` is a one-node cluster with one shard; a
 //! `spindle storage` node joins a replicated cluster).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+use spindle_storage::store::{StoreLocation, StoreOptions};
+use spindle_storage::RetentionPolicy;
 
 /// Spindle: an OpenTelemetry-native trace backend with a Tempo-compatible API.
 #[derive(Debug, Parser)]
@@ -38,6 +41,9 @@ pub enum Command {
     Ingester,
     /// A stateless querier: Tempo API and SQL (needs --seeds).
     Querier,
+    /// A stateless compactor: merges small blocks into large ones (needs --seeds and the
+    /// storage nodes' --storage-url).
+    Compactor,
 }
 
 impl Command {
@@ -48,6 +54,7 @@ impl Command {
             Command::Storage => "storage",
             Command::Ingester => "ingester",
             Command::Querier => "querier",
+            Command::Compactor => "compactor",
         }
     }
 }
@@ -61,9 +68,46 @@ pub struct Options {
     /// Directory for the Raft logs and snapshots (and blocks, with the default --storage-url) [./data].
     #[arg(long, env = "SPINDLE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// Where blocks are stored: file:///path [file://<data-dir>/blocks].
+    /// Where blocks are stored: file:///path, s3://bucket/prefix, az://container/prefix or
+    /// gs://bucket/prefix; credentials come from each cloud's environment
+    /// (docs/operations.md) [file://<data-dir>/blocks].
     #[arg(long, env = "SPINDLE_STORAGE_URL", global = true)]
     pub storage_url: Option<String>,
+    /// Endpoint of an S3-compatible store or an Azure Blob emulator, e.g. http://127.0.0.1:9000
+    /// [the cloud's own].
+    #[arg(long, env = "SPINDLE_STORAGE_ENDPOINT", global = true)]
+    pub storage_endpoint: Option<String>,
+    /// Queriers: local directory caching whole block files read from the object store
+    /// [no disk cache].
+    #[arg(long, env = "SPINDLE_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Queriers: most bytes kept in --cache-dir [10GiB].
+    #[arg(long, env = "SPINDLE_CACHE_SIZE", global = true)]
+    pub cache_size: Option<String>,
+    /// Queriers: memory for cached Parquet footers, page indexes, Bloom filters and small
+    /// block reads [256MiB].
+    #[arg(long, env = "SPINDLE_MEMORY_CACHE_SIZE", global = true)]
+    pub memory_cache_size: Option<String>,
+    /// How long blocks are kept, e.g. 14d; per-tenant overrides go in the config file's
+    /// `tenants:` section (reloaded without a restart) [forever].
+    #[arg(long, env = "SPINDLE_RETENTION", global = true)]
+    pub retention: Option<String>,
+    /// Blocks replaced by compaction or past retention are deleted this long after, so
+    /// queries already reading them can finish [10m].
+    #[arg(long, env = "SPINDLE_BLOCK_DELETE_GRACE", global = true)]
+    pub block_delete_grace: Option<String>,
+    /// `spindle all`: run the compactor in the process [true].
+    #[arg(long, env = "SPINDLE_COMPACTOR", global = true)]
+    pub compactor: Option<bool>,
+    /// Compactor: blocks at least this large are final; merges gather about this much [128MiB].
+    #[arg(long, env = "SPINDLE_COMPACTION_TARGET_SIZE", global = true)]
+    pub compaction_target_size: Option<String>,
+    /// Compactor: only blocks whose earliest spans fall in the same window are merged [1h].
+    #[arg(long, env = "SPINDLE_COMPACTION_WINDOW", global = true)]
+    pub compaction_window: Option<String>,
+    /// Compactor: pause between rounds over all shards [30s].
+    #[arg(long, env = "SPINDLE_COMPACTION_INTERVAL", global = true)]
+    pub compaction_interval: Option<String>,
     /// Address of the HTTP API: Tempo query API, SQL, /metrics, /ready, /admin [0.0.0.0:3200].
     #[arg(long, env = "SPINDLE_HTTP_ADDR", global = true)]
     pub http_addr: Option<SocketAddr>,
@@ -137,6 +181,17 @@ pub struct Options {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     storage_url: Option<String>,
+    storage_endpoint: Option<String>,
+    cache_dir: Option<PathBuf>,
+    cache_size: Option<String>,
+    memory_cache_size: Option<String>,
+    retention: Option<String>,
+    block_delete_grace: Option<String>,
+    compactor: Option<bool>,
+    compaction_target_size: Option<String>,
+    compaction_window: Option<String>,
+    compaction_interval: Option<String>,
+    tenants: Option<HashMap<String, TenantOverrides>>,
     http_addr: Option<SocketAddr>,
     otlp_grpc_addr: Option<SocketAddr>,
     otlp_http_addr: Option<SocketAddr>,
@@ -157,13 +212,43 @@ struct FileConfig {
     fsync: Option<bool>,
 }
 
+/// Per-tenant settings in the config file's `tenants:` section.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantOverrides {
+    /// How long the tenant's blocks are kept, e.g. `3d`.
+    retention: Option<String>,
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The options it was resolved from (to reload the config file's reloadable parts).
+    pub options: Options,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Directory of the local object store holding blocks.
-    pub blocks_dir: PathBuf,
+    /// Where blocks are stored.
+    pub store: StoreLocation,
+    /// How the object store is reached.
+    pub store_options: StoreOptions,
+    /// Disk cache of block files (queriers).
+    pub cache_dir: Option<PathBuf>,
+    /// Bytes the disk cache may hold.
+    pub cache_bytes: u64,
+    /// Bytes of the in-memory block cache.
+    pub memory_cache_bytes: usize,
+    /// Retention (default and per-tenant), as loaded at start.
+    pub retention: RetentionPolicy,
+    /// How long retired blocks are kept before deletion.
+    pub block_delete_grace: Duration,
+    /// Run a compactor (`all`, `compactor`).
+    pub compactor: bool,
+    /// Compaction target size (bytes).
+    pub compaction_target_bytes: u64,
+    /// Compaction time window.
+    pub compaction_window: Duration,
+    /// Pause between compaction rounds.
+    pub compaction_interval: Duration,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// OTLP/gRPC address.
@@ -218,13 +303,11 @@ impl Config {
         let duration =
             |name: &str, value: String| parse_duration(&value).with_context(|| format!("invalid {name} {value:?}"));
         let storage = role == Command::Storage;
+        let retention = retention_policy(o, &file)?;
         let data_dir = o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
-        let blocks_dir = match o.storage_url.clone().or(file.storage_url) {
-            None => data_dir.join("blocks"),
-            Some(url) => match url.strip_prefix("file://") {
-                Some(path) if !path.is_empty() => PathBuf::from(path),
-                _ => bail!("unsupported --storage-url {url:?}: this build stores blocks in a local or shared directory, file:///path"),
-            },
+        let store = match o.storage_url.clone().or(file.storage_url.clone()) {
+            None => StoreLocation::Local(data_dir.join("blocks")),
+            Some(url) => StoreLocation::parse(&url).with_context(|| "invalid --storage-url".to_string())?,
         };
         let grpc_addr = o.grpc_addr.or(file.grpc_addr).or(storage.then(|| ([0, 0, 0, 0], 7400).into()));
         let advertise_addr = match (o.advertise_addr.clone().or(file.advertise_addr), grpc_addr) {
@@ -241,7 +324,7 @@ impl Config {
         }
         let seeds: Vec<String> =
             o.seeds.clone().or(file.seeds).unwrap_or_default().into_iter().filter(|s| !s.trim().is_empty()).collect();
-        if matches!(role, Command::Ingester | Command::Querier) && seeds.is_empty() {
+        if matches!(role, Command::Ingester | Command::Querier | Command::Compactor) && seeds.is_empty() {
             bail!("spindle {} needs --seeds: the internal addresses of one or more storage nodes", role.name());
         }
         if o.leave && !storage {
@@ -258,7 +341,37 @@ impl Config {
             bail!("--shards and --replication-factor must be at least 1");
         }
         Ok(Self {
-            blocks_dir,
+            options: o.clone(),
+            store,
+            store_options: StoreOptions { endpoint: o.storage_endpoint.clone().or(file.storage_endpoint) },
+            cache_dir: o.cache_dir.clone().or(file.cache_dir),
+            cache_bytes: size("cache_size", text(&o.cache_size, &file.cache_size, "10GiB"))? as u64,
+            memory_cache_bytes: size(
+                "memory_cache_size",
+                text(&o.memory_cache_size, &file.memory_cache_size, "256MiB"),
+            )?,
+            retention,
+            block_delete_grace: duration(
+                "block_delete_grace",
+                text(&o.block_delete_grace, &file.block_delete_grace, "10m"),
+            )?,
+            compactor: match role {
+                Command::Compactor => true,
+                Command::All => o.compactor.or(file.compactor).unwrap_or(true),
+                _ => false,
+            },
+            compaction_target_bytes: size(
+                "compaction_target_size",
+                text(&o.compaction_target_size, &file.compaction_target_size, "128MiB"),
+            )? as u64,
+            compaction_window: duration(
+                "compaction_window",
+                text(&o.compaction_window, &file.compaction_window, "1h"),
+            )?,
+            compaction_interval: duration(
+                "compaction_interval",
+                text(&o.compaction_interval, &file.compaction_interval, "30s"),
+            )?,
             data_dir,
             http_addr: o.http_addr.or(file.http_addr).unwrap_or(([0, 0, 0, 0], 3200).into()),
             otlp_grpc_addr: o.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([0, 0, 0, 0], 4317).into()),
@@ -287,6 +400,32 @@ impl Config {
             fsync: o.fsync.or(file.fsync).unwrap_or(true),
         })
     }
+}
+
+/// The retention windows: `--retention` (or the file's `retention`) as the default, and the
+/// file's per-tenant `tenants.<id>.retention`.
+fn retention_policy(o: &Options, file: &FileConfig) -> anyhow::Result<RetentionPolicy> {
+    let window = |what: &str, text: &str| parse_duration(text).with_context(|| format!("invalid {what} {text:?}"));
+    let default = match o.retention.clone().or(file.retention.clone()) {
+        Some(t) => Some(window("retention", &t)?),
+        None => None,
+    };
+    let mut tenants = HashMap::new();
+    for (tenant, overrides) in file.tenants.iter().flatten() {
+        if let Some(t) = &overrides.retention {
+            tenants.insert(tenant.clone(), window(&format!("retention of tenant {tenant}"), t)?);
+        }
+    }
+    Ok(RetentionPolicy { default, tenants })
+}
+
+/// Reads the retention windows again (the config file may have changed since start).
+pub fn reload_retention(o: &Options) -> anyhow::Result<RetentionPolicy> {
+    let file = match &o.config {
+        Some(path) => load_file(path)?,
+        None => FileConfig::default(),
+    };
+    retention_policy(o, &file)
 }
 
 /// This host's name (for an advertised address), `localhost` if unknown.
@@ -338,6 +477,7 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
         other => bail!("unknown duration unit {other:?}"),
     })
 }
@@ -366,10 +506,14 @@ mod tests {
         let cli = Cli::parse_from(["spindle", "--config", path.to_str().unwrap(), "--http-addr", "127.0.0.1:1234"]);
         let c = Config::resolve(Command::All, &cli.options).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(c.blocks_dir, PathBuf::from("/from/file/blocks"));
+        assert_eq!(c.store, StoreLocation::Local(PathBuf::from("/from/file/blocks")));
         assert_eq!(c.http_addr, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(c.otlp_grpc_addr, "0.0.0.0:4317".parse().unwrap());
         assert_eq!((c.shards, c.replication_factor, c.grpc_addr), (1, 1, None));
+        std::fs::write(&path, "retention: 7d\ntenants:\n  short: { retention: 1h }\n").unwrap();
+        let r = reload_retention(&cli.options).unwrap();
+        assert_eq!(r.for_tenant("short"), Some(Duration::from_secs(3600)));
+        assert_eq!(r.for_tenant("other"), Some(Duration::from_secs(7 * 86400)));
         std::fs::write(&path, "nonsense_key: 1\n").unwrap();
         assert!(Config::resolve(Command::All, &cli.options).is_err());
     }
@@ -392,9 +536,14 @@ mod tests {
         assert_eq!(c.seeds, vec!["n1:7400".to_string(), "n2:7400".to_string()]);
         let cli = Cli::parse_from(["spindle", "ingester"]);
         assert!(Config::resolve(Command::Ingester, &cli.options).unwrap_err().to_string().contains("--seeds"));
-        let cli = Cli::parse_from(["spindle", "--storage-url", "s3://bucket"]);
+        let cli = Cli::parse_from(["spindle", "--storage-url", "s3://bucket/spans"]);
+        let c = Config::resolve(Command::All, &cli.options).unwrap();
+        assert_eq!(c.store, StoreLocation::S3 { bucket: "bucket".into(), prefix: "spans".into() });
+        let cli = Cli::parse_from(["spindle", "--storage-url", "ftp://nope"]);
         assert!(Config::resolve(Command::All, &cli.options).is_err());
         let cli = Cli::parse_from(["spindle", "--storage-url", "file:///shared/blocks"]);
-        assert_eq!(Config::resolve(Command::All, &cli.options).unwrap().blocks_dir, PathBuf::from("/shared/blocks"));
+        let c = Config::resolve(Command::All, &cli.options).unwrap();
+        assert_eq!(c.store, StoreLocation::Local(PathBuf::from("/shared/blocks")));
+        assert!(c.compactor);
     }
 }

@@ -7,6 +7,7 @@
 //! | `storage` | internal gRPC (push, read, metadata, Raft), `/admin`, ops |
 //! | `ingester` | OTLP, ops |
 //! | `querier` | Tempo API + SQL, ops |
+//! | `compactor` | ops (merges blocks in the background) |
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,10 +21,13 @@ use prometheus_client::registry::Registry;
 use spindle_cluster::ClusterConfig;
 use spindle_cluster_client::watch::TopologyWatch;
 use spindle_cluster_client::{Channels, RouterConfig, ShardRouter};
+use spindle_compactor::{Compactor, CompactorConfig, CompactorMetrics};
 use spindle_ingester::grpc::{map_codec_errors, OtlpGrpc};
 use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
 use spindle_querier::{Querier, QueryMetrics};
 use spindle_query::{QueryConfig, QueryEngine, SpanSource};
+use spindle_storage::store::open_store;
+use spindle_storage::Retention;
 use spindle_storage_api::grpc::StorageGrpcServer;
 use spindle_storage_api::StorageApi;
 use spindle_storage_node::log_store::LogOptions;
@@ -33,7 +37,7 @@ use spindle_storage_node::{BootstrapConfig, NodeConfig, ShardConfig, StorageMetr
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Command, Config};
+use crate::config::{reload_retention, Command, Config, Options};
 use crate::ops::{self, Readiness};
 
 type Server = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -41,7 +45,7 @@ type Server = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// How long a querier may go without reaching the metadata and still call itself ready.
 const METADATA_FRESHNESS: Duration = Duration::from_secs(10);
 
-fn node_config(config: &Config) -> NodeConfig {
+fn node_config(config: &Config, retention: &Retention) -> NodeConfig {
     NodeConfig {
         node_id: config.node_id,
         advertise_addr: config.advertise_addr.clone(),
@@ -57,6 +61,8 @@ fn node_config(config: &Config) -> NodeConfig {
             },
         },
         shard: ShardConfig {
+            delete_grace: config.block_delete_grace,
+            retention: retention.clone(),
             flush_max_bytes: config.flush_max_bytes,
             flush_max_age: config.flush_max_age,
             max_unflushed_bytes: config.max_unflushed_bytes,
@@ -80,6 +86,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let stores = matches!(role, Command::All | Command::Storage);
     let ingests = matches!(role, Command::All | Command::Ingester);
     let queries = matches!(role, Command::All | Command::Querier);
+    let compacts = config.compactor;
     let mut registry = Registry::default();
     let channels = Channels::default();
 
@@ -94,18 +101,26 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr, "the internal gRPC API").await?),
         None => None,
     };
-    let store = if stores || queries {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        Some(spindle_storage::store::local_store(&config.blocks_dir).context("opening the block store")?)
+    let store = if stores || queries || compacts {
+        if stores {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        }
+        let store = open_store(&config.store, &config.store_options)
+            .with_context(|| format!("opening the block store {}", config.store.describe()))?;
+        Some(store)
     } else {
         None
     };
+    let retention = Retention::new(config.retention.clone());
+    if stores {
+        tokio::spawn(reload_retention_on_change(config.options.clone(), retention.clone()));
+    }
 
     let node = match (&store, stores) {
         (Some(store), true) => Some(
             StorageNode::start(
-                node_config(&config),
+                node_config(&config, &retention),
                 store.clone(),
                 channels.clone(),
                 StorageMetrics::register(&mut registry),
@@ -140,6 +155,21 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
             .context("starting the query engine")?;
             Some(Querier::new(Arc::new(engine), QueryMetrics::register(&mut registry)))
         }
+        _ => None,
+    };
+
+    let compactor = match (&store, compacts) {
+        (Some(store), true) => Some(Arc::new(Compactor::new(
+            router.clone(),
+            store.clone(),
+            CompactorConfig {
+                target_bytes: config.compaction_target_bytes,
+                window: config.compaction_window,
+                interval: config.compaction_interval,
+                ..CompactorConfig::default()
+            },
+            CompactorMetrics::register(&mut registry),
+        ))),
         _ => None,
     };
 
@@ -202,6 +232,9 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    if let Some(c) = compactor {
+        tokio::spawn(c.run(external.clone()));
+    }
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing requests, then flushing");
@@ -227,6 +260,32 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     served.map(|_| ())
+}
+
+/// Re-reads the retention windows whenever the config file changes (checked every 10 s); a
+/// file that does not parse leaves the current windows in force.
+async fn reload_retention_on_change(options: Options, retention: Retention) {
+    let Some(path) = options.config.clone() else { return };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match reload_retention(&options) {
+            Ok(policy) => {
+                if retention.set(policy.clone()) {
+                    tracing::info!(default = ?policy.default, tenants = policy.tenants.len(), "retention reloaded");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "config file not reloaded; keeping the current retention")
+            }
+        }
+    }
 }
 
 fn serve_http(listener: TcpListener, router: Router, stop: watch::Receiver<bool>, what: &'static str) -> Server {

@@ -35,6 +35,12 @@ pub struct StorageMetrics {
     pub shards_without_leader: Gauge,
     /// Leader changes seen by the shards hosted here.
     pub leader_changes: Counter,
+    /// Compactions committed by shards this node leads.
+    pub compactions: Counter,
+    /// Blocks retired because they passed their tenant's retention.
+    pub blocks_retired: Counter,
+    /// Retired block files deleted.
+    pub blocks_deleted: Counter,
 }
 
 impl StorageMetrics {
@@ -60,6 +66,9 @@ impl StorageMetrics {
         r.register("shards_leading", "Shards this node leads", m.shards_leading.clone());
         r.register("shards_without_leader", "Hosted shards whose group has no leader", m.shards_without_leader.clone());
         r.register("leader_changes", "Shard leader changes seen on this node", m.leader_changes.clone());
+        r.register("compactions", "Compactions committed by shards this node leads", m.compactions.clone());
+        r.register("blocks_retired", "Blocks retired past their tenant's retention", m.blocks_retired.clone());
+        r.register("blocks_deleted", "Retired block files deleted", m.blocks_deleted.clone());
         m
     }
 }

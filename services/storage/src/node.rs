@@ -28,8 +28,8 @@ use spindle_cluster::{
 use spindle_cluster_client::control::Hello;
 use spindle_cluster_client::{Channels, ControlClient};
 use spindle_schema::ipc::EncodedBatch;
-use spindle_storage::TenantId;
-use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest, StorageApi};
+use spindle_storage::{BlockMeta, TenantId};
+use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, ShardRead, ShardReadRequest, StorageApi};
 use tokio::sync::watch;
 
 use crate::log_store::LogStore;
@@ -791,5 +791,19 @@ impl StorageApi for StorageNode {
     async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError> {
         let s = self.shard(request.shard).ok_or(ApiError::NotLeader { shard: request.shard, leader: None })?;
         s.read(&request).await
+    }
+
+    async fn plan_compaction(
+        &self,
+        shard: ShardId,
+        policy: CompactionPolicy,
+    ) -> Result<Option<CompactionJob>, ApiError> {
+        let s = self.shard(shard).ok_or(ApiError::NotLeader { shard, leader: None })?;
+        s.plan_compaction(&policy).await
+    }
+
+    async fn commit_compaction(&self, job: CompactionJob, output: BlockMeta) -> Result<(), ApiError> {
+        let s = self.shard(job.shard).ok_or(ApiError::NotLeader { shard: job.shard, leader: None })?;
+        s.commit_compaction(job, output).await
     }
 }

@@ -11,6 +11,8 @@ use spindle_cluster::{MetaCommand, MetaError};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::BlockMeta;
 
+use crate::shard_sm::CompactionLease;
+
 /// Spans in a Raft entry: the IPC bytes that are logged and replicated, and the decoded batch,
 /// which the leader already has (it decoded the push) and a follower decodes once, at apply.
 /// Cheap to clone.
@@ -119,6 +121,47 @@ pub enum ShardCommand {
         /// The block (without its Bloom filter, which lives in the object-store index).
         block: Box<BlockMeta>,
     },
+    /// Leases a merge of some of a tenant's blocks to one compactor. Granted if the blocks are
+    /// all live and no other compactor holds an unexpired lease on the tenant.
+    LeaseCompaction {
+        /// Tenant id.
+        tenant: String,
+        /// The lease.
+        lease: CompactionLease,
+        /// The leader's clock when proposed (unix ms).
+        now_unix_ms: u64,
+    },
+    /// Swaps a leased job's input blocks for its merged output: one catalog step. Applied only
+    /// while the job's lease holds and every input is live; the inputs are retired (their files
+    /// are deleted after a grace period, so running queries can finish).
+    Compacted {
+        /// Tenant id.
+        tenant: String,
+        /// The job.
+        job: String,
+        /// Ids of the merged blocks.
+        inputs: Vec<String>,
+        /// The merged block (without its Bloom filter).
+        output: Box<BlockMeta>,
+        /// The leader's clock when proposed (unix ms).
+        now_unix_ms: u64,
+    },
+    /// Retires blocks past the tenant's retention: no query sees them from here on.
+    Retire {
+        /// Tenant id.
+        tenant: String,
+        /// Ids of the blocks.
+        blocks: Vec<String>,
+        /// The leader's clock when proposed (unix ms).
+        now_unix_ms: u64,
+    },
+    /// Forgets retired blocks whose files are deleted.
+    Purge {
+        /// Tenant id.
+        tenant: String,
+        /// Ids of the blocks.
+        blocks: Vec<String>,
+    },
 }
 
 /// What applying a shard command produced.
@@ -133,6 +176,12 @@ pub enum ShardResponse {
     Flushed,
     /// The block was refused (stale or overlapping).
     FlushRefused(String),
+    /// The compaction lease is granted.
+    Leased,
+    /// The compaction swap is made (now or before).
+    Compacted,
+    /// A lifecycle command was refused, and why.
+    Refused(String),
 }
 
 /// What applying a metadata command produced.

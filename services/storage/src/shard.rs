@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use futures::StreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use spindle_cluster::{NodeId, ShardId, Topology};
 use spindle_cluster_client::Channels;
 use spindle_schema::col;
 use spindle_schema::ipc::EncodedBatch;
-use spindle_storage::index::{index_path, read_index, write_index};
-use spindle_storage::{block_dir, parse_block_file_name, write_block, BlockMeta, BlockOptions, TenantId};
+use spindle_storage::{write_block, BlockMeta, BlockOptions, Retention, TenantId};
 use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use xxhash_rust::xxh3::Xxh3;
@@ -40,6 +39,8 @@ use crate::network::GrpcNetwork;
 use crate::raft_types::{AppendItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
 use crate::shard_sm::{self, tenant_loads, ShardStateMachine, SharedState};
 use crate::{now_unix_ms, NodeError, RaftTiming};
+
+pub mod lifecycle;
 
 /// Tunables of a shard.
 #[derive(Debug, Clone)]
@@ -65,6 +66,13 @@ pub struct ShardConfig {
     pub orphan_grace: Duration,
     /// How often the leader looks for orphaned block files.
     pub sweep_interval: Duration,
+    /// Retired blocks (compacted away or past retention) are deleted once retired this long,
+    /// so queries that listed them before can finish.
+    pub delete_grace: Duration,
+    /// How often the leader enforces retention and deletes retired blocks.
+    pub lifecycle_interval: Duration,
+    /// How long each tenant's blocks are kept.
+    pub retention: Retention,
     /// How blocks are written.
     pub block: BlockOptions,
     /// The Raft log.
@@ -85,6 +93,9 @@ impl Default for ShardConfig {
             commit_timeout: Duration::from_secs(10),
             orphan_grace: Duration::from_secs(15 * 60),
             sweep_interval: Duration::from_secs(10 * 60),
+            delete_grace: Duration::from_secs(10 * 60),
+            lifecycle_interval: Duration::from_secs(30),
+            retention: Retention::default(),
             block: BlockOptions::default(),
             log: LogOptions::default(),
             raft: RaftTiming::default(),
@@ -156,7 +167,9 @@ pub struct Shard {
     committing: Arc<Mutex<HashSet<[u64; 2]>>>,
     flush_lock: tokio::sync::Mutex<()>,
     index_synced: AtomicBool,
+    index_lock: tokio::sync::Mutex<()>,
     last_sweep_ms: AtomicU64,
+    last_lifecycle_ms: AtomicU64,
     stop: watch::Sender<bool>,
     metrics: StorageMetrics,
 }
@@ -198,7 +211,9 @@ impl Shard {
             committing: Arc::default(),
             flush_lock: tokio::sync::Mutex::new(()),
             index_synced: AtomicBool::new(false),
+            index_lock: tokio::sync::Mutex::new(()),
             last_sweep_ms: AtomicU64::new(now_unix_ms()),
+            last_lifecycle_ms: AtomicU64::new(0),
             stop: watch::channel(false).0,
             metrics,
         });
@@ -394,6 +409,18 @@ impl Shard {
                 }
             }
             let now = now_unix_ms();
+            if now.saturating_sub(self.last_lifecycle_ms.load(Ordering::Relaxed))
+                >= self.config.lifecycle_interval.as_millis() as u64
+            {
+                self.last_lifecycle_ms.store(now, Ordering::Relaxed);
+                match self.enforce_lifecycle().await {
+                    Ok((0, 0)) => {}
+                    Ok((retired, deleted)) => tracing::info!(shard = self.id, retired, deleted, "block lifecycle"),
+                    Err(e) => {
+                        tracing::warn!(shard = self.id, error = %e, "retention or deletion of retired blocks failed")
+                    }
+                }
+            }
             if now.saturating_sub(self.last_sweep_ms.load(Ordering::Relaxed))
                 >= self.config.sweep_interval.as_millis() as u64
             {
@@ -499,7 +526,7 @@ impl Shard {
             .map_err(NodeError::raft)?;
         match response.data {
             ShardResponse::Flushed => {
-                self.add_to_index(&tenant, cluster, block).await?;
+                self.update_index(&tenant, cluster, vec![block]).await?;
                 self.metrics.flushes.inc();
                 self.metrics.block_bytes_written.inc_by(bytes);
                 self.metrics.block_spans_written.inc_by(rows);
@@ -511,75 +538,6 @@ impl Shard {
                 Ok(false)
             }
         }
-    }
-
-    async fn add_to_index(&self, tenant: &TenantId, cluster: &str, block: BlockMeta) -> Result<(), NodeError> {
-        let path = index_path(tenant, cluster, self.id);
-        let mut blocks = read_index(self.store.as_ref(), &path).await?;
-        blocks.retain(|b| b.id != block.id);
-        blocks.push(block);
-        write_index(self.store.as_ref(), &path, &blocks).await?;
-        Ok(())
-    }
-
-    /// Adds committed blocks missing from the object-store indexes (a leader that died between
-    /// committing a block and listing it), without their Bloom filters.
-    async fn sync_indexes(&self) -> Result<(), NodeError> {
-        let Some(cluster) = self.cluster_id() else {
-            return Ok(());
-        };
-        let catalog: Vec<(String, Vec<BlockMeta>)> =
-            shard_sm::read(&self.state).tenants.iter().map(|(t, s)| (t.clone(), s.blocks.clone())).collect();
-        for (tenant, blocks) in catalog {
-            let tenant = TenantId::new(&tenant)?;
-            let path = index_path(&tenant, &cluster, self.id);
-            let mut index = read_index(self.store.as_ref(), &path).await?;
-            let known: HashSet<String> = index.iter().map(|b| b.id.clone()).collect();
-            let missing: Vec<BlockMeta> = blocks.into_iter().filter(|b| !known.contains(&b.id)).collect();
-            if !missing.is_empty() {
-                tracing::info!(shard = self.id, tenant = %tenant, blocks = missing.len(), "listing committed blocks missing from the index");
-                index.extend(missing);
-                write_index(self.store.as_ref(), &path, &index).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes block files of this shard that no committed block names, that can never be
-    /// committed any more (their range starts at or below the tenant's flushed-through index,
-    /// which only grows, so their `BlockFlushed` would be refused) and that are older than the
-    /// grace period. Safe even on a leader that has been cut off: it deletes nothing that any
-    /// log could still commit. Returns how many went.
-    pub async fn sweep_orphans(&self) -> Result<usize, NodeError> {
-        let Some(cluster) = self.cluster_id() else {
-            return Ok(0);
-        };
-        let catalog: Vec<(String, u64, HashSet<String>)> = shard_sm::read(&self.state)
-            .tenants
-            .iter()
-            .map(|(t, s)| (t.clone(), s.flushed_through, s.blocks.iter().map(|b| b.path.clone()).collect()))
-            .collect();
-        let grace = self.config.orphan_grace;
-        let mut removed = 0;
-        for (tenant, flushed_through, committed) in catalog {
-            let tenant = TenantId::new(&tenant)?;
-            let listed: Vec<_> = self.store.list(Some(&block_dir(&tenant, &cluster, self.id))).collect().await;
-            for object in listed {
-                let object = object.map_err(spindle_storage::StorageError::from)?;
-                let name = object.location.filename().unwrap_or_default();
-                let Some((first, _)) = parse_block_file_name(name) else { continue };
-                if committed.contains(object.location.as_ref()) || first > flushed_through {
-                    continue;
-                }
-                let age = std::time::SystemTime::now().duration_since(object.last_modified.into()).unwrap_or_default();
-                if age >= grace {
-                    tracing::info!(shard = self.id, path = %object.location, "deleting a block file that was never committed");
-                    self.store.delete(&object.location).await.map_err(spindle_storage::StorageError::from)?;
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
     }
 
     /// Bytes of this shard's Raft log on disk.

@@ -84,6 +84,33 @@ pub struct TenantState {
     pub unflushed_bytes: usize,
     /// Committed blocks.
     pub blocks: Vec<BlockMeta>,
+    /// Blocks replaced by compaction or past retention: no query sees them, their files go
+    /// after a grace period (so queries already reading them can finish).
+    pub retired: Vec<RetiredBlock>,
+    /// The compaction leased on this tenant, if any.
+    pub lease: Option<CompactionLease>,
+}
+
+/// A block no query sees any more, waiting for its file to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredBlock {
+    /// The block.
+    pub block: BlockMeta,
+    /// When it was retired (unix ms, the leader's clock).
+    pub retired_unix_ms: u64,
+}
+
+/// A merge of some of a tenant's blocks, leased to one compactor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionLease {
+    /// Job id.
+    pub job: String,
+    /// The compactor.
+    pub holder: String,
+    /// Ids of the blocks to merge.
+    pub inputs: Vec<String>,
+    /// The lease ends then (unix ms, the leader's clock).
+    pub until_unix_ms: u64,
 }
 
 /// Digests of recently applied pushes. Not part of the replicated state's meaning: the leader
@@ -260,6 +287,67 @@ impl ShardState {
                 self.flushes += 1;
                 ShardResponse::Flushed
             }
+            ShardCommand::LeaseCompaction { tenant, lease, now_unix_ms } => {
+                let Some(t) = self.tenants.get_mut(tenant) else {
+                    return ShardResponse::Refused(format!("tenant {tenant} has no blocks here"));
+                };
+                if let Some(held) = t.lease.as_ref().filter(|l| l.until_unix_ms > *now_unix_ms) {
+                    if held.holder != lease.holder {
+                        return ShardResponse::Refused(format!(
+                            "leased to {} until {}",
+                            held.holder, held.until_unix_ms
+                        ));
+                    }
+                }
+                if let Some(missing) = lease.inputs.iter().find(|id| !t.blocks.iter().any(|b| &b.id == *id)) {
+                    return ShardResponse::Refused(format!("block {missing} is not live"));
+                }
+                t.lease = Some(lease.clone());
+                ShardResponse::Leased
+            }
+            ShardCommand::Compacted { tenant, job, inputs, output, now_unix_ms } => {
+                let Some(t) = self.tenants.get_mut(tenant) else {
+                    return ShardResponse::Refused(format!("tenant {tenant} has no blocks here"));
+                };
+                let live = |id: &String| t.blocks.iter().any(|b| &b.id == id);
+                if live(&output.id) && !inputs.iter().any(live) {
+                    return ShardResponse::Compacted;
+                }
+                match &t.lease {
+                    Some(l) if &l.job == job && l.until_unix_ms >= *now_unix_ms => {}
+                    Some(l) if &l.job == job => return ShardResponse::Refused(format!("the lease of job {job} ended")),
+                    _ => return ShardResponse::Refused(format!("job {job} holds no lease")),
+                }
+                if let Some(missing) = inputs.iter().find(|id| !live(id)) {
+                    return ShardResponse::Refused(format!("block {missing} is not live any more"));
+                }
+                let (gone, kept): (Vec<BlockMeta>, Vec<BlockMeta>) =
+                    std::mem::take(&mut t.blocks).into_iter().partition(|b| inputs.contains(&b.id));
+                t.blocks = kept;
+                t.blocks.push(BlockMeta { trace_bloom: None, ..output.as_ref().clone() });
+                t.retired.extend(gone.into_iter().map(|block| RetiredBlock { block, retired_unix_ms: *now_unix_ms }));
+                t.lease = None;
+                self.flushes += 1;
+                ShardResponse::Compacted
+            }
+            ShardCommand::Retire { tenant, blocks, now_unix_ms } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    let (gone, kept): (Vec<BlockMeta>, Vec<BlockMeta>) =
+                        std::mem::take(&mut t.blocks).into_iter().partition(|b| blocks.contains(&b.id));
+                    t.blocks = kept;
+                    t.retired
+                        .extend(gone.into_iter().map(|block| RetiredBlock { block, retired_unix_ms: *now_unix_ms }));
+                    self.flushes += 1;
+                }
+                ShardResponse::Done
+            }
+            ShardCommand::Purge { tenant, blocks } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.retired.retain(|r| !blocks.contains(&r.block.id));
+                    self.flushes += 1;
+                }
+                ShardResponse::Done
+            }
         }
     }
 }
@@ -340,6 +428,53 @@ struct SnapshotTenant {
     tenant: String,
     flushed_through: u64,
     blocks: Vec<BlockMeta>,
+    retired: Vec<RetiredBlock>,
+    lease: Option<CompactionLease>,
+}
+
+/// Marks snapshots of the current layout (the first layout began with the metadata, whose
+/// first byte is 0 or 1).
+const SNAPSHOT_MAGIC: u64 = 0x5350_494e_444c_0002;
+
+/// The first snapshot layout, before compaction and retention.
+#[derive(Deserialize)]
+struct SnapshotFileV1 {
+    meta: SnapshotMeta<u64, openraft::BasicNode>,
+    tenants: Vec<SnapshotTenantV1>,
+    recent: Vec<([u64; 2], u64, u64)>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotTenantV1 {
+    tenant: String,
+    flushed_through: u64,
+    blocks: Vec<BlockMeta>,
+}
+
+fn encode_snapshot_file(file: &SnapshotFile) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(&(SNAPSHOT_MAGIC, file))
+}
+
+fn decode_snapshot_file(bytes: &[u8]) -> Result<SnapshotFile, bincode::Error> {
+    if bytes.get(..8).is_some_and(|m| m == SNAPSHOT_MAGIC.to_le_bytes()) {
+        return bincode::deserialize::<(u64, SnapshotFile)>(bytes).map(|(_, f)| f);
+    }
+    let old: SnapshotFileV1 = bincode::deserialize(bytes)?;
+    Ok(SnapshotFile {
+        meta: old.meta,
+        tenants: old
+            .tenants
+            .into_iter()
+            .map(|t| SnapshotTenant {
+                tenant: t.tenant,
+                flushed_through: t.flushed_through,
+                blocks: t.blocks,
+                retired: Vec::new(),
+                lease: None,
+            })
+            .collect(),
+        recent: old.recent,
+    })
 }
 
 /// The shard's state machine.
@@ -356,7 +491,7 @@ impl ShardStateMachine {
         let state = SharedState::new(RwLock::new(ShardState { budget, ..ShardState::default() }));
         let sm = Self { state, snapshots: SnapshotStore::new(&dir.join("snapshot.bin")) };
         if let Some(bytes) = sm.snapshots.read()? {
-            let file: SnapshotFile = bincode::deserialize(&bytes).map_err(io::Error::other)?;
+            let file = decode_snapshot_file(&bytes).map_err(io::Error::other)?;
             sm.snapshots.loaded(file.meta.last_log_id);
             sm.restore(file);
         }
@@ -382,7 +517,14 @@ impl ShardStateMachine {
             .tenants
             .into_iter()
             .map(|t| {
-                (t.tenant, TenantState { flushed_through: t.flushed_through, blocks: t.blocks, ..Default::default() })
+                let state = TenantState {
+                    flushed_through: t.flushed_through,
+                    blocks: t.blocks,
+                    retired: t.retired,
+                    lease: t.lease,
+                    ..Default::default()
+                };
+                (t.tenant, state)
             })
             .collect();
         for (digest, index, received) in file.recent {
@@ -407,11 +549,13 @@ impl ShardStateMachine {
                 tenant: name.clone(),
                 flushed_through: t.flushed_through,
                 blocks: t.blocks.clone(),
+                retired: t.retired.clone(),
+                lease: t.lease.clone(),
             })
             .collect();
         let recent = s.recent.order.iter().filter(|(_, i, _)| *i <= safe).copied().collect();
         let file = SnapshotFile { meta: meta.clone(), tenants, recent };
-        Ok((meta, bincode::serialize(&file)?))
+        Ok((meta, encode_snapshot_file(&file)?))
     }
 }
 
@@ -481,9 +625,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let mut file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let mut file = decode_snapshot_file(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         file.meta = meta.clone();
-        let bytes = bincode::serialize(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let bytes = encode_snapshot_file(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.restore(file);
         Ok(())
@@ -491,7 +635,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<ShardTypes>>, StorageError> {
         let Some(bytes) = self.snapshots.read().map_err(|e| snap_err(ErrorVerb::Read, e))? else { return Ok(None) };
-        let file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let file = decode_snapshot_file(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
 }
