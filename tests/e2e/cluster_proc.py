@@ -14,13 +14,16 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from object_stores import backend
 from spindle_proc import Spindle
 
 
 class Cluster:
     def __init__(self, storage=3, ingesters=1, queriers=1, shards=4, rf=3, storage_args=()):
         self.dir = tempfile.mkdtemp(prefix="spindle-cluster-")
-        self.storage_url = "file://" + os.path.join(self.dir, "blocks")
+        self.storage_url = (
+            "file://" + os.path.join(self.dir, "blocks") if backend().name == "fs" else backend().new_url()
+        )
         self.shards, self.rf = shards, rf
         self.storage_args = list(storage_args)
         self.storage = []

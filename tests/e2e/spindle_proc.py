@@ -10,6 +10,8 @@ import time
 
 import requests
 
+from object_stores import Backend, backend
+
 
 def free_port():
     with socket.socket() as s:
@@ -33,13 +35,18 @@ class Spindle:
     role "all" (default) runs everything; "storage", "ingester" and "querier" run one role and
     need `seeds` (internal addresses of storage nodes)."""
 
-    def __init__(self, data_dir=None, extra_args=(), role="all", node_id=None, seeds=(), storage_url=None):
+    def __init__(self, data_dir=None, extra_args=(), role="all", node_id=None, seeds=(), storage_url=None,
+                 store_via=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix=f"spindle-e2e-{role}-")
         self.extra_args = list(extra_args)
         self.role = role
         self.node_id = node_id
         self.seeds = list(seeds)
+        if storage_url is None and backend().name != "fs" and role != "ingester":
+            storage_url = backend().new_url()
         self.storage_url = storage_url
+        # Port of a proxy in front of the object store, when the test wants to cut it off.
+        self.store_via = store_via
         self.http_port, self.grpc_port, self.otlp_http_port = free_port(), free_port(), free_port()
         self.internal_port = free_port()
         self.proc = None
@@ -67,10 +74,12 @@ class Spindle:
         if self.role != "all":
             args.append(self.role)
         args += ["--http-addr", f"127.0.0.1:{self.http_port}"]
-        if self.role in ("all", "storage", "querier"):
+        if self.role in ("all", "storage", "querier", "compactor"):
             args += ["--data-dir", os.path.join(self.data_dir, "data")]
         if self.storage_url:
             args += ["--storage-url", self.storage_url]
+            if not self.storage_url.startswith("file://"):
+                args += backend().args(self.store_via)
         if self.role in ("all", "ingester"):
             args += ["--otlp-grpc-addr", self.otlp_grpc, "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}"]
         if self.role == "storage":
@@ -81,7 +90,8 @@ class Spindle:
 
     def start(self, timeout=60, wait=True):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args(), stdout=self.log, stderr=self.log)
+        env = {**os.environ, **backend().env()}
+        self.proc = subprocess.Popen(self.args(), stdout=self.log, stderr=self.log, env=env)
         if wait:
             self.wait_ready(timeout)
         return self
@@ -106,6 +116,13 @@ class Spindle:
         except requests.RequestException:
             pass
         raise RuntimeError(f"spindle {self.role} did not become ready ({reason}): " + self.read_log()[-3000:])
+
+    def blocks(self):
+        """Paths of the Parquet files in this process's block store."""
+        url = self.storage_url or "file://" + os.path.join(self.data_dir, "data", "blocks")
+        if url.startswith("file://"):
+            return Backend().list_parquet(url)
+        return backend().list_parquet(url)
 
     def read_log(self):
         with open(self.log_path, "rb") as f:

@@ -14,7 +14,7 @@ from test_sdk_roundtrip import export_grpc, export_http
 
 
 def blocks(s):
-    return glob.glob(os.path.join(s.data_dir, "data", "blocks", "**", "*.parquet"), recursive=True)
+    return s.blocks()
 
 
 def test_unflushed_spans_survive_kill_9():

@@ -92,6 +92,10 @@ pub struct Options {
     /// `tenants:` section (reloaded without a restart) [forever].
     #[arg(long, env = "SPINDLE_RETENTION", global = true)]
     pub retention: Option<String>,
+    /// How often shard leaders apply retention and delete retired blocks, and how often the
+    /// config file is checked for changed retention [30s].
+    #[arg(long, env = "SPINDLE_RETENTION_INTERVAL", global = true)]
+    pub retention_interval: Option<String>,
     /// Blocks replaced by compaction or past retention are deleted this long after, so
     /// queries already reading them can finish [10m].
     #[arg(long, env = "SPINDLE_BLOCK_DELETE_GRACE", global = true)]
@@ -105,6 +109,10 @@ pub struct Options {
     /// Compactor: only blocks whose earliest spans fall in the same window are merged [1h].
     #[arg(long, env = "SPINDLE_COMPACTION_WINDOW", global = true)]
     pub compaction_window: Option<String>,
+    /// Compactor: how long a merge may take; the window of a compactor that crashed mid-merge
+    /// is merged again once this has passed [10m].
+    #[arg(long, env = "SPINDLE_COMPACTION_LEASE", global = true)]
+    pub compaction_lease: Option<String>,
     /// Compactor: pause between rounds over all shards [30s].
     #[arg(long, env = "SPINDLE_COMPACTION_INTERVAL", global = true)]
     pub compaction_interval: Option<String>,
@@ -186,11 +194,13 @@ struct FileConfig {
     cache_size: Option<String>,
     memory_cache_size: Option<String>,
     retention: Option<String>,
+    retention_interval: Option<String>,
     block_delete_grace: Option<String>,
     compactor: Option<bool>,
     compaction_target_size: Option<String>,
     compaction_window: Option<String>,
     compaction_interval: Option<String>,
+    compaction_lease: Option<String>,
     tenants: Option<HashMap<String, TenantOverrides>>,
     http_addr: Option<SocketAddr>,
     otlp_grpc_addr: Option<SocketAddr>,
@@ -239,6 +249,8 @@ pub struct Config {
     pub memory_cache_bytes: usize,
     /// Retention (default and per-tenant), as loaded at start.
     pub retention: RetentionPolicy,
+    /// How often retention is applied (and the config file checked).
+    pub retention_interval: Duration,
     /// How long retired blocks are kept before deletion.
     pub block_delete_grace: Duration,
     /// Run a compactor (`all`, `compactor`).
@@ -249,6 +261,8 @@ pub struct Config {
     pub compaction_window: Duration,
     /// Pause between compaction rounds.
     pub compaction_interval: Duration,
+    /// How long a compaction job may take.
+    pub compaction_lease: Duration,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// OTLP/gRPC address.
@@ -351,6 +365,10 @@ impl Config {
                 text(&o.memory_cache_size, &file.memory_cache_size, "256MiB"),
             )?,
             retention,
+            retention_interval: duration(
+                "retention_interval",
+                text(&o.retention_interval, &file.retention_interval, "30s"),
+            )?,
             block_delete_grace: duration(
                 "block_delete_grace",
                 text(&o.block_delete_grace, &file.block_delete_grace, "10m"),
@@ -367,6 +385,10 @@ impl Config {
             compaction_window: duration(
                 "compaction_window",
                 text(&o.compaction_window, &file.compaction_window, "1h"),
+            )?,
+            compaction_lease: duration(
+                "compaction_lease",
+                text(&o.compaction_lease, &file.compaction_lease, "10m"),
             )?,
             compaction_interval: duration(
                 "compaction_interval",

@@ -62,6 +62,7 @@ fn node_config(config: &Config, retention: &Retention) -> NodeConfig {
         },
         shard: ShardConfig {
             delete_grace: config.block_delete_grace,
+            lifecycle_interval: config.retention_interval,
             retention: retention.clone(),
             flush_max_bytes: config.flush_max_bytes,
             flush_max_age: config.flush_max_age,
@@ -114,7 +115,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     };
     let retention = Retention::new(config.retention.clone());
     if stores {
-        tokio::spawn(reload_retention_on_change(config.options.clone(), retention.clone()));
+        tokio::spawn(reload_retention_on_change(config.options.clone(), retention.clone(), config.retention_interval));
     }
 
     let node = match (&store, stores) {
@@ -166,6 +167,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
                 target_bytes: config.compaction_target_bytes,
                 window: config.compaction_window,
                 interval: config.compaction_interval,
+                lease: config.compaction_lease,
                 ..CompactorConfig::default()
             },
             CompactorMetrics::register(&mut registry),
@@ -262,14 +264,14 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     served.map(|_| ())
 }
 
-/// Re-reads the retention windows whenever the config file changes (checked every 10 s); a
+/// Re-reads the retention windows whenever the config file changes (checked every `every`); a
 /// file that does not parse leaves the current windows in force.
-async fn reload_retention_on_change(options: Options, retention: Retention) {
+async fn reload_retention_on_change(options: Options, retention: Retention, every: Duration) {
     let Some(path) = options.config.clone() else { return };
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(every).await;
         let now = modified(&path);
         if now == seen {
             continue;

@@ -122,7 +122,8 @@ pub enum ShardCommand {
         block: Box<BlockMeta>,
     },
     /// Leases a merge of some of a tenant's blocks to one compactor. Granted if the blocks are
-    /// all live and no other compactor holds an unexpired lease on the tenant.
+    /// all live and no unexpired lease covers the same time window of the tenant (one
+    /// compactor per window at a time) or any of the blocks.
     LeaseCompaction {
         /// Tenant id.
         tenant: String,

@@ -87,8 +87,8 @@ pub struct TenantState {
     /// Blocks replaced by compaction or past retention: no query sees them, their files go
     /// after a grace period (so queries already reading them can finish).
     pub retired: Vec<RetiredBlock>,
-    /// The compaction leased on this tenant, if any.
-    pub lease: Option<CompactionLease>,
+    /// Compactions leased on this tenant's blocks (a block is in at most one unexpired lease).
+    pub leases: Vec<CompactionLease>,
 }
 
 /// A block no query sees any more, waiting for its file to be deleted.
@@ -109,6 +109,8 @@ pub struct CompactionLease {
     pub holder: String,
     /// Ids of the blocks to merge.
     pub inputs: Vec<String>,
+    /// The time window the blocks belong to: `(start ms, length ms)`; one lease per window.
+    pub window: (i64, u64),
     /// The lease ends then (unix ms, the leader's clock).
     pub until_unix_ms: u64,
 }
@@ -291,18 +293,22 @@ impl ShardState {
                 let Some(t) = self.tenants.get_mut(tenant) else {
                     return ShardResponse::Refused(format!("tenant {tenant} has no blocks here"));
                 };
-                if let Some(held) = t.lease.as_ref().filter(|l| l.until_unix_ms > *now_unix_ms) {
-                    if held.holder != lease.holder {
-                        return ShardResponse::Refused(format!(
-                            "leased to {} until {}",
-                            held.holder, held.until_unix_ms
-                        ));
-                    }
+                t.leases.retain(|l| l.until_unix_ms > *now_unix_ms);
+                let overlaps = |l: &CompactionLease| {
+                    let (a, b) = (l.window, lease.window);
+                    let windows_meet = a.0 < b.0.saturating_add(b.1 as i64) && b.0 < a.0.saturating_add(a.1 as i64);
+                    windows_meet || l.inputs.iter().any(|id| lease.inputs.contains(id))
+                };
+                if let Some(held) = t.leases.iter().find(|l| overlaps(l)) {
+                    return ShardResponse::Refused(format!(
+                        "the window is leased to {} until {}",
+                        held.holder, held.until_unix_ms
+                    ));
                 }
                 if let Some(missing) = lease.inputs.iter().find(|id| !t.blocks.iter().any(|b| &b.id == *id)) {
                     return ShardResponse::Refused(format!("block {missing} is not live"));
                 }
-                t.lease = Some(lease.clone());
+                t.leases.push(lease.clone());
                 ShardResponse::Leased
             }
             ShardCommand::Compacted { tenant, job, inputs, output, now_unix_ms } => {
@@ -313,10 +319,10 @@ impl ShardState {
                 if live(&output.id) && !inputs.iter().any(live) {
                     return ShardResponse::Compacted;
                 }
-                match &t.lease {
-                    Some(l) if &l.job == job && l.until_unix_ms >= *now_unix_ms => {}
-                    Some(l) if &l.job == job => return ShardResponse::Refused(format!("the lease of job {job} ended")),
-                    _ => return ShardResponse::Refused(format!("job {job} holds no lease")),
+                match t.leases.iter().find(|l| &l.job == job) {
+                    Some(l) if l.until_unix_ms >= *now_unix_ms => {}
+                    Some(_) => return ShardResponse::Refused(format!("the lease of job {job} ended")),
+                    None => return ShardResponse::Refused(format!("job {job} holds no lease")),
                 }
                 if let Some(missing) = inputs.iter().find(|id| !live(id)) {
                     return ShardResponse::Refused(format!("block {missing} is not live any more"));
@@ -326,7 +332,7 @@ impl ShardState {
                 t.blocks = kept;
                 t.blocks.push(BlockMeta { trace_bloom: None, ..output.as_ref().clone() });
                 t.retired.extend(gone.into_iter().map(|block| RetiredBlock { block, retired_unix_ms: *now_unix_ms }));
-                t.lease = None;
+                t.leases.retain(|l| &l.job != job);
                 self.flushes += 1;
                 ShardResponse::Compacted
             }
@@ -429,7 +435,7 @@ struct SnapshotTenant {
     flushed_through: u64,
     blocks: Vec<BlockMeta>,
     retired: Vec<RetiredBlock>,
-    lease: Option<CompactionLease>,
+    leases: Vec<CompactionLease>,
 }
 
 /// Marks snapshots of the current layout (the first layout began with the metadata, whose
@@ -470,7 +476,7 @@ fn decode_snapshot_file(bytes: &[u8]) -> Result<SnapshotFile, bincode::Error> {
                 flushed_through: t.flushed_through,
                 blocks: t.blocks,
                 retired: Vec::new(),
-                lease: None,
+                leases: Vec::new(),
             })
             .collect(),
         recent: old.recent,
@@ -521,7 +527,7 @@ impl ShardStateMachine {
                     flushed_through: t.flushed_through,
                     blocks: t.blocks,
                     retired: t.retired,
-                    lease: t.lease,
+                    leases: t.leases,
                     ..Default::default()
                 };
                 (t.tenant, state)
@@ -550,7 +556,7 @@ impl ShardStateMachine {
                 flushed_through: t.flushed_through,
                 blocks: t.blocks.clone(),
                 retired: t.retired.clone(),
-                lease: t.lease.clone(),
+                leases: t.leases.clone(),
             })
             .collect();
         let recent = s.recent.order.iter().filter(|(_, i, _)| *i <= safe).copied().collect();

@@ -25,16 +25,26 @@ use crate::raft_types::{ShardCommand, ShardResponse};
 use crate::shard_sm::{self, CompactionLease};
 use crate::{now_unix_ms, NodeError};
 
-/// Blocks worth merging under `policy`: in the oldest window holding at least two blocks
-/// smaller than the target, the smallest of them, up to about the target size.
-pub fn pick_inputs(blocks: &[BlockMeta], policy: &CompactionPolicy) -> Option<Vec<BlockMeta>> {
-    let window_ns = (policy.window_ms.max(1) as i64).saturating_mul(1_000_000);
+/// Blocks worth merging under `policy`, and the window `(start ms, length ms)` they are in: in
+/// the oldest window holding at least two blocks smaller than the target (and not in `busy`,
+/// the windows leased to a job), the smallest of them, up to about the target size.
+pub fn pick_inputs(
+    blocks: &[BlockMeta],
+    policy: &CompactionPolicy,
+    busy: &[(i64, u64)],
+) -> Option<(Vec<BlockMeta>, (i64, u64))> {
+    let window_ms = policy.window_ms.max(1);
+    let window_ns = (window_ms as i64).saturating_mul(1_000_000);
     let mut windows: BTreeMap<i64, Vec<&BlockMeta>> = BTreeMap::new();
     for b in blocks.iter().filter(|b| b.bytes < policy.target_bytes) {
         windows.entry(b.min_time_ns.div_euclid(window_ns)).or_default().push(b);
     }
-    for (_, mut group) in windows {
-        if group.len() < 2 {
+    for (index, mut group) in windows {
+        let window = (index.saturating_mul(window_ms as i64), window_ms);
+        let taken = busy.iter().any(|(start, len)| {
+            *start < window.0.saturating_add(window_ms as i64) && window.0 < start.saturating_add(*len as i64)
+        });
+        if group.len() < 2 || taken {
             continue;
         }
         group.sort_by_key(|b| (b.bytes, b.id.clone()));
@@ -48,7 +58,7 @@ pub fn pick_inputs(blocks: &[BlockMeta], policy: &CompactionPolicy) -> Option<Ve
             }
         }
         if picked.len() >= 2 {
-            return Some(picked);
+            return Some((picked, window));
         }
     }
     None
@@ -82,15 +92,18 @@ impl Shard {
     pub async fn plan_compaction(&self, policy: &CompactionPolicy) -> Result<Option<CompactionJob>, ApiError> {
         let cluster = self.leader_cluster()?;
         let now = now_unix_ms();
-        let candidates: Vec<(String, Vec<BlockMeta>)> = {
+        let candidates: Vec<(String, (Vec<BlockMeta>, (i64, u64)))> = {
             let s = shard_sm::read(&self.state);
             s.tenants
                 .iter()
-                .filter(|(_, t)| t.lease.as_ref().is_none_or(|l| l.until_unix_ms <= now || l.holder == policy.holder))
-                .filter_map(|(name, t)| pick_inputs(&t.blocks, policy).map(|inputs| (name.clone(), inputs)))
+                .filter_map(|(name, t)| {
+                    let busy: Vec<(i64, u64)> =
+                        t.leases.iter().filter(|l| l.until_unix_ms > now).map(|l| l.window).collect();
+                    pick_inputs(&t.blocks, policy, &busy).map(|picked| (name.clone(), picked))
+                })
                 .collect()
         };
-        for (tenant, inputs) in candidates {
+        for (tenant, (inputs, window)) in candidates {
             let tenant_id = TenantId::new(&tenant).map_err(|e| ApiError::Internal(e.to_string()))?;
             let job = uuid::Uuid::now_v7().simple().to_string();
             let until = now + policy.lease_ms;
@@ -98,6 +111,7 @@ impl Shard {
                 job: job.clone(),
                 holder: policy.holder.clone(),
                 inputs: inputs.iter().map(|b| b.id.clone()).collect(),
+                window,
                 until_unix_ms: until,
             };
             let command = ShardCommand::LeaseCompaction { tenant: tenant.clone(), lease, now_unix_ms: now };
@@ -332,11 +346,13 @@ mod tests {
     fn merges_small_blocks_of_one_window_only() {
         let hour = 1_000_000_000;
         let blocks = vec![block("a", 0, 10), block("b", hour, 10), block("c", 10, 20), block("big", 20, 500)];
-        let picked = pick_inputs(&blocks, &policy(100)).unwrap();
+        let (picked, window) = pick_inputs(&blocks, &policy(100), &[]).unwrap();
         assert_eq!(picked.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
-        assert!(pick_inputs(&blocks[..2], &policy(100)).is_none(), "one block per window: nothing to merge");
+        assert_eq!(window, (0, 1000));
+        assert!(pick_inputs(&blocks, &policy(100), &[(0, 1000)]).is_none(), "the window is leased");
+        assert!(pick_inputs(&blocks[..2], &policy(100), &[]).is_none(), "one block per window: nothing to merge");
         let many: Vec<_> = (0..10).map(|i| block(&format!("b{i}"), i, 10)).collect();
-        assert_eq!(pick_inputs(&many, &policy(1000)).unwrap().len(), 3, "at most max_inputs");
-        assert_eq!(pick_inputs(&many, &policy(15)).unwrap().len(), 2, "stops once the target is reached");
+        assert_eq!(pick_inputs(&many, &policy(1000), &[]).unwrap().0.len(), 3, "at most max_inputs");
+        assert_eq!(pick_inputs(&many, &policy(15), &[]).unwrap().0.len(), 2, "stops once the target is reached");
     }
 }
