@@ -42,36 +42,46 @@ def wait_port(port, proc, what, timeout=60):
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends RST
+
+
+def reset(sock):
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        sock.close()
+    except OSError:
+        pass
+
+
 class FlakyProxy:
-    """Forwards 127.0.0.1:<port> to a target port; `down()` resets every connection and refuses
-    new ones until `up()`."""
+    """Forwards 127.0.0.1:<port> to a target port; `down()` resets every open connection and
+    every new one until `up()`."""
 
     def __init__(self, target_port):
         self.target_port = target_port
-        self.port = free_port()
         self.alive = True
         self.conns = []
         self.lock = threading.Lock()
-        self.listener = None
-        self._listen()
-
-    def _listen(self):
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
         self.listener.listen(64)
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self, listener):
+    def _accept(self):
         while True:
             try:
-                client, _ = listener.accept()
+                client, _ = self.listener.accept()
             except OSError:
                 return
+            if not self.alive:
+                reset(client)
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:
-                client.close()
+                reset(client)
                 continue
             with self.lock:
                 self.conns += [client, upstream]
@@ -96,18 +106,14 @@ class FlakyProxy:
                     pass
 
     def down(self):
-        self.listener.close()
+        self.alive = False
         with self.lock:
             for c in self.conns:
-                try:
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    c.close()  # RST: a reset connection mid-request
-                except OSError:
-                    pass
+                reset(c)
             self.conns = []
 
     def up(self):
-        self._listen()
+        self.alive = True
 
 
 class Backend:

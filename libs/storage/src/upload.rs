@@ -83,10 +83,9 @@ where
     let failure = match (upload_error, encoded) {
         (Some(e), _) => StorageError::from(e),
         (None, Err(e)) => e,
-        (None, Ok(done)) => match writer.shutdown().await {
-            Ok(()) => return Ok(done),
-            Err(e) => io_to_storage(e),
-        },
+        // A writer whose shutdown failed has aborted (or never started) its multipart upload
+        // itself, and must not be aborted again.
+        (None, Ok(done)) => return writer.shutdown().await.map(|()| done).map_err(io_to_storage),
     };
     if let Err(e) = writer.abort().await {
         tracing::debug!(path = %path, error = %e, "could not abort a failed upload");

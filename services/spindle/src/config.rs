@@ -386,10 +386,7 @@ impl Config {
                 "compaction_window",
                 text(&o.compaction_window, &file.compaction_window, "1h"),
             )?,
-            compaction_lease: duration(
-                "compaction_lease",
-                text(&o.compaction_lease, &file.compaction_lease, "10m"),
-            )?,
+            compaction_lease: duration("compaction_lease", text(&o.compaction_lease, &file.compaction_lease, "10m"))?,
             compaction_interval: duration(
                 "compaction_interval",
                 text(&o.compaction_interval, &file.compaction_interval, "30s"),

@@ -379,24 +379,36 @@ impl Shard {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            // A bug in one round (a panic) must not stop flushing for good: log it, go on.
+            let round = std::panic::AssertUnwindSafe(self.maintain(&mut snapshotted_flushes, &mut was_leader));
+            if futures::FutureExt::catch_unwind(round).await.is_err() {
+                tracing::error!(shard = self.id, "a maintenance round panicked; the next one starts in 500 ms");
+            }
+        }
+    }
+
+    /// One round of upkeep: coalescing, snapshots, and on the leader flushes, index sync,
+    /// retention and the orphan sweep.
+    async fn maintain(&self, snapshotted_flushes: &mut u64, was_leader: &mut bool) {
+        {
             if let Err(e) = shard_sm::coalesce_small_batches(&self.state, 4096, 65536) {
                 tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
             }
             // Every replica snapshots after a block commits, so its log can be purged.
             let flushes = shard_sm::read(&self.state).flushes;
-            if flushes != snapshotted_flushes {
-                snapshotted_flushes = flushes;
+            if flushes != *snapshotted_flushes {
+                *snapshotted_flushes = flushes;
                 if let Err(e) = self.raft.trigger().snapshot().await {
                     tracing::warn!(shard = self.id, error = %e, "could not trigger a snapshot");
                 }
             }
             let leader = self.is_leader();
-            if leader && !was_leader {
+            if leader && !*was_leader {
                 self.index_synced.store(false, Ordering::Relaxed);
             }
-            was_leader = leader;
+            *was_leader = leader;
             if !leader {
-                continue;
+                return;
             }
             // Failures are counted and logged per tenant inside.
             let _ = self.flush(false).await;
