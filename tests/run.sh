@@ -23,4 +23,24 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
-SPINDLE_BIN="$CARGO_TARGET_DIR/debug/spindle" "$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider
+# Azurite (the Azure Blob emulator) from npm, pinned, into .cache/npm.
+if [ ! -x .cache/npm/node_modules/.bin/azurite-blob ] || ! cmp -s tests/e2e/npm/package.json .cache/npm/package.json; then
+  mkdir -p .cache/npm
+  cp tests/e2e/npm/package.json .cache/npm/package.json
+  npm install --prefix .cache/npm --no-audit --no-fund --loglevel=error
+fi
+export SPINDLE_BIN="$CARGO_TARGET_DIR/debug/spindle"
+PYTEST=("$VENV/bin/python" -m pytest -q -p no:cacheprovider)
+
+echo "== end-to-end tests, blocks on the local filesystem"
+SPINDLE_TEST_BACKEND=fs "${PYTEST[@]}" tests/e2e
+
+# The suite that touches blocks (OTLP in, trace by id, search, SQL, kill -9 and restart,
+# compaction, retention, an object-store outage, a replicated cluster) against real servers.
+OBJECT_STORE_SUITE=(tests/e2e/test_sdk_roundtrip.py tests/e2e/test_durability.py tests/e2e/test_lifecycle.py
+  tests/e2e/test_object_store_outage.py tests/e2e/test_block_cache.py tests/e2e/test_cluster.py::test_leader_killed_under_load
+  tests/e2e/test_cluster.py::test_whole_cluster_killed_and_restarted_keeps_everything)
+echo "== end-to-end tests, blocks in S3 (moto server)"
+SPINDLE_TEST_BACKEND=s3 "${PYTEST[@]}" "${OBJECT_STORE_SUITE[@]}"
+echo "== end-to-end tests, blocks in Azure Blob (Azurite)"
+SPINDLE_TEST_BACKEND=azure "${PYTEST[@]}" "${OBJECT_STORE_SUITE[@]}"

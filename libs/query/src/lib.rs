@@ -81,11 +81,18 @@ pub struct QueryConfig {
     pub target_partitions: usize,
     /// Longest a user SQL query may run.
     pub sql_timeout: std::time::Duration,
+    /// Memory for the Parquet footers and page indexes of recently read blocks (bytes).
+    pub metadata_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { memory_limit: 512 * 1024 * 1024, target_partitions: 2, sql_timeout: std::time::Duration::from_secs(60) }
+        Self {
+            memory_limit: 512 * 1024 * 1024,
+            target_partitions: 2,
+            sql_timeout: std::time::Duration::from_secs(60),
+            metadata_cache_bytes: 128 * 1024 * 1024,
+        }
     }
 }
 
@@ -99,7 +106,10 @@ pub struct QueryEngine {
 impl QueryEngine {
     /// An engine reading through `source`.
     pub fn new(source: Arc<SpanSource>, config: QueryConfig) -> Result<Self> {
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(config.memory_limit, 1.0).build_arc()?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit, 1.0)
+            .with_metadata_cache_limit(config.metadata_cache_bytes)
+            .build_arc()?;
         runtime.register_object_store(table::BLOCKS_URL.as_ref(), source.object_store());
         Ok(Self { source, runtime, config })
     }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
@@ -88,7 +89,11 @@ impl TableProvider for SpansTable {
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         if !snapshot.blocks.is_empty() {
+            // Footers and page indexes come from the runtime's metadata cache once read.
+            let store = state.runtime_env().object_store(BLOCKS_URL.clone())?;
+            let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
             let mut source = ParquetSource::new(self.schema.clone())
+                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)))
                 .with_bloom_filter_on_read(true)
                 .with_enable_page_index(true)
                 .with_pushdown_filters(true);

@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod bloom;
+pub mod cache;
 pub mod compact;
 pub mod index;
 pub mod reader;

@@ -26,6 +26,7 @@ use spindle_ingester::grpc::{map_codec_errors, OtlpGrpc};
 use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
 use spindle_querier::{Querier, QueryMetrics};
 use spindle_query::{QueryConfig, QueryEngine, SpanSource};
+use spindle_storage::cache::{CacheOptions, CachedStore};
 use spindle_storage::store::open_store;
 use spindle_storage::Retention;
 use spindle_storage_api::grpc::StorageGrpcServer;
@@ -148,10 +149,21 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     });
     let querier = match (&store, queries) {
         (Some(store), true) => {
-            let source = Arc::new(SpanSource::new(router.clone(), store.clone()));
+            // Blocks never change once written: the querier reads them through a cache.
+            let cache = CacheOptions {
+                memory_bytes: config.memory_cache_bytes as u64 / 2,
+                disk_dir: config.cache_dir.clone(),
+                disk_bytes: config.cache_bytes,
+            };
+            let cached = CachedStore::new(store.clone(), &cache).context("preparing the block cache")?;
+            let source = Arc::new(SpanSource::new(router.clone(), Arc::new(cached)));
             let engine = QueryEngine::new(
                 source,
-                QueryConfig { memory_limit: config.query_memory_limit, ..QueryConfig::default() },
+                QueryConfig {
+                    memory_limit: config.query_memory_limit,
+                    metadata_cache_bytes: config.memory_cache_bytes / 2,
+                    ..QueryConfig::default()
+                },
             )
             .context("starting the query engine")?;
             Some(Querier::new(Arc::new(engine), QueryMetrics::register(&mut registry)))
