@@ -38,7 +38,8 @@ SPINDLE_TEST_BACKEND=fs "${PYTEST[@]}" tests/e2e
 # The suite that touches blocks (OTLP in, trace by id, search, SQL, kill -9 and restart,
 # compaction, retention, an object-store outage, a replicated cluster) against real servers.
 OBJECT_STORE_SUITE=(tests/e2e/test_sdk_roundtrip.py tests/e2e/test_durability.py tests/e2e/test_lifecycle.py
-  tests/e2e/test_object_store_outage.py tests/e2e/test_block_cache.py tests/e2e/test_cluster.py::test_leader_killed_under_load
+  tests/e2e/test_object_store_outage.py tests/e2e/test_block_cache.py tests/e2e/test_object_store_config.py
+  tests/e2e/test_cluster.py::test_leader_killed_under_load
   tests/e2e/test_cluster.py::test_whole_cluster_killed_and_restarted_keeps_everything)
 echo "== end-to-end tests, blocks in S3 (moto server)"
 SPINDLE_TEST_BACKEND=s3 "${PYTEST[@]}" "${OBJECT_STORE_SUITE[@]}"

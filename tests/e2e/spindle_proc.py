@@ -36,7 +36,7 @@ class Spindle:
     need `seeds` (internal addresses of storage nodes)."""
 
     def __init__(self, data_dir=None, extra_args=(), role="all", node_id=None, seeds=(), storage_url=None,
-                 store_via=None):
+                 store_via=None, env=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix=f"spindle-e2e-{role}-")
         self.extra_args = list(extra_args)
         self.role = role
@@ -47,6 +47,8 @@ class Spindle:
         self.storage_url = storage_url
         # Port of a proxy in front of the object store, when the test wants to cut it off.
         self.store_via = store_via
+        # Environment over the backend's (a value of None removes the variable).
+        self.env = dict(env or {})
         self.http_port, self.grpc_port, self.otlp_http_port = free_port(), free_port(), free_port()
         self.internal_port = free_port()
         self.proc = None
@@ -90,7 +92,8 @@ class Spindle:
 
     def start(self, timeout=60, wait=True):
         self.log = open(self.log_path, "ab")
-        env = {**os.environ, **backend().env()}
+        env = {**os.environ, **backend().env(), **self.env}
+        env = {k: v for k, v in env.items() if v is not None}
         self.proc = subprocess.Popen(self.args(), stdout=self.log, stderr=self.log, env=env)
         if wait:
             self.wait_ready(timeout)

@@ -112,7 +112,8 @@ pub fn open_store(location: &StoreLocation, options: &StoreOptions) -> Result<Ar
     let (store, prefix): (Arc<dyn ObjectStore>, &str) = match location {
         StoreLocation::Local(dir) => return local_store(dir),
         StoreLocation::S3 { bucket, prefix } => {
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry_config());
+            let mut b =
+                with_aws_profile(AmazonS3Builder::from_env()).with_bucket_name(bucket).with_retry(retry_config());
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e).with_allow_http(plain_http);
             }
@@ -133,6 +134,65 @@ pub fn open_store(location: &StoreLocation, options: &StoreOptions) -> Result<Ar
     Ok(if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) })
 }
 
+/// Adds the keys (and region) of an AWS profile from the shared files (`~/.aws/credentials`,
+/// `~/.aws/config`, or `AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE`) when the environment
+/// holds no keys: profile `AWS_PROFILE`, else `default`. Web identity (IRSA), ECS and instance
+/// credentials are left to the builder, which tries them when no keys are set.
+fn with_aws_profile(builder: AmazonS3Builder) -> AmazonS3Builder {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if env("AWS_ACCESS_KEY_ID").is_some() {
+        return builder;
+    }
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+    let home = env("HOME").map(PathBuf::from).unwrap_or_default();
+    let read = |var: &str, default: &str| {
+        let path = env(var).map(PathBuf::from).unwrap_or_else(|| home.join(".aws").join(default));
+        std::fs::read_to_string(path).unwrap_or_default()
+    };
+    let credentials = ini_section(&read("AWS_SHARED_CREDENTIALS_FILE", "credentials"), &profile);
+    let config_section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
+    let config = ini_section(&read("AWS_CONFIG_FILE", "config"), &config_section);
+    let key = |k: &str| credentials.get(k).or_else(|| config.get(k)).cloned();
+    let mut b = builder;
+    match (key("aws_access_key_id"), key("aws_secret_access_key")) {
+        (Some(id), Some(secret)) => {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+            if let Some(token) = key("aws_session_token") {
+                b = b.with_token(token);
+            }
+        }
+        _ if env("AWS_PROFILE").is_some() => {
+            tracing::warn!(profile = %profile, "AWS profile has no keys in the shared files; trying other credentials");
+        }
+        _ => {}
+    }
+    if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+        if let Some(region) = config.get("region") {
+            b = b.with_region(region);
+        }
+    }
+    b
+}
+
+/// The `key = value` pairs of `[section]` in an INI text.
+fn ini_section(text: &str, section: &str) -> std::collections::HashMap<String, String> {
+    let mut current = None;
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = Some(name.trim().to_string());
+        } else if current.as_deref() == Some(section) {
+            if let Some((k, v)) = line.split_once('=') {
+                out.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
 /// A local-filesystem object store rooted at `dir` (created if missing).
 pub fn local_store(dir: &FsPath) -> Result<Arc<dyn ObjectStore>> {
     std::fs::create_dir_all(dir)?;
@@ -142,6 +202,15 @@ pub fn local_store(dir: &FsPath) -> Result<Arc<dyn ObjectStore>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_ini_sections() {
+        let text = "[default]\naws_access_key_id = A\n# note\n[profile dev]\nregion=eu-west-1\n[dev]\nx = y = z\n";
+        assert_eq!(ini_section(text, "default").get("aws_access_key_id").map(String::as_str), Some("A"));
+        assert_eq!(ini_section(text, "profile dev").get("region").map(String::as_str), Some("eu-west-1"));
+        assert_eq!(ini_section(text, "dev").get("x").map(String::as_str), Some("y = z"));
+        assert!(ini_section(text, "missing").is_empty());
+    }
 
     #[test]
     fn parses_every_scheme() {

@@ -755,3 +755,134 @@ pub fn coalesce_small_batches(
     }
     Ok(merged_away)
 }
+
+/// A catalog entry for tests.
+#[cfg(test)]
+pub(crate) fn test_block(id: &str) -> BlockMeta {
+    BlockMeta {
+        id: id.into(),
+        shard: 0,
+        first_index: 0,
+        last_index: 0,
+        path: format!("t/{id}.parquet"),
+        min_time_ns: 0,
+        max_time_ns: 10,
+        min_trace_id: String::new(),
+        max_trace_id: String::new(),
+        rows: 1,
+        bytes: 1,
+        created_unix_ms: 0,
+        layout: 1,
+        trace_bloom: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(id: &str) -> BlockMeta {
+        test_block(id)
+    }
+
+    fn state_with(blocks: &[&str]) -> ShardState {
+        let mut s = ShardState::default();
+        let t = s.tenants.entry("t".into()).or_default();
+        t.blocks = blocks.iter().map(|b| block(b)).collect();
+        s
+    }
+
+    fn apply(s: &mut ShardState, index: u64, command: ShardCommand) -> ShardResponse {
+        s.apply_command(LogId::new(openraft::CommittedLeaderId::new(1, 1), index), &command)
+    }
+
+    fn lease(job: &str, holder: &str, inputs: &[&str], window: i64, until: u64) -> ShardCommand {
+        lease_at(job, holder, inputs, window, until, 100)
+    }
+
+    fn lease_at(job: &str, holder: &str, inputs: &[&str], window: i64, until: u64, now: u64) -> ShardCommand {
+        ShardCommand::LeaseCompaction {
+            tenant: "t".into(),
+            lease: CompactionLease {
+                job: job.into(),
+                holder: holder.into(),
+                inputs: inputs.iter().map(|s| s.to_string()).collect(),
+                window: (window, 1000),
+                until_unix_ms: until,
+            },
+            now_unix_ms: now,
+        }
+    }
+
+    fn compacted(job: &str, inputs: &[&str], output: &str, now: u64) -> ShardCommand {
+        ShardCommand::Compacted {
+            tenant: "t".into(),
+            job: job.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            output: Box::new(block(output)),
+            now_unix_ms: now,
+        }
+    }
+
+    fn live(s: &ShardState) -> Vec<String> {
+        let mut ids: Vec<String> = s.tenants["t"].blocks.iter().map(|b| b.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_swap_is_atomic_once_only_and_needs_its_lease() {
+        let mut s = state_with(&["a", "b", "c", "d"]);
+        assert_eq!(apply(&mut s, 1, lease("j1", "x", &["a", "b"], 0, 1000)), ShardResponse::Leased);
+        // One compactor per window, and a block in one lease at a time.
+        assert!(matches!(apply(&mut s, 2, lease("j2", "y", &["c", "d"], 0, 1000)), ShardResponse::Refused(_)));
+        assert!(matches!(apply(&mut s, 3, lease("j3", "y", &["b", "c"], 5000, 9000)), ShardResponse::Refused(_)));
+        assert_eq!(apply(&mut s, 4, lease("j4", "y", &["c", "d"], 5000, 9000)), ShardResponse::Leased);
+        // A job without a lease, or past its lease, is refused and changes nothing.
+        assert!(matches!(apply(&mut s, 5, compacted("nope", &["a"], "o", 200)), ShardResponse::Refused(_)));
+        assert!(matches!(apply(&mut s, 6, compacted("j1", &["a", "b"], "o1", 2000)), ShardResponse::Refused(_)));
+        assert_eq!(live(&s), ["a", "b", "c", "d"]);
+        assert_eq!(apply(&mut s, 7, compacted("j4", &["c", "d"], "o4", 300)), ShardResponse::Compacted);
+        assert_eq!(live(&s), ["a", "b", "o4"]);
+        assert_eq!(s.tenants["t"].retired.len(), 2);
+        // The retry of a swap that was made (or the entry applied again after a snapshot).
+        assert_eq!(apply(&mut s, 8, compacted("j4", &["c", "d"], "o4", 400)), ShardResponse::Compacted);
+        assert_eq!(live(&s), ["a", "b", "o4"]);
+        assert_eq!(s.tenants["t"].retired.len(), 2);
+        // The expired lease of j1 no longer blocks its window.
+        assert_eq!(apply(&mut s, 9, lease_at("j5", "y", &["a", "b"], 0, 3000, 1500)), ShardResponse::Leased);
+    }
+
+    #[test]
+    fn retire_then_purge() {
+        let mut s = state_with(&["a", "b"]);
+        apply(&mut s, 1, ShardCommand::Retire { tenant: "t".into(), blocks: vec!["a".into()], now_unix_ms: 5 });
+        assert_eq!(live(&s), ["b"]);
+        assert_eq!(s.tenants["t"].retired[0].retired_unix_ms, 5);
+        // A block being retired cannot be compacted any more.
+        assert!(matches!(apply(&mut s, 2, lease("j", "x", &["a", "b"], 0, 1000)), ShardResponse::Refused(_)));
+        apply(&mut s, 3, ShardCommand::Purge { tenant: "t".into(), blocks: vec!["a".into()] });
+        assert!(s.tenants["t"].retired.is_empty());
+    }
+
+    #[test]
+    fn snapshots_of_the_first_layout_still_load() {
+        #[derive(Serialize)]
+        struct V1 {
+            meta: SnapshotMeta<u64, openraft::BasicNode>,
+            tenants: Vec<(String, u64, Vec<BlockMeta>)>,
+            recent: Vec<([u64; 2], u64, u64)>,
+        }
+        let old = V1 {
+            meta: SnapshotMeta::default(),
+            tenants: vec![("t".into(), 7, vec![block("a")])],
+            recent: vec![([1, 2], 3, 4)],
+        };
+        let file = decode_snapshot_file(&bincode::serialize(&old).unwrap()).unwrap();
+        assert_eq!(file.tenants[0].flushed_through, 7);
+        assert_eq!(file.tenants[0].blocks[0].id, "a");
+        let again = decode_snapshot_file(&encode_snapshot_file(&file).unwrap()).unwrap();
+        assert_eq!(again.tenants[0].blocks[0].id, "a");
+        assert_eq!(again.recent, vec![([1, 2], 3, 4)]);
+    }
+}

@@ -320,22 +320,7 @@ mod tests {
     use super::*;
 
     fn block(id: &str, min_time_ns: i64, bytes: u64) -> BlockMeta {
-        BlockMeta {
-            id: id.into(),
-            shard: 0,
-            first_index: 0,
-            last_index: 0,
-            path: format!("t/{id}.parquet"),
-            min_time_ns,
-            max_time_ns: min_time_ns + 1,
-            min_trace_id: String::new(),
-            max_trace_id: String::new(),
-            rows: 1,
-            bytes,
-            created_unix_ms: 0,
-            layout: 1,
-            trace_bloom: None,
-        }
+        BlockMeta { min_time_ns, max_time_ns: min_time_ns + 1, bytes, ..crate::shard_sm::test_block(id) }
     }
 
     fn policy(target_bytes: u64) -> CompactionPolicy {
