@@ -25,14 +25,17 @@ use crate::raft_types::{ShardCommand, ShardResponse};
 use crate::shard_sm::{self, CompactionLease};
 use crate::{now_unix_ms, NodeError};
 
+/// A time window: `(start unix ms, length ms)`.
+pub type Window = (i64, u64);
+
 /// Blocks worth merging under `policy`, and the window `(start ms, length ms)` they are in: in
 /// the oldest window holding at least two blocks smaller than the target (and not in `busy`,
 /// the windows leased to a job), the smallest of them, up to about the target size.
 pub fn pick_inputs(
     blocks: &[BlockMeta],
     policy: &CompactionPolicy,
-    busy: &[(i64, u64)],
-) -> Option<(Vec<BlockMeta>, (i64, u64))> {
+    busy: &[Window],
+) -> Option<(Vec<BlockMeta>, Window)> {
     let window_ms = policy.window_ms.max(1);
     let window_ns = (window_ms as i64).saturating_mul(1_000_000);
     let mut windows: BTreeMap<i64, Vec<&BlockMeta>> = BTreeMap::new();
@@ -92,12 +95,12 @@ impl Shard {
     pub async fn plan_compaction(&self, policy: &CompactionPolicy) -> Result<Option<CompactionJob>, ApiError> {
         let cluster = self.leader_cluster()?;
         let now = now_unix_ms();
-        let candidates: Vec<(String, (Vec<BlockMeta>, (i64, u64)))> = {
+        let candidates: Vec<(String, (Vec<BlockMeta>, Window))> = {
             let s = shard_sm::read(&self.state);
             s.tenants
                 .iter()
                 .filter_map(|(name, t)| {
-                    let busy: Vec<(i64, u64)> =
+                    let busy: Vec<Window> =
                         t.leases.iter().filter(|l| l.until_unix_ms > now).map(|l| l.window).collect();
                     pick_inputs(&t.blocks, policy, &busy).map(|picked| (name.clone(), picked))
                 })
