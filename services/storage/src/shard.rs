@@ -390,60 +390,58 @@ impl Shard {
     /// One round of upkeep: coalescing, snapshots, and on the leader flushes, index sync,
     /// retention and the orphan sweep.
     async fn maintain(&self, snapshotted_flushes: &mut u64, was_leader: &mut bool) {
+        if let Err(e) = shard_sm::coalesce_small_batches(&self.state, 4096, 65536) {
+            tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
+        }
+        // Every replica snapshots after a block commits, so its log can be purged.
+        let flushes = shard_sm::read(&self.state).flushes;
+        if flushes != *snapshotted_flushes {
+            *snapshotted_flushes = flushes;
+            if let Err(e) = self.raft.trigger().snapshot().await {
+                tracing::warn!(shard = self.id, error = %e, "could not trigger a snapshot");
+            }
+        }
+        let leader = self.is_leader();
+        if leader && !*was_leader {
+            self.index_synced.store(false, Ordering::Relaxed);
+        }
+        *was_leader = leader;
+        if !leader {
+            return;
+        }
+        // Failures are counted and logged per tenant inside.
+        let _ = self.flush(false).await;
+        if !self.index_synced.load(Ordering::Relaxed) && self.is_settled_leader() {
+            match self.sync_indexes().await {
+                Ok(()) => self.index_synced.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(shard = self.id, error = %e, "could not bring the block indexes up to date")
+                }
+            }
+        }
+        let now = now_unix_ms();
+        if now.saturating_sub(self.last_lifecycle_ms.load(Ordering::Relaxed))
+            >= self.config.lifecycle_interval.as_millis() as u64
         {
-            if let Err(e) = shard_sm::coalesce_small_batches(&self.state, 4096, 65536) {
-                tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
-            }
-            // Every replica snapshots after a block commits, so its log can be purged.
-            let flushes = shard_sm::read(&self.state).flushes;
-            if flushes != *snapshotted_flushes {
-                *snapshotted_flushes = flushes;
-                if let Err(e) = self.raft.trigger().snapshot().await {
-                    tracing::warn!(shard = self.id, error = %e, "could not trigger a snapshot");
+            self.last_lifecycle_ms.store(now, Ordering::Relaxed);
+            match self.enforce_lifecycle().await {
+                Ok((0, 0)) => {}
+                Ok((retired, deleted)) => tracing::info!(shard = self.id, retired, deleted, "block lifecycle"),
+                Err(e) => {
+                    tracing::warn!(shard = self.id, error = %e, "retention or deletion of retired blocks failed")
                 }
             }
-            let leader = self.is_leader();
-            if leader && !*was_leader {
-                self.index_synced.store(false, Ordering::Relaxed);
-            }
-            *was_leader = leader;
-            if !leader {
-                return;
-            }
-            // Failures are counted and logged per tenant inside.
-            let _ = self.flush(false).await;
-            if !self.index_synced.load(Ordering::Relaxed) && self.is_settled_leader() {
-                match self.sync_indexes().await {
-                    Ok(()) => self.index_synced.store(true, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::warn!(shard = self.id, error = %e, "could not bring the block indexes up to date")
-                    }
+        }
+        if now.saturating_sub(self.last_sweep_ms.load(Ordering::Relaxed))
+            >= self.config.sweep_interval.as_millis() as u64
+        {
+            self.last_sweep_ms.store(now, Ordering::Relaxed);
+            match self.sweep_orphans().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(shard = self.id, removed = n, "removed orphaned block files")
                 }
-            }
-            let now = now_unix_ms();
-            if now.saturating_sub(self.last_lifecycle_ms.load(Ordering::Relaxed))
-                >= self.config.lifecycle_interval.as_millis() as u64
-            {
-                self.last_lifecycle_ms.store(now, Ordering::Relaxed);
-                match self.enforce_lifecycle().await {
-                    Ok((0, 0)) => {}
-                    Ok((retired, deleted)) => tracing::info!(shard = self.id, retired, deleted, "block lifecycle"),
-                    Err(e) => {
-                        tracing::warn!(shard = self.id, error = %e, "retention or deletion of retired blocks failed")
-                    }
-                }
-            }
-            if now.saturating_sub(self.last_sweep_ms.load(Ordering::Relaxed))
-                >= self.config.sweep_interval.as_millis() as u64
-            {
-                self.last_sweep_ms.store(now, Ordering::Relaxed);
-                match self.sweep_orphans().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(shard = self.id, removed = n, "removed orphaned block files")
-                    }
-                    Err(e) => tracing::warn!(shard = self.id, error = %e, "orphan sweep failed"),
-                }
+                Err(e) => tracing::warn!(shard = self.id, error = %e, "orphan sweep failed"),
             }
         }
     }

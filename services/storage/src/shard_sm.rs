@@ -164,7 +164,8 @@ pub struct ShardState {
     pub unflushed_bytes: usize,
     /// The node-wide count of unflushed bytes this shard adds to.
     budget: Arc<AtomicUsize>,
-    /// Blocks committed since the state machine started (tells replicas when to snapshot).
+    /// Catalog changes (blocks flushed, swapped, retired, purged) since the state machine
+    /// started: tells replicas when to snapshot.
     pub flushes: u64,
     /// Digests of recent pushes.
     pub recent: RecentDigests,
