@@ -32,6 +32,9 @@ fi
 export SPINDLE_BIN="$CARGO_TARGET_DIR/debug/spindle"
 PYTEST=("$VENV/bin/python" -m pytest -q -p no:cacheprovider)
 
+echo "== Helm chart and deploy assets (lint, schemas, promtool, rendered manifests run locally)"
+bash tests/helm/check.sh
+
 echo "== end-to-end tests, blocks on the local filesystem"
 SPINDLE_TEST_BACKEND=fs "${PYTEST[@]}" tests/e2e
 
