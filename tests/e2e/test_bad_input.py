@@ -120,3 +120,40 @@ def test_query_errors(spindle):
     r = requests.get(f"{s.api}/api/search", params={"limit": "-1"})
     assert r.status_code == 400
     assert requests.get(f"{s.api}/ready").status_code == 200
+
+
+def test_hostile_queries_get_400_and_spindle_keeps_serving(spindle):
+    """Deep nesting and huge expressions once overflowed the stack and aborted the process."""
+    s = spindle
+    nested = "{ " + "(" * 3000 + 'name = "x"' + ")" * 3000 + " }"
+    r = requests.get(f"{s.api}/api/search", params={"q": nested})
+    assert r.status_code == 400 and "nested more than 64" in r.text, r.text
+    chain = "{ " + "&&".join([".a=1"] * 1500) + " }"
+    r = requests.get(f"{s.api}/api/search", params={"q": chain})
+    assert r.status_code == 400 and "at most 128 comparisons" in r.text, r.text
+    # The most a query may hold is planned and run.
+    r = requests.get(f"{s.api}/api/search", params={"q": "{ " + "||".join([f".a={i}" for i in range(128)]) + " }"})
+    assert r.status_code == 200, r.text
+    r = requests.get(f"{s.api}/api/search", params={"q": "{ " + "(" * 64 + "||".join([f".a={i}" for i in range(64)]) + ")" * 64 + " }"})
+    assert r.status_code == 200, r.text
+    tags = " ".join(f"k{i}=v" for i in range(100))
+    r = requests.get(f"{s.api}/api/search", params={"tags": tags})
+    assert r.status_code == 400 and "at most 64 tags" in r.text, r.text
+    # Longer than the parser accepts; the HTTP server may already refuse the URL itself.
+    r = requests.get(f"{s.api}/api/search", params={"q": "{ .a = \"" + "x" * 70_000 + "\" }"})
+    assert (r.status_code == 400 and "bytes long" in r.text) or r.status_code == 414, r.text
+
+    # SQL: nested parentheses hit the SQL parser's recursion limit; long flat chains are as deep
+    # as they are long and are refused past 256 levels, up to the 1 MiB text limit.
+    r = s.sql("SELECT " + "(" * 3000 + "1" + ")" * 3000)
+    assert r.status_code == 400 and "recursion" in r.text.lower(), r.text
+    r = s.sql("SELECT " + "+".join(["1"] * 500_000) + " AS x")
+    assert r.status_code == 400 and "levels deep" in r.text, r.text
+    r = s.sql("SELECT count(*) FROM spans WHERE " + " OR ".join([f"name = 'n{i}'" for i in range(5_000)]))
+    assert r.status_code == 400 and "levels deep" in r.text, r.text
+    r = s.sql("SELECT " + "+".join(["1"] * 200) + " AS x")
+    assert r.status_code == 200 and r.json()["rows"] == [[200]], r.text
+
+    assert requests.get(f"{s.api}/ready").status_code == 200
+    r = s.sql("SELECT 1 AS one")
+    assert r.status_code == 200, r.text

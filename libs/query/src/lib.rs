@@ -10,6 +10,7 @@ pub mod filter;
 pub mod hints;
 pub mod search;
 pub mod source;
+pub mod sql_guard;
 pub mod table;
 pub mod tags;
 
@@ -149,6 +150,7 @@ impl QueryEngine {
     /// Runs user SQL against the tenant's `spans` table. Only queries are allowed: no DDL,
     /// DML or `SET` statements.
     pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        sql_guard::check_sql(sql).await?;
         let ctx = self.session(tenant)?;
         let options = datafusion::execution::context::SQLOptions::new()
             .with_allow_ddl(false)

@@ -4,12 +4,13 @@
 //! (`= != > >= < <= =~ !~`) between a span attribute (`resource.x`, `span.x`, `.x`) or an
 //! intrinsic (`name`, `status`, `kind`, `duration`, `statusMessage`) and a literal (string,
 //! integer, float, boolean, duration, status or kind). `{}` matches every span. Anything
-//! else is refused with a [`ParseError`] that says what is not supported yet.
+//! else is refused with a [`ParseError`] that says what is not supported yet. Length, nesting and
+//! the number of comparisons are bounded ([`MAX_QUERY_BYTES`], [`MAX_NESTING`], [`MAX_CONDITIONS`]).
 
 mod lexer;
 mod parser;
 
-pub use parser::parse;
+pub use parser::{parse, MAX_CONDITIONS, MAX_NESTING, MAX_QUERY_BYTES};
 
 /// A parsed TraceQL query.
 #[derive(Debug, Clone, PartialEq)]

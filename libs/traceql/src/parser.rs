@@ -3,10 +3,26 @@
 use crate::lexer::{lex, Tok};
 use crate::{parse_duration, Attribute, Expr, Intrinsic, Literal, Op, ParseError, Query, Scope, Status};
 
-/// Parses a TraceQL query.
+/// Longest query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// Deepest nesting of parentheses accepted.
+pub const MAX_NESTING: usize = 64;
+/// Most comparisons one query may hold (each is a node of the expression tree, and a long
+/// `&&` chain is as deep as it is long).
+pub const MAX_CONDITIONS: usize = 128;
+
+/// Parses a TraceQL query. Queries longer than [`MAX_QUERY_BYTES`], nested deeper than
+/// [`MAX_NESTING`] or with more than [`MAX_CONDITIONS`] comparisons are refused, so no input can
+/// exhaust the stack of the code that walks the tree.
 pub fn parse(input: &str) -> Result<Query, ParseError> {
+    if input.len() > MAX_QUERY_BYTES {
+        return Err(ParseError {
+            pos: MAX_QUERY_BYTES,
+            message: format!("the query is {} bytes long; at most {MAX_QUERY_BYTES} are accepted", input.len()),
+        });
+    }
     let tokens = lex(input)?;
-    let mut p = Parser { tokens, pos: 0, end: input.len() };
+    let mut p = Parser { tokens, pos: 0, end: input.len(), depth: 0, conditions: 0 };
     p.expect(Tok::LBrace, "a query starts with '{'")?;
     let filter = if p.peek() == Some(&Tok::RBrace) { None } else { Some(p.or_expr()?) };
     p.expect(Tok::RBrace, "expected '}'")?;
@@ -22,6 +38,10 @@ struct Parser {
     tokens: Vec<(usize, Tok)>,
     pos: usize,
     end: usize,
+    /// Parentheses open at the current position.
+    depth: usize,
+    /// Comparisons parsed so far.
+    conditions: usize,
 }
 
 impl Parser {
@@ -72,11 +92,20 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Expr, ParseError> {
         if self.peek() == Some(&Tok::LParen) {
+            if self.depth == MAX_NESTING {
+                return Err(self.error(&format!("parentheses are nested more than {MAX_NESTING} levels deep")));
+            }
             self.pos += 1;
+            self.depth += 1;
             let e = self.or_expr()?;
+            self.depth -= 1;
             self.expect(Tok::RParen, "expected ')'")?;
             return Ok(e);
         }
+        if self.conditions == MAX_CONDITIONS {
+            return Err(self.error(&format!("a query may hold at most {MAX_CONDITIONS} comparisons")));
+        }
+        self.conditions += 1;
         let attr = self.attribute()?;
         let op = match self.next() {
             Some(Tok::Op(op)) => op,
@@ -214,6 +243,22 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn limits_nesting_length_and_conditions() {
+        let nested = |n: usize| format!("{{ {}name = \"x\"{} }}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&nested(MAX_NESTING)).is_ok());
+        let e = parse(&nested(3_000)).unwrap_err();
+        assert!(e.message.contains("nested more than"), "{e}");
+
+        let chain = |n: usize| format!("{{ {} }}", vec![".a = 1"; n].join(" && "));
+        assert!(parse(&chain(MAX_CONDITIONS)).is_ok());
+        let e = parse(&chain(MAX_CONDITIONS + 1)).unwrap_err();
+        assert!(e.message.contains("at most"), "{e}");
+
+        let long = format!("{{ .a = \"{}\" }}", "x".repeat(MAX_QUERY_BYTES));
+        assert!(parse(&long).unwrap_err().message.contains("bytes long"));
     }
 
     #[test]

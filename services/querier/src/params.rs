@@ -79,7 +79,10 @@ pub fn duration(name: &str, text: &str) -> Result<i64, ApiError> {
     })
 }
 
-/// Parses logfmt (`a=b c="d e"`) into key/value pairs.
+/// Most `key=value` pairs one `tags` search may hold (each adds a level to the filter tree).
+pub const MAX_TAGS: usize = 64;
+
+/// Parses logfmt (`a=b c="d e"`) into key/value pairs, at most [`MAX_TAGS`] of them.
 pub fn logfmt(text: &str) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     let chars: Vec<char> = text.chars().collect();
@@ -99,6 +102,9 @@ pub fn logfmt(text: &str) -> Result<Vec<(String, String)>, ApiError> {
         let key: String = chars[start..i].iter().collect();
         if key.is_empty() {
             return Err(bad("empty tag name"));
+        }
+        if out.len() == MAX_TAGS {
+            return Err(ApiError::bad_request(format!("at most {MAX_TAGS} tags may be searched for at once")));
         }
         if i >= chars.len() || chars[i] != '=' {
             return Err(bad(&format!("tag {key:?} has no value")));
@@ -160,6 +166,9 @@ mod tests {
             ]
         );
         assert!(logfmt("novalue").is_err());
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("k{i}=v")).collect();
+        assert!(logfmt(&many[..MAX_TAGS].join(" ")).is_ok());
+        assert!(logfmt(&many.join(" ")).is_err());
         assert!(logfmt(r#"a="x"#).is_err());
     }
 
