@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--lookups", type=int, default=200)
     ap.add_argument("--report", default="bench-lifecycle.json")
+    ap.add_argument("--keep", action="store_true", help="keep the data and blocks (fs only) for later runs")
     args = ap.parse_args()
     random.seed(11)
     work = tempfile.mkdtemp(prefix="spindle-lifecycle-")
@@ -115,14 +116,20 @@ def main():
 
         node.start(["--compaction-interval", "1s", "--block-delete-grace", "1s", "--retention-interval", "1s"])
         t = time.time()
+        # Settled: jobs ran, replaced blocks are deleted, and nothing changed for 15 s (a window
+        # holding a single block has nothing to merge, so not every block gets compacted).
+        settled_since, last = None, None
         while True:
             time.sleep(2)
-            files = listing()
+            files = sorted(listing())
             done = node.metric("spindle_compactor_jobs_done_total")
-            if done > 0 and len(files) == len([f for f in files if "/c-" in f[0]]) and node.metric("spindle_storage_blocks") <= len(files):
-                time.sleep(3)
-                if len(listing()) == len(files):
+            if done > 0 and node.metric("spindle_storage_blocks") <= len(files) and files == last:
+                settled_since = settled_since or time.time()
+                if time.time() - settled_since >= 15:
                     break
+            else:
+                settled_since = None
+            last = files
             if time.time() - t > 3600:
                 raise RuntimeError("compaction did not settle within an hour")
         after = listing()
@@ -153,7 +160,10 @@ def main():
     finally:
         if node.__dict__.get("proc") and node.proc.poll() is None:
             node.proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     with open(args.report, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))

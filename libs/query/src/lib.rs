@@ -6,8 +6,10 @@
 //! with an in-memory scan of the unflushed batches. [`QueryEngine`] builds the Tempo-style
 //! queries (trace by id, search, tags) and user SQL on top of that table.
 
+pub mod block_reader;
 pub mod filter;
 pub mod hints;
+pub mod refresh;
 pub mod search;
 pub mod source;
 pub mod sql_guard;

@@ -15,7 +15,15 @@ use spindle_storage::{BlockMeta, TenantId};
 use spindle_storage_api::{ApiError, ShardReadRequest};
 
 use crate::hints::ScanHints;
+use crate::refresh::{Freshness, RefreshingCache};
 use crate::{QueryError, Result};
+
+/// Index listings and indexes are re-read in the background after 10 s, and served stale for up
+/// to 5 minutes meanwhile: a slow store never delays a lookup by a re-read. Stale is safe: the
+/// shards' catalogs are authoritative for their blocks (an index only adds Bloom filters), and the
+/// blocks of shards no longer asked do not change.
+const INDEX_FRESHNESS: Freshness =
+    Freshness { fresh_for: Duration::from_secs(10), serve_stale_for: Duration::from_secs(300) };
 
 /// Unflushed spans of one shard, as its leader streams them (projected).
 pub type UnflushedStream = BoxStream<'static, Result<RecordBatch, ApiError>>;
@@ -35,19 +43,18 @@ pub struct SpanSnapshot {
 pub struct SpanSource {
     router: Arc<ShardRouter>,
     store: Arc<dyn ObjectStore>,
-    listing_cache: moka::future::Cache<TenantId, Arc<Vec<Path>>>,
-    index_cache: moka::future::Cache<Path, Arc<Vec<BlockMeta>>>,
+    listing_cache: RefreshingCache<TenantId, Vec<Path>>,
+    index_cache: RefreshingCache<Path, Vec<BlockMeta>>,
 }
 
 impl SpanSource {
     /// A source reading shards through `router` and blocks from `store`.
     pub fn new(router: Arc<ShardRouter>, store: Arc<dyn ObjectStore>) -> Self {
-        let ttl = Duration::from_secs(10);
         Self {
             router,
             store,
-            listing_cache: moka::future::Cache::builder().max_capacity(10_000).time_to_live(ttl).build(),
-            index_cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
+            listing_cache: RefreshingCache::new(10_000, INDEX_FRESHNESS),
+            index_cache: RefreshingCache::new(100_000, INDEX_FRESHNESS),
         }
     }
 
@@ -116,7 +123,10 @@ impl SpanSource {
         let t = tenant.clone();
         let paths = self
             .listing_cache
-            .try_get_with(tenant.clone(), async move { index_paths(store.as_ref(), &t).await.map(Arc::new) })
+            .get(tenant, move || {
+                let (store, t) = (store.clone(), t.clone());
+                async move { index_paths(store.as_ref(), &t).await }
+            })
             .await
             .map_err(|e| QueryError::Internal(format!("listing block indexes: {e}")))?;
         let reads = paths.iter().map(|path| {
@@ -125,7 +135,10 @@ impl SpanSource {
             async move {
                 let blocks = self
                     .index_cache
-                    .try_get_with(path.clone(), async move { read_index(store.as_ref(), &p).await.map(Arc::new) })
+                    .get(path, move || {
+                        let (store, p) = (store.clone(), p.clone());
+                        async move { read_index(store.as_ref(), &p).await }
+                    })
                     .await
                     .map_err(|e| QueryError::Internal(format!("reading block index {path}: {e}")))?;
                 Ok::<_, QueryError>((path.clone(), blocks))

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use spindle_schema::span_schema;
 use spindle_storage::TenantId;
 
+use crate::block_reader::PageIndexedReaderFactory;
 use crate::hints::ScanHints;
 use crate::source::{SpanSource, UnflushedStream};
 use crate::QueryError;
@@ -93,7 +94,9 @@ impl TableProvider for SpansTable {
             let store = state.runtime_env().object_store(BLOCKS_URL.clone())?;
             let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
             let mut source = ParquetSource::new(self.schema.clone())
-                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)))
+                .with_parquet_file_reader_factory(Arc::new(PageIndexedReaderFactory(
+                    CachedParquetFileReaderFactory::new(store, metadata_cache),
+                )))
                 .with_bloom_filter_on_read(true)
                 .with_enable_page_index(true)
                 .with_pushdown_filters(true);

@@ -84,11 +84,18 @@ pub struct BlockOptions {
     pub row_group_rows: usize,
     /// zstd level.
     pub zstd_level: i32,
+    /// Rows per data page, at most. Blocks are sorted by trace id and carry page indexes, so a
+    /// trace-by-id lookup decodes one page per column: small pages keep that cheap.
+    pub page_rows: usize,
+    /// Largest dictionary page of a column chunk (bytes); a column with more distinct values
+    /// falls back to plain encoding. A lookup decompresses the dictionary page of every column
+    /// it reads, so this bounds the cost of a point read in high-cardinality columns.
+    pub dictionary_page_bytes: usize,
 }
 
 impl Default for BlockOptions {
     fn default() -> Self {
-        Self { row_group_rows: 256 * 1024, zstd_level: 3 }
+        Self { row_group_rows: 256 * 1024, zstd_level: 3, page_rows: 4096, dictionary_page_bytes: 64 * 1024 }
     }
 }
 
@@ -305,12 +312,17 @@ pub(crate) fn writer_properties(
     trace_idx: usize,
     start_idx: usize,
 ) -> Result<WriterProperties> {
-    let id_columns = [col::TRACE_ID, col::SPAN_ID, col::PARENT_SPAN_ID];
+    // Ids and times are (nearly) unique: a dictionary of them only costs space, and every point
+    // read of a row group would decompress its dictionary page.
+    let no_dictionary = [col::TRACE_ID, col::SPAN_ID, col::PARENT_SPAN_ID, col::START_TIME, col::DURATION_NS];
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(options.zstd_level)?))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        .set_data_page_row_count_limit(options.page_rows.max(1))
+        .set_dictionary_page_size_limit(options.dictionary_page_bytes.max(1))
+        .set_write_batch_size(options.page_rows.clamp(1, 1024))
         .set_column_bloom_filter_enabled(ColumnPath::from(col::TRACE_ID), true)
         .set_column_bloom_filter_fpp(ColumnPath::from(col::TRACE_ID), 0.01)
         .set_column_bloom_filter_max_ndv(ColumnPath::from(col::TRACE_ID), bloom_ndv.max(1))
@@ -322,8 +334,30 @@ pub(crate) fn writer_properties(
             "spindle.block_layout".to_string(),
             BLOCK_LAYOUT_VERSION.to_string(),
         )]));
-    for c in id_columns {
+    for c in no_dictionary {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
+    // Random bytes, and small columns that are nearly always constant or empty, gain nothing
+    // (or lose a little) from zstd; left uncompressed, a point read need not set up a zstd
+    // context for each of them.
+    let uncompressed = [
+        col::SPAN_ID,
+        col::TRACE_STATE,
+        col::FLAGS,
+        col::STATUS_CODE,
+        col::STATUS_MESSAGE,
+        col::DROPPED_ATTRIBUTES_COUNT,
+        col::DROPPED_EVENTS_COUNT,
+        col::DROPPED_LINKS_COUNT,
+        col::RESOURCE_DROPPED_ATTRIBUTES_COUNT,
+        col::RESOURCE_SCHEMA_URL,
+        col::SCOPE_NAME,
+        col::SCOPE_VERSION,
+        col::SCOPE_DROPPED_ATTRIBUTES_COUNT,
+        col::SCOPE_SCHEMA_URL,
+    ];
+    for c in uncompressed {
+        b = b.set_column_compression(ColumnPath::from(c), Compression::UNCOMPRESSED);
     }
     Ok(b.build())
 }
