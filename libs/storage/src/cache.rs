@@ -97,13 +97,19 @@ impl CachedStore {
         Ok(Self { inner, ranges, disk })
     }
 
-    /// Reads `range` of a block through the tiers.
-    async fn cached_range(&self, location: &Path, range: Range<u64>) -> object_store::Result<(ObjectMeta, Bytes)> {
+    /// A range of a block: from memory, the disk tier or the store; kept in memory when small
+    /// and `remember` is set.
+    async fn cached_range(
+        &self,
+        location: &Path,
+        range: Range<u64>,
+        remember: bool,
+    ) -> object_store::Result<(ObjectMeta, Bytes)> {
         let key = (location.clone(), range.start, range.end);
         if let Some(hit) = self.ranges.get(&key).await {
             return Ok(hit);
         }
-        let small = range.end.saturating_sub(range.start) <= MAX_MEMORY_RANGE;
+        let small = remember && range.end.saturating_sub(range.start) <= MAX_MEMORY_RANGE;
         if let Some(disk) = &self.disk {
             if let Some(entry) = disk.files.get(location).await {
                 let file = entry.file.clone();
@@ -219,7 +225,7 @@ impl ObjectStore for CachedStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         match cacheable(location, &options) {
             Some(range) => {
-                let (meta, bytes) = self.cached_range(location, range.clone()).await?;
+                let (meta, bytes) = self.cached_range(location, range.clone(), true).await?;
                 Ok(bytes_result(meta, range, bytes))
             }
             None => self.inner.get_opts(location, options).await,
@@ -227,13 +233,50 @@ impl ObjectStore for CachedStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        let reads = ranges.iter().map(|r| async move {
-            match cacheable(location, &GetOptions { range: Some(r.clone().into()), ..Default::default() }) {
-                Some(range) => self.cached_range(location, range).await.map(|(_, b)| b),
-                None => self.inner.get_range(location, r.clone()).await,
+        let block = location.as_ref().ends_with(".parquet");
+        let mut out: Vec<Option<Bytes>> = vec![None; ranges.len()];
+        let mut missing = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let hit = if block { self.ranges.get(&(location.clone(), r.start, r.end)).await } else { None };
+            match hit {
+                Some((_, bytes)) => out[i] = Some(bytes),
+                None => missing.push(i),
             }
-        });
-        futures::future::try_join_all(reads).await
+        }
+        if !missing.is_empty() {
+            // As object_store's own `get_ranges` does: missing ranges less than 1 MiB apart are
+            // read as one, at most 10 reads at a time, so reading many small pages costs a few
+            // requests, not one request per page all at once. Each range asked for is then
+            // cached on its own (copied, so a cached page does not pin the whole read).
+            let wanted: Vec<Range<u64>> = missing.iter().map(|&i| ranges[i].clone()).collect();
+            let meta = std::sync::Mutex::new(None);
+            let fetch = |r: Range<u64>| {
+                let meta = &meta;
+                async move {
+                    if block && r.start < r.end {
+                        let (m, bytes) = self.cached_range(location, r, false).await?;
+                        *meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+                        Ok(bytes)
+                    } else {
+                        self.inner.get_range(location, r).await
+                    }
+                }
+            };
+            let fetched =
+                object_store::coalesce_ranges(&wanted, fetch, object_store::OBJECT_STORE_COALESCE_DEFAULT).await?;
+            let meta = meta.into_inner().unwrap_or_else(|e| e.into_inner());
+            for (i, bytes) in missing.into_iter().zip(fetched) {
+                let r = &ranges[i];
+                if let Some(m) = &meta {
+                    if r.start < r.end && r.end - r.start <= MAX_MEMORY_RANGE {
+                        let copy = Bytes::copy_from_slice(&bytes);
+                        self.ranges.insert((location.clone(), r.start, r.end), (m.clone(), copy)).await;
+                    }
+                }
+                out[i] = Some(bytes);
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn delete_stream(
