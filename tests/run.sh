@@ -29,6 +29,13 @@ if [ ! -x .cache/npm/node_modules/.bin/azurite-blob ] || ! cmp -s tests/e2e/npm/
   cp tests/e2e/npm/package.json .cache/npm/package.json
   npm install --prefix .cache/npm --no-audit --no-fund --loglevel=error
 fi
+# Prometheus (the Debian package, unpacked into .cache/prometheus-deb) receives the metrics
+# generator's remote write in tests/e2e/test_generator_prometheus.py (skipped without it).
+if bash tests/e2e/install_prometheus.sh; then
+  export PROMETHEUS_BIN="$PWD/.cache/prometheus-deb/usr/bin/prometheus"
+else
+  echo "   (no Prometheus: the generator's remote-write test will be skipped)"
+fi
 export SPINDLE_BIN="$CARGO_TARGET_DIR/debug/spindle"
 PYTEST=("$VENV/bin/python" -m pytest -q -p no:cacheprovider)
 

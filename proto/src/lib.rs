@@ -9,3 +9,12 @@ pub mod storage {
 }
 
 pub mod tempo;
+
+pub mod prometheus;
+
+/// The metrics generator's push API (`spindle/generator.proto`): ingesters hand it the spans
+/// of the traces it owns.
+pub mod generator {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("spindle.generator.v1");
+}

@@ -25,6 +25,9 @@ pub struct Converted {
     pub rejected: u64,
     /// Why the first refused span was refused.
     pub first_error: Option<String>,
+    /// Protobuf-encoded size of each accepted span, in row order (the metrics generator's
+    /// `traces_spanmetrics_size_total`).
+    pub span_sizes: Vec<u32>,
 }
 
 /// Largest span data one request may expand to by default (Arrow string columns overflow at 2 GiB).
@@ -70,6 +73,7 @@ pub fn resource_spans_to_batch_limited(
     let mut b = BatchBuilder::with_capacity(capacity);
     let mut rejected = 0;
     let mut first_error = None;
+    let mut span_sizes = Vec::with_capacity(capacity);
     for rs in resource_spans {
         let resource = ResourceRow::new(rs.resource.as_ref());
         for ss in &rs.scope_spans {
@@ -82,10 +86,11 @@ pub fn resource_spans_to_batch_limited(
                     continue;
                 }
                 b.push(&resource, &rs.schema_url, scope, &ss.schema_url, span)?;
+                span_sizes.push(u32::try_from(prost::Message::encoded_len(span)).unwrap_or(u32::MAX));
             }
         }
     }
-    Ok(Converted { batch: b.finish()?, rejected, first_error })
+    Ok(Converted { batch: b.finish()?, rejected, first_error, span_sizes })
 }
 
 fn validate(span: &Span) -> Result<(), String> {

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
@@ -99,6 +101,18 @@ impl Default for QueryConfig {
     }
 }
 
+/// The tenant's generated metric samples (the metrics generator's sample files), as table
+/// `metrics` (schema `spindle_schema::metrics`).
+fn metrics_table(tenant: &TenantId) -> Result<Arc<ListingTable>> {
+    let dir = spindle_storage::metric_files::metrics_dir(tenant);
+    let url = ListingTableUrl::parse(format!("{}{}/", table::BLOCKS_URL.as_str(), dir))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(spindle_schema::metrics::metrics_schema());
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
 /// Runs queries for any tenant.
 pub struct QueryEngine {
     source: Arc<SpanSource>,
@@ -128,6 +142,7 @@ impl QueryEngine {
         options.execution.parquet.bloom_filter_on_read = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         ctx.register_table("spans", Arc::new(table::SpansTable::new(tenant.clone(), self.source.clone())))?;
+        ctx.register_table("metrics", metrics_table(tenant)?)?;
         Ok(ctx)
     }
 

@@ -9,6 +9,7 @@
 //! `trace_id`, then `start_time`.
 
 pub mod ipc;
+pub mod metrics;
 
 use std::sync::{Arc, OnceLock};
 

@@ -32,6 +32,14 @@ impl TenantId {
         Self(DEFAULT_TENANT.to_string())
     }
 
+    /// The tenant named by an `X-Scope-OrgID` value: the default tenant when absent or blank.
+    pub fn from_header(value: Option<&str>) -> Result<Self, StorageError> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Self::default_tenant()),
+            Some(v) => Self::new(v),
+        }
+    }
+
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -19,6 +19,7 @@ use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use spindle_cluster_client::ShardRouter;
+use spindle_generator::tee::SpanTee;
 use spindle_otlp::to_arrow::{resource_spans_to_batch_limited, DEFAULT_MAX_EXPANDED_BYTES};
 use spindle_schema::col;
 use spindle_schema::ipc::EncodedBatch;
@@ -97,12 +98,19 @@ pub struct Ingester {
     router: Arc<ShardRouter>,
     config: IngesterConfig,
     metrics: IngestMetrics,
+    tee: Option<Arc<dyn SpanTee>>,
 }
 
 impl Ingester {
     /// An ingester writing to the shards `router` finds.
     pub fn new(router: Arc<ShardRouter>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
-        Self { router, config, metrics }
+        Self { router, config, metrics, tee: None }
+    }
+
+    /// Also hands every committed batch to the metrics generator through `tee` (never waiting).
+    pub fn with_tee(mut self, tee: Arc<dyn SpanTee>) -> Self {
+        self.tee = Some(tee);
+        self
     }
 
     /// Whether the ingester knows the cluster's layout (it can route writes).
@@ -138,6 +146,7 @@ impl Ingester {
                 IngestError::Unavailable("the ingester has not reached the cluster metadata yet; retry shortly".into())
             })?;
             let shards = ring.tenant_shards(tenant.as_str());
+            let teed = self.tee.as_ref().map(|_| converted.batch.clone());
             let mut pushes = Vec::new();
             for (shard, part) in split_by_shard(ring, &shards, converted.batch)? {
                 for chunk in chunks(&part, self.config.max_push_bytes) {
@@ -156,6 +165,11 @@ impl Ingester {
                 return Err(e.into());
             }
             self.metrics.spans_received.inc_by(rows);
+            // Only committed spans are counted by the generator, so a retried request is not
+            // counted twice for a failure.
+            if let (Some(tee), Some(batch)) = (&self.tee, teed) {
+                tee.offer(tenant, &batch, &converted.span_sizes);
+            }
         }
         Ok(Outcome { accepted: rows, rejected: converted.rejected, message: converted.first_error })
     }
@@ -206,8 +220,5 @@ fn split_by_shard(
 
 /// The tenant named by an `X-Scope-OrgID` value, or the default tenant when absent.
 pub fn tenant_from_header(value: Option<&str>) -> Result<TenantId, IngestError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(TenantId::default_tenant()),
-        Some(v) => TenantId::new(v).map_err(|e| IngestError::Invalid(format!("X-Scope-OrgID: {e}"))),
-    }
+    TenantId::from_header(value).map_err(|e| IngestError::Invalid(format!("X-Scope-OrgID: {e}")))
 }

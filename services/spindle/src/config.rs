@@ -13,8 +13,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+use spindle_generator::GeneratorSettings;
 use spindle_storage::store::{StoreLocation, StoreOptions};
 use spindle_storage::RetentionPolicy;
+
+use crate::generator_config::{generator_settings, GeneratorFile};
 
 /// Spindle: an OpenTelemetry-native trace backend with a Tempo-compatible API.
 #[derive(Debug, Parser)]
@@ -44,6 +47,9 @@ pub enum Command {
     /// A stateless compactor: merges small blocks into large ones (needs --seeds and the
     /// storage nodes' --storage-url).
     Compactor,
+    /// A metrics generator: span metrics and service graphs from the spans ingesters send it
+    /// (ingesters list it in --generators); serves --grpc-addr [0.0.0.0:7500] and the HTTP API.
+    Generator,
 }
 
 impl Command {
@@ -55,6 +61,7 @@ impl Command {
             Command::Ingester => "ingester",
             Command::Querier => "querier",
             Command::Compactor => "compactor",
+            Command::Generator => "generator",
         }
     }
 }
@@ -181,6 +188,14 @@ pub struct Options {
     /// fsync the Raft log before acknowledging writes [true].
     #[arg(long, env = "SPINDLE_FSYNC", global = true)]
     pub fsync: Option<bool>,
+    /// `spindle all`: run the metrics generator in the process (span metrics, service graphs;
+    /// settings in the config file's `generator:` section) [true].
+    #[arg(long, env = "SPINDLE_GENERATOR", global = true)]
+    pub generator: Option<bool>,
+    /// Ingesters: internal addresses (host:port) of the metrics generators to send spans to,
+    /// each the traces it owns [none].
+    #[arg(long, env = "SPINDLE_GENERATORS", global = true, value_delimiter = ',')]
+    pub generators: Option<Vec<String>>,
 }
 
 /// The YAML file: the same options.
@@ -220,6 +235,16 @@ struct FileConfig {
     max_unflushed_size: Option<String>,
     query_memory_limit: Option<String>,
     fsync: Option<bool>,
+    generator: Option<GeneratorSection>,
+    generators: Option<Vec<String>>,
+}
+
+/// `generator:` is a boolean (run it in `spindle all`) or the generator's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum GeneratorSection {
+    Enabled(bool),
+    Settings(Box<GeneratorFile>),
 }
 
 /// Per-tenant settings in the config file's `tenants:` section.
@@ -228,6 +253,8 @@ struct FileConfig {
 struct TenantOverrides {
     /// How long the tenant's blocks are kept, e.g. `3d`.
     retention: Option<String>,
+    /// The tenant's metrics-generator settings (over the top-level `generator:` section).
+    generator: Option<GeneratorFile>,
 }
 
 /// The resolved configuration.
@@ -301,6 +328,12 @@ pub struct Config {
     pub query_memory_limit: usize,
     /// fsync the log.
     pub fsync: bool,
+    /// Run a metrics generator (`all`, `generator`).
+    pub generator: bool,
+    /// The metrics generator's settings.
+    pub generator_settings: GeneratorSettings,
+    /// Ingesters: metrics generators to send spans to.
+    pub generators: Vec<String>,
 }
 
 impl Config {
@@ -323,7 +356,35 @@ impl Config {
             None => StoreLocation::Local(data_dir.join("blocks")),
             Some(url) => StoreLocation::parse(&url).with_context(|| "invalid --storage-url".to_string())?,
         };
-        let grpc_addr = o.grpc_addr.or(file.grpc_addr).or(storage.then(|| ([0, 0, 0, 0], 7400).into()));
+        let grpc_addr = o.grpc_addr.or(file.grpc_addr).or(match role {
+            Command::Storage => Some(([0, 0, 0, 0], 7400).into()),
+            Command::Generator => Some(([0, 0, 0, 0], 7500).into()),
+            _ => None,
+        });
+        let generator_file = match &file.generator {
+            Some(GeneratorSection::Settings(s)) => Some(s.as_ref()),
+            _ => None,
+        };
+        let generator_settings = generator_settings(
+            generator_file,
+            file.tenants.iter().flatten().map(|(t, o)| (t.clone(), o.generator.clone())),
+        )?;
+        let generator = match role {
+            Command::Generator => true,
+            Command::All => o.generator.unwrap_or(match &file.generator {
+                Some(GeneratorSection::Enabled(b)) => *b,
+                _ => true,
+            }),
+            _ => false,
+        };
+        let generators: Vec<String> = o
+            .generators
+            .clone()
+            .or(file.generators.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
         let advertise_addr = match (o.advertise_addr.clone().or(file.advertise_addr), grpc_addr) {
             (Some(a), _) => a,
             (None, Some(addr)) if addr.ip().is_unspecified() => {
@@ -417,6 +478,9 @@ impl Config {
                 text(&o.query_memory_limit, &file.query_memory_limit, "512MiB"),
             )?,
             fsync: o.fsync.or(file.fsync).unwrap_or(true),
+            generator,
+            generator_settings,
+            generators,
         })
     }
 }

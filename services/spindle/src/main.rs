@@ -1,6 +1,7 @@
 //! `spindle`: starts a role (all roles in one process by default) and wires it together.
 
 mod config;
+mod generator_config;
 mod leave;
 mod ops;
 mod roles;

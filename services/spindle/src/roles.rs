@@ -8,6 +8,10 @@
 //! | `ingester` | OTLP, ops |
 //! | `querier` | Tempo API + SQL, ops |
 //! | `compactor` | ops (merges blocks in the background) |
+//! | `generator` | internal gRPC (spans from ingesters), `/api/generator/metrics`, ops |
+//!
+//! `all` runs the metrics generator too (unless `--generator false`); ingesters tee to it in
+//! process, or to the `--generators` over gRPC.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +26,9 @@ use spindle_cluster::ClusterConfig;
 use spindle_cluster_client::watch::TopologyWatch;
 use spindle_cluster_client::{Channels, RouterConfig, ShardRouter};
 use spindle_compactor::{Compactor, CompactorConfig, CompactorMetrics};
+use spindle_generator::service::GeneratorGrpc;
+use spindle_generator::tee::{LocalTee, RemoteTee, SpanTee};
+use spindle_generator::{Generator, GeneratorMetrics};
 use spindle_ingester::grpc::{map_codec_errors, OtlpGrpc};
 use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
 use spindle_querier::{Querier, QueryMetrics};
@@ -89,6 +96,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let ingests = matches!(role, Command::All | Command::Ingester);
     let queries = matches!(role, Command::All | Command::Querier);
     let compacts = config.compactor;
+    let generates = config.generator;
     let mut registry = Registry::default();
     let channels = Channels::default();
 
@@ -99,11 +107,11 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let grpc_listener = match config.grpc_addr.filter(|_| stores) {
+    let grpc_listener = match config.grpc_addr.filter(|_| stores || role == Command::Generator) {
         Some(addr) => Some(bind(addr, "the internal gRPC API").await?),
         None => None,
     };
-    let store = if stores || queries || compacts {
+    let store = if stores || queries || compacts || generates {
         if stores {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -140,12 +148,34 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let router_config = RouterConfig { write_deadline: config.write_timeout, ..RouterConfig::default() };
     let router = Arc::new(ShardRouter::new(topology.clone(), local, channels.clone(), router_config));
 
+    let generator_metrics =
+        (generates || !config.generators.is_empty()).then(|| GeneratorMetrics::register(&mut registry));
+    let generator = match (&generator_metrics, generates) {
+        (Some(metrics), true) => Some(
+            Generator::new(config.generator_settings.clone(), store.clone(), Some(retention.clone()), metrics.clone())
+                .context("starting the metrics generator")?,
+        ),
+        _ => None,
+    };
+    let local_tee = generator.as_ref().map(|g| LocalTee::start(g.clone()));
+    let tee: Option<Arc<dyn SpanTee>> = match (&local_tee, &generator_metrics) {
+        (Some(local), _) if role == Command::All => Some(local.clone()),
+        (_, Some(metrics)) if ingests && !config.generators.is_empty() => Some(
+            RemoteTee::new(&config.generators, config.generator_settings.max_queue_bytes, metrics.clone())
+                .context("invalid --generators address")?,
+        ),
+        _ => None,
+    };
     let ingester = ingests.then(|| {
-        Arc::new(Ingester::new(
+        let ingester = Ingester::new(
             router.clone(),
             IngesterConfig { max_request_bytes: config.max_request_bytes, ..IngesterConfig::default() },
             IngestMetrics::register(&mut registry),
-        ))
+        );
+        Arc::new(match &tee {
+            Some(tee) => ingester.with_tee(tee.clone()),
+            None => ingester,
+        })
     });
     let querier = match (&store, queries) {
         (Some(store), true) => {
@@ -202,6 +232,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
                 }
             })
         }
+        (None, None) if role == Command::Generator => Arc::new(|| Ok(())),
         (None, None) => {
             let topology = topology.clone();
             Arc::new(move || {
@@ -222,6 +253,9 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     if let Some(n) = &node {
         http = http.merge(spindle_storage_node::admin::routes(n.clone()));
     }
+    if let Some(g) = &generator {
+        http = http.merge(spindle_generator::service::routes(g.clone()));
+    }
 
     let (stop_external, external) = watch::channel(false);
     let (stop_internal, internal) = watch::channel(false);
@@ -234,8 +268,14 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
             .serve_with_incoming_shutdown(no_delay(grpc), stopped(external.clone()));
         servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
     }
-    let internal_server = match (grpc_listener, &node) {
-        (Some(listener), Some(node)) => {
+    let internal_server = match (grpc_listener, &node, &local_tee) {
+        (Some(listener), None, Some(tee)) => {
+            let server = grpc_server()
+                .add_service(GeneratorGrpc::service(tee.clone()))
+                .serve_with_incoming_shutdown(no_delay(listener), stopped(external.clone()));
+            Some(tokio::spawn(async move { server.await.context("internal gRPC API") }))
+        }
+        (Some(listener), Some(node), _) => {
             let server = grpc_server()
                 .add_service(StorageGrpcServer::service(node.clone()))
                 .add_service(ClusterService::service(node.clone()))
@@ -249,6 +289,8 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     if let Some(c) = compactor {
         tokio::spawn(c.run(external.clone()));
     }
+    // The generator collects until the external listeners stop, then writes what it holds.
+    let generator_task = generator.map(|g| tokio::spawn(g.run(external.clone())));
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing requests, then flushing");
@@ -259,12 +301,15 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         http = %config.http_addr,
         otlp_grpc = ?ingests.then_some(config.otlp_grpc_addr),
         otlp_http = ?ingests.then_some(config.otlp_http_addr),
-        internal_grpc = %config.grpc_addr.filter(|_| stores).map(|a| a.to_string()).unwrap_or_default(),
+        internal_grpc = %config.grpc_addr.filter(|_| stores || role == Command::Generator).map(|a| a.to_string()).unwrap_or_default(),
         node_id = %node.as_ref().map(|n| n.id().to_string()).unwrap_or_default(),
         data_dir = %config.data_dir.display(),
         "spindle is running"
     );
     let served = futures::future::join_all(servers).await.into_iter().collect::<anyhow::Result<Vec<()>>>();
+    if let Some(task) = generator_task {
+        task.await.context("metrics generator task")?;
+    }
     if let Some(node) = node {
         node.shutdown().await.context("stopping the storage node")?;
     }
