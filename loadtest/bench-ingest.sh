@@ -4,6 +4,9 @@
 # spans/s, export latency, peak memory and bytes per span on disk.
 #
 #   bash loadtest/bench-ingest.sh [duration-seconds] [concurrency] [batch]
+#
+# SPINDLE_EXTRA_ARGS adds flags to spindle (e.g. "--generator false" to measure without the
+# metrics generator); the metrics generator's counters are reported when it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-60}
@@ -17,20 +20,26 @@ trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HTTP=$(port); GRPC=$(port); OTLP_HTTP=$(port)
 SPINDLE_LOG=warn "$BIN/spindle" --data-dir "$DIR/data" --http-addr 127.0.0.1:$HTTP \
-  --otlp-grpc-addr 127.0.0.1:$GRPC --otlp-http-addr 127.0.0.1:$OTLP_HTTP 2>"$DIR/spindle.log" &
+  --otlp-grpc-addr 127.0.0.1:$GRPC --otlp-http-addr 127.0.0.1:$OTLP_HTTP ${SPINDLE_EXTRA_ARGS:-} 2>"$DIR/spindle.log" &
 PID=$!
 until curl -sf "127.0.0.1:$HTTP/ready" >/dev/null; do sleep 0.2; done
 "$BIN/loadsim" --endpoint 127.0.0.1:$GRPC --rate 0 --duration "$DURATION" --concurrency "$CONCURRENCY" \
   --batch "$BATCH" --report "$DIR/loadsim.json" >/dev/null
 PEAK_RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
+sleep 2 # let the generator drain its queue before reading its counters
+curl -sf "127.0.0.1:$HTTP/metrics" | grep -E '^spindle_generator_(spans_total|dropped_spans_total|active_series|pending_edges|edges_total)' >"$DIR/generator.txt" || true
 kill -TERM $PID
 wait $PID
 SPANS=$(python3 -c "import json; print(json.load(open('$DIR/loadsim.json'))['spans_acknowledged'])")
 BYTES=$(find "$DIR/data/blocks" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
 BLOCKS=$(find "$DIR/data/blocks" -name '*.parquet' | wc -l)
-python3 - "$DIR/loadsim.json" "$SPANS" "$BYTES" "$BLOCKS" "$PEAK_RSS_KB" <<'PY'
+python3 - "$DIR/loadsim.json" "$SPANS" "$BYTES" "$BLOCKS" "$PEAK_RSS_KB" "$DIR/generator.txt" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+generator = {}
+for line in open(sys.argv[6]):
+    name, value = line.rsplit(" ", 1)
+    generator[name] = float(value)
 spans, size, blocks, rss = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print(json.dumps({
     "spans_acknowledged": spans,
@@ -43,5 +52,6 @@ print(json.dumps({
     "parquet_bytes": size,
     "bytes_per_span_on_disk": round(size / spans, 1) if spans else None,
     "spindle_peak_rss_mib": round(rss / 1024),
+    "generator": generator or "off",
 }, indent=2))
 PY

@@ -33,7 +33,8 @@ class Spindle:
     """One spindle process with its own data dir and ports.
 
     role "all" (default) runs everything; "storage", "ingester" and "querier" run one role and
-    need `seeds` (internal addresses of storage nodes)."""
+    need `seeds` (internal addresses of storage nodes); "generator" (a metrics generator) serves
+    its push API on `internal` and needs only the cluster's `storage_url`."""
 
     def __init__(self, data_dir=None, extra_args=(), role="all", node_id=None, seeds=(), storage_url=None,
                  store_via=None, env=None):
@@ -68,7 +69,7 @@ class Spindle:
 
     @property
     def internal(self):
-        """Internal gRPC address of a storage node."""
+        """Internal gRPC address of a storage node or a generator."""
         return f"127.0.0.1:{self.internal_port}"
 
     def args(self):
@@ -76,7 +77,7 @@ class Spindle:
         if self.role != "all":
             args.append(self.role)
         args += ["--http-addr", f"127.0.0.1:{self.http_port}"]
-        if self.role in ("all", "storage", "querier", "compactor"):
+        if self.role in ("all", "storage", "querier", "compactor", "generator"):
             args += ["--data-dir", os.path.join(self.data_dir, "data")]
         if self.storage_url:
             args += ["--storage-url", self.storage_url]
@@ -86,6 +87,8 @@ class Spindle:
             args += ["--otlp-grpc-addr", self.otlp_grpc, "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}"]
         if self.role == "storage":
             args += ["--grpc-addr", self.internal, "--advertise-addr", self.internal, "--node-id", str(self.node_id)]
+        if self.role == "generator":
+            args += ["--grpc-addr", self.internal]
         if self.seeds:
             args += ["--seeds", ",".join(self.seeds)]
         return args + self.extra_args

@@ -126,6 +126,9 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(config.memory_limit, 1.0)
             .with_metadata_cache_limit(config.metadata_cache_bytes)
+            // Listings (the `metrics` table's sample files) are re-read after 10 s: new files
+            // appear every flush, and DataFusion would otherwise keep the first listing forever.
+            .with_object_list_cache_ttl(Some(std::time::Duration::from_secs(10)))
             .build_arc()?;
         runtime.register_object_store(table::BLOCKS_URL.as_ref(), source.object_store());
         Ok(Self { source, runtime, config })

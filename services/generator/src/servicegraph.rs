@@ -309,3 +309,133 @@ impl ServiceGraph {
         vec![total, failed, server, client, unpaired, dropped]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::RecordBatch;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+    use crate::series::exposition;
+
+    fn span(
+        service: &str,
+        trace: u8,
+        id: u8,
+        parent: Option<u8>,
+        kind: SpanKind,
+        attrs: &[(&str, &str)],
+    ) -> ResourceSpans {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+            ..Default::default()
+        };
+        ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", service)], ..Default::default() }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![trace; 16],
+                    span_id: vec![id; 8],
+                    parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+                    name: "op".into(),
+                    kind: kind as i32,
+                    start_time_unix_nano: 1_000_000_000,
+                    end_time_unix_nano: 1_250_000_000,
+                    attributes: attrs.iter().map(|(k, v)| kv(k, v)).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn batch(spans: Vec<ResourceSpans>) -> RecordBatch {
+        spindle_otlp::to_arrow::resource_spans_to_batch(&spans).unwrap().batch
+    }
+
+    fn scrape(g: &mut ServiceGraph) -> String {
+        exposition(&g.collect(false))
+    }
+
+    #[test]
+    fn pairs_across_batches_and_bounds_what_waits() {
+        let mut g = ServiceGraph::new(Duration::from_secs(10), 2);
+        let mut budget = SeriesBudget::new(10_000);
+        let t0 = Instant::now();
+        // Three clients wait for servers; the store holds two, the third is dropped and counted.
+        let clients = batch(vec![
+            span("a", 1, 1, None, SpanKind::Client, &[]),
+            span("a", 2, 2, None, SpanKind::Client, &[("peer.service", "ext")]),
+            span("a", 3, 3, None, SpanKind::Client, &[]),
+        ]);
+        g.consume(&SpanColumns::new(&clients).unwrap(), &mut budget, t0, 0);
+        assert_eq!(g.pending(), 2);
+        assert!(scrape(&mut g)
+            .contains("traces_service_graph_dropped_spans_total{client=\"a\",server=\"\",connection_type=\"\"} 1"));
+        // The server of trace 1 arrives in a later batch: one paired edge.
+        let server = batch(vec![span("b", 1, 9, Some(1), SpanKind::Server, &[])]);
+        g.consume(&SpanColumns::new(&server).unwrap(), &mut budget, t0, 0);
+        let text = scrape(&mut g);
+        assert!(
+            text.contains("traces_service_graph_request_total{client=\"a\",server=\"b\",connection_type=\"\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("traces_service_graph_request_server_seconds_bucket{client=\"a\",server=\"b\",connection_type=\"\",le=\"0.4\"} 1"), "{text}");
+        // Nothing expires before the wait; after it, the client naming peer.service becomes a
+        // virtual edge.
+        g.expire(t0 + Duration::from_secs(9), 0, &mut budget);
+        assert_eq!(g.pending(), 1);
+        g.expire(t0 + Duration::from_secs(10), 0, &mut budget);
+        assert_eq!(g.pending(), 0);
+        let text = scrape(&mut g);
+        assert!(
+            text.contains(
+                "traces_service_graph_request_total{client=\"a\",server=\"ext\",connection_type=\"virtual_node\"} 1"
+            ),
+            "{text}"
+        );
+        let stats = g.take_stats();
+        assert_eq!((stats.paired, stats.virtual_nodes, stats.dropped), (1, 1, 1));
+    }
+
+    #[test]
+    fn database_and_root_edges_need_no_pair() {
+        let mut g = ServiceGraph::new(Duration::from_secs(10), 100);
+        let mut budget = SeriesBudget::new(10_000);
+        let spans = batch(vec![
+            span("a", 1, 1, None, SpanKind::Server, &[]),
+            span("a", 1, 2, Some(1), SpanKind::Client, &[("db.system", "postgresql"), ("db.name", "orders")]),
+        ]);
+        g.consume(&SpanColumns::new(&spans).unwrap(), &mut budget, Instant::now(), 0);
+        assert_eq!(g.pending(), 0);
+        let text = scrape(&mut g);
+        assert!(
+            text.contains(
+                "traces_service_graph_request_total{client=\"user\",server=\"a\",connection_type=\"virtual_node\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "traces_service_graph_request_total{client=\"a\",server=\"orders\",connection_type=\"database\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_spent_series_budget_refuses_new_edges() {
+        let mut g = ServiceGraph::new(Duration::from_secs(10), 100);
+        let one_edge = 2 + 2 * (service_graph_buckets().len() + 3);
+        let mut budget = SeriesBudget::new(one_edge);
+        let spans =
+            batch(vec![span("a", 1, 1, None, SpanKind::Server, &[]), span("b", 2, 2, None, SpanKind::Server, &[])]);
+        g.consume(&SpanColumns::new(&spans).unwrap(), &mut budget, Instant::now(), 0);
+        assert_eq!((budget.active, budget.refused), (one_edge, 1));
+        assert_eq!(scrape(&mut g).matches("traces_service_graph_request_total{").count(), 1);
+    }
+}
