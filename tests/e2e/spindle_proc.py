@@ -37,7 +37,7 @@ class Spindle:
     its push API on `internal` and needs only the cluster's `storage_url`."""
 
     def __init__(self, data_dir=None, extra_args=(), role="all", node_id=None, seeds=(), storage_url=None,
-                 store_via=None, env=None):
+                 store_via=None, env=None, tls=False):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix=f"spindle-e2e-{role}-")
         self.extra_args = list(extra_args)
         self.role = role
@@ -54,14 +54,25 @@ class Spindle:
         self.internal_port = free_port()
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "spindle.log")
+        # TLS with the self-signed certificate spindle writes to <data>/tls/cert.pem.
+        self.tls = tls
+
+    @property
+    def scheme(self):
+        return "https" if self.tls else "http"
+
+    @property
+    def ca(self):
+        """The certificate to trust (TLS), else True (requests' default verification)."""
+        return os.path.join(self.data_dir, "data", "tls", "cert.pem") if self.tls else True
 
     @property
     def api(self):
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def otlp_http(self):
-        return f"http://127.0.0.1:{self.otlp_http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.otlp_http_port}"
 
     @property
     def otlp_grpc(self):
@@ -91,6 +102,8 @@ class Spindle:
             args += ["--grpc-addr", self.internal]
         if self.seeds:
             args += ["--seeds", ",".join(self.seeds)]
+        if self.tls:
+            args += ["--tls-self-signed", "true"]
         return args + self.extra_args
 
     def start(self, timeout=60, wait=True):
@@ -104,8 +117,8 @@ class Spindle:
 
     def is_ready(self):
         try:
-            return requests.get(self.api + "/ready", timeout=1).status_code == 200
-        except requests.RequestException:
+            return requests.get(self.api + "/ready", timeout=1, verify=self.ca).status_code == 200
+        except OSError:  # requests' errors, and a TLS certificate not written yet
             return False
 
     def wait_ready(self, timeout=60):
@@ -118,8 +131,8 @@ class Spindle:
             time.sleep(0.1)
         reason = ""
         try:
-            reason = requests.get(self.api + "/ready", timeout=1).text
-        except requests.RequestException:
+            reason = requests.get(self.api + "/ready", timeout=1, verify=self.ca).text
+        except OSError:
             pass
         raise RuntimeError(f"spindle {self.role} did not become ready ({reason}): " + self.read_log()[-3000:])
 

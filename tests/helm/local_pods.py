@@ -13,6 +13,7 @@ cannot exist outside Kubernetes is rewritten:
   and $(VAR) references are expanded the way the kubelet does.
 """
 
+import base64
 import os
 import re
 import shutil
@@ -146,6 +147,13 @@ class LocalPod:
                         m = re.fullmatch(r"metadata\.labels\['([^']+)'\]", path)
                         assert m and m.group(1) in self.labels, f"{self.name}: no value for fieldRef {path}"
                         value = self.labels[m.group(1)]
+                elif "secretKeyRef" in ref:
+                    secret = self.cluster.object("Secret", ref["secretKeyRef"]["name"])
+                    key = ref["secretKeyRef"]["key"]
+                    if key in secret.get("stringData", {}):
+                        value = secret["stringData"][key]
+                    else:
+                        value = base64.b64decode(secret["data"][key]).decode()
                 else:
                     raise AssertionError(f"{self.name}: env {e['name']} from {ref} cannot be resolved locally")
             env[e["name"]] = value

@@ -1,7 +1,8 @@
-"""The Grafana dashboard and the alert rules in deploy/ query only metrics Spindle exports: the
+"""The Grafana dashboards and the alert rules in deploy/ query only metrics Spindle exports: the
 metric names in their PromQL must appear on /metrics of a running `spindle all` (started from the
 chart's single-mode manifests, see local_pods.py) after traffic: loadsim with --verify (writes,
-trace-by-id reads), a search, SQL, a rejected span and a compaction round.
+trace-by-id reads), a search, SQL, a rejected span and a compaction round. The services (RED)
+dashboard queries the metrics generator's series: they must appear on its scrape endpoint.
 
 SPINDLE_HELM_SINGLE: the rendered single-mode manifests; SPINDLE_BIN: the spindle binary."""
 
@@ -19,6 +20,7 @@ from local_pods import LocalCluster, load, loadsim_bin
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "dashboards", "spindle.json")
+RED_DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "dashboards", "spindle-red.json")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "spindle-alerts.yaml")
 MANIFESTS = os.environ.get("SPINDLE_HELM_SINGLE", os.path.join(ROOT, ".cache", "helm-out", "single.yaml"))
 
@@ -78,13 +80,14 @@ def metrics_text(tmp_path_factory):
             if "spindle_compactor_jobs_done_total 0" not in text:
                 break
             time.sleep(1)
-        yield text
+        generated = requests.get(f"{api}/api/generator/metrics", timeout=5).text
+        yield {"metrics": text, "generator": generated}
     finally:
         cluster.stop()
 
 
 def test_dashboard_and_alerts_use_only_exported_metrics(metrics_text):
-    exported = promql.exported_names(metrics_text)
+    exported = promql.exported_names(metrics_text["metrics"])
     used = used_names()
     assert len(used) >= 20, f"expected the dashboard and rules to use many metrics, found {sorted(used)}"
     unknown = {name: sorted(where) for name, where in used.items() if name not in exported}
@@ -94,9 +97,26 @@ def test_dashboard_and_alerts_use_only_exported_metrics(metrics_text):
     print("exported but not on the dashboard or in alerts:", unused)
 
 
+def test_red_dashboard_uses_only_generated_series(metrics_text):
+    """Every series the services dashboard queries is on the generator's scrape endpoint after
+    loadsim's traffic, with the label values its selectors use."""
+    generated = metrics_text["generator"]
+    exported = promql.exported_names(generated)
+    used = {}
+    for title, expr in promql.dashboard_exprs(RED_DASHBOARD):
+        for name in promql.metric_names(expr):
+            used.setdefault(name, set()).add(title)
+    used.update({n: {"variables"} for n in promql.dashboard_variable_metrics(RED_DASHBOARD)})
+    assert len(used) >= 4, sorted(used)
+    unknown = {name: sorted(where) for name, where in used.items() if name not in exported}
+    assert not unknown, f"series not generated: {json.dumps(unknown, indent=1)}"
+    assert 'span_kind="SPAN_KIND_SERVER"' in generated and 'status_code="STATUS_CODE_ERROR"' in generated
+
+
 def test_traffic_produced_the_labelled_series(metrics_text):
     """The families with labels show samples after the traffic, with the label values the
     dashboard and alerts rely on."""
+    metrics_text = metrics_text["metrics"]
     assert 'spindle_ingester_spans_rejected_total{reason="invalid_span"}' in metrics_text
     assert 'outcome="ok"' in metrics_text and 'protocol="grpc"' in metrics_text
     assert re.search(r'spindle_query_duration_seconds_bucket\{[^}]*endpoint="trace_by_id"', metrics_text)

@@ -39,6 +39,20 @@ pod names with their controller-revision-hash label. */}}
 {{- printf "%s-storage" (include "spindle.fullname" .) }}
 {{- end }}
 
+{{- define "spindle.generatorHeadlessName" -}}
+{{- printf "%s-generator-headless" (include "spindle.fullname" .) }}
+{{- end }}
+
+{{/* The metrics generators' internal addresses (pods <release>-generator-0, -1, ...), which
+ingesters send spans to. */}}
+{{- define "spindle.generators" -}}
+{{- $out := list }}
+{{- range $i := until (int .Values.generator.replicas) }}
+{{- $out = append $out (printf "%s-generator-%d.%s.%s.svc.%s:%d" (include "spindle.fullname" $) $i (include "spindle.generatorHeadlessName" $) $.Release.Namespace $.Values.clusterDomain (int $.Values.ports.grpc)) }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+
 {{- define "spindle.storageHeadlessName" -}}
 {{- printf "%s-storage-headless" (include "spindle.fullname" .) }}
 {{- end }}
@@ -108,7 +122,7 @@ StatefulSet (numbered from 1), by their stable DNS names under the headless Serv
 
 {{/* The keys of Spindle's config file the chart sets itself. */}}
 {{- define "spindle.managedKeys" -}}
-data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_http_addr grpc_addr advertise_addr node_id seeds bootstrap_expect shards replication_factor shards_per_tenant
+data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_http_addr grpc_addr advertise_addr node_id seeds bootstrap_expect shards replication_factor shards_per_tenant generators api_keys_file trust_tenant_header tls_cert_file tls_key_file tls_self_signed
 {{- end }}
 
 {{/* spindle.yaml: the chart's keys and .Values.config. */}}
@@ -120,6 +134,15 @@ data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_ht
 {{- with .Values.objectStorage.url }}
 {{- $_ := set $c "storage_url" . }}
 {{- end }}
+{{- if .Values.auth.apiKeysSecret }}
+{{- $_ := set $c "api_keys_file" "/etc/spindle-keys/keys.yaml" }}
+{{- else }}
+{{- $_ := set $c "trust_tenant_header" (.Values.auth.trustTenantHeader | default false) }}
+{{- end }}
+{{- if .Values.tls.secretName }}
+{{- $_ := set $c "tls_cert_file" "/etc/spindle-tls/tls.crt" }}
+{{- $_ := set $c "tls_key_file" "/etc/spindle-tls/tls.key" }}
+{{- end }}
 {{- with .Values.objectStorage.endpoint }}
 {{- $_ := set $c "storage_endpoint" . }}
 {{- end }}
@@ -130,6 +153,9 @@ data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_ht
 {{- $_ := set $c "shards" (int .Values.cluster.shards) }}
 {{- $_ := set $c "replication_factor" (int .Values.cluster.replicationFactor) }}
 {{- $_ := set $c "shards_per_tenant" (int .Values.cluster.shardsPerTenant) }}
+{{- if and .Values.generator.enabled (gt (int .Values.generator.replicas) 0) }}
+{{- $_ := set $c "generators" (splitList "," (include "spindle.generators" .)) }}
+{{- end }}
 {{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy (default (dict) .Values.config)) $c) }}
 {{- end }}
@@ -204,8 +230,19 @@ data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_ht
 {{- end }}
 {{- end }}
 
+{{- define "spindle.clusterSecretName" -}}
+{{- default (printf "%s-cluster-secret" (include "spindle.fullname" .)) .Values.cluster.secretName }}
+{{- end }}
+
 {{/* Environment of a container: (dict "ctx" $ "store" true) */}}
 {{- define "spindle.env" -}}
+{{- if eq .ctx.Values.mode "distributed" }}
+- name: SPINDLE_CLUSTER_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "spindle.clusterSecretName" .ctx }}
+      key: cluster-secret
+{{- end }}
 {{- if .store }}
 {{- include "spindle.objectStoreEnv" .ctx }}
 {{- end }}
@@ -220,12 +257,18 @@ startupProbe:
   httpGet:
     path: /live
     port: http
+    {{- if .Values.tls.secretName }}
+    scheme: HTTPS
+    {{- end }}
   periodSeconds: {{ $p.startup.periodSeconds }}
   failureThreshold: {{ $p.startup.failureThreshold }}
 livenessProbe:
   httpGet:
     path: /live
     port: http
+    {{- if .Values.tls.secretName }}
+    scheme: HTTPS
+    {{- end }}
   periodSeconds: {{ $p.liveness.periodSeconds }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
   failureThreshold: {{ $p.liveness.failureThreshold }}
@@ -233,6 +276,9 @@ readinessProbe:
   httpGet:
     path: /ready
     port: http
+    {{- if .Values.tls.secretName }}
+    scheme: HTTPS
+    {{- end }}
   periodSeconds: {{ $p.readiness.periodSeconds }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
@@ -285,6 +331,16 @@ envFrom:
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if .Values.auth.apiKeysSecret }}
+- name: api-keys
+  mountPath: /etc/spindle-keys
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.secretName }}
+- name: tls
+  mountPath: /etc/spindle-tls
+  readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -297,6 +353,16 @@ envFrom:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- with .Values.auth.apiKeysSecret }}
+- name: api-keys
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .Values.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use spindle_auth::cluster::InternalChannel;
 use spindle_cluster::{ClusterState, MetaCommand, MetaError, NodeId};
 use spindle_proto::storage::cluster_client::ClusterClient;
 use spindle_proto::storage::{HelloRequest, MetaReadIndexRequest, ProposeMetaRequest, TopologyRequest};
-use tonic::transport::Channel;
 
 use crate::{Channels, ClientError};
 
@@ -29,7 +29,7 @@ pub struct Hello {
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     addr: String,
-    client: ClusterClient<Channel>,
+    client: ClusterClient<InternalChannel>,
 }
 
 impl ControlClient {

@@ -12,7 +12,7 @@ pub mod control;
 pub mod router;
 pub mod watch;
 
-pub use channels::Channels;
+pub use channels::{Channels, InternalChannel};
 pub use control::ControlClient;
 pub use router::{RouterConfig, ShardRouter};
 
@@ -27,6 +27,9 @@ pub enum ClientError {
         /// Why.
         source: tonic::transport::Error,
     },
+    /// The cluster secret cannot be sent as gRPC metadata.
+    #[error("the cluster secret must be printable ASCII")]
+    InvalidSecret,
     /// The call failed.
     #[error("call to {addr} failed: {source}")]
     Rpc {

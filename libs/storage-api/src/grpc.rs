@@ -6,6 +6,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use spindle_auth::cluster::InternalChannel;
 use spindle_proto::storage::read_chunk::Chunk;
 use spindle_proto::storage::storage_client::StorageClient;
 use spindle_proto::storage::storage_server::{Storage, StorageServer};
@@ -15,7 +16,6 @@ use spindle_proto::storage::{
 use spindle_schema::ipc::{self, EncodedBatch};
 use spindle_storage::{BlockMeta, TenantId};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::{ApiError, CompactionJob, CompactionPolicy, ShardId, ShardRead, ShardReadRequest, StorageApi};
@@ -94,12 +94,12 @@ fn invalid(e: impl std::fmt::Display) -> ApiError {
 /// [`StorageApi`] over a gRPC channel to a storage node.
 #[derive(Clone)]
 pub struct GrpcStorageClient {
-    client: StorageClient<Channel>,
+    client: StorageClient<InternalChannel>,
 }
 
 impl GrpcStorageClient {
     /// A client on an existing channel.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: InternalChannel) -> Self {
         let client = StorageClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -53,6 +53,13 @@ impl GeneratorMetrics {
         r.register("remote_write_failures", "Remote-write requests that failed", m.remote_write_failures.clone());
         r.register("sql_rows", "Generated sample rows written for SQL", m.sql_rows.clone());
         r.register("sql_failures", "Writes of generated sample files that failed", m.sql_failures.clone());
+        // Every reason and outcome from the start, at 0, so rates and alerts have a series.
+        for reason in ["queue_full", "unreachable", "invalid"] {
+            m.dropped(reason, 0);
+        }
+        for outcome in ["paired", "virtual_node", "expired", "dropped"] {
+            m.edges.get_or_create(&vec![("outcome".into(), outcome.into())]).inc_by(0);
+        }
         m
     }
 

@@ -2,8 +2,21 @@
 //! budget, staleness, exemplars, and the samples every output is made from.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::Xxh3Builder;
+
+/// A fast hasher for maps keyed by client-chosen text (span names, attribute values), seeded at
+/// random per map so nobody can aim for collisions.
+pub type FastMap<K, V> = HashMap<K, V, Xxh3Builder>;
+
+/// An empty [`FastMap`] with a random seed.
+pub fn fast_map<K, V>() -> FastMap<K, V> {
+    let seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+    HashMap::with_hasher(Xxh3Builder::new().with_seed(seed))
+}
 
 /// Separates label values inside a series key.
 const SEP: char = '\u{1f}';
@@ -82,7 +95,7 @@ impl SeriesValue for Histogram {
 #[derive(Debug)]
 pub struct Family<V> {
     label_names: Vec<String>,
-    series: HashMap<Box<str>, Entry<V>>,
+    series: FastMap<Box<str>, Entry<V>>,
 }
 
 #[derive(Debug)]
@@ -94,7 +107,7 @@ struct Entry<V> {
 impl<V: SeriesValue> Family<V> {
     /// A family with these label names.
     pub fn new(label_names: Vec<String>) -> Self {
-        Self { label_names, series: HashMap::new() }
+        Self { label_names, series: fast_map() }
     }
 
     /// Label names.
@@ -103,22 +116,23 @@ impl<V: SeriesValue> Family<V> {
     }
 
     /// The series whose label values, joined by [`key_of`], are `key`; created with `make` if the
-    /// budget allows (else `None`, counted in the budget).
+    /// budget has room for `cost` more series (else `None`, counted in the budget, and `make` is
+    /// not called: a tenant over its limit costs no allocation per span).
     pub fn get_or_create(
         &mut self,
         key: &str,
         budget: &mut SeriesBudget,
         now: Instant,
+        cost: usize,
         make: impl FnOnce() -> V,
     ) -> Option<&mut V> {
         if !self.series.contains_key(key) {
-            let value = make();
-            let n = value.series_count();
-            if budget.active + n > budget.max {
+            if budget.active + cost > budget.max {
                 budget.refused += 1;
                 return None;
             }
-            budget.active += n;
+            let value = make();
+            budget.active += value.series_count();
             self.series.insert(key.into(), Entry { value, updated: now });
         }
         let entry = self.series.get_mut(key)?;
@@ -339,13 +353,14 @@ mod tests {
         let mut fam: Family<Histogram> = Family::new(vec!["a".into()]);
         let mut budget = SeriesBudget::new(8);
         let now = Instant::now();
-        assert!(fam.get_or_create("x", &mut budget, now, || Histogram::new(&bounds)).is_some());
+        let make = || Histogram::new(&bounds);
+        assert!(fam.get_or_create("x", &mut budget, now, 4, make).is_some());
         assert_eq!(budget.active, 4);
-        assert!(fam.get_or_create("y", &mut budget, now, || Histogram::new(&bounds)).is_some());
-        assert!(fam.get_or_create("z", &mut budget, now, || Histogram::new(&bounds)).is_none());
+        assert!(fam.get_or_create("y", &mut budget, now, 4, make).is_some());
+        assert!(fam.get_or_create("z", &mut budget, now, 4, make).is_none());
         assert_eq!(budget.refused, 1);
         // An existing series is still updated at the limit.
-        assert!(fam.get_or_create("x", &mut budget, now, || Histogram::new(&bounds)).is_some());
+        assert!(fam.get_or_create("x", &mut budget, now, 4, make).is_some());
         fam.drop_stale(now + Duration::from_secs(10), Duration::from_secs(5), &mut budget);
         assert_eq!((fam.len(), budget.active), (0, 0));
     }

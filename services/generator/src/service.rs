@@ -78,6 +78,8 @@ async fn scrape(
         Ok(h) => h,
         Err(_) => return (StatusCode::BAD_REQUEST, "X-Scope-OrgID is not valid text").into_response(),
     };
+    // Behind the API-key check the header holds the caller's tenant; `?tenant=` is for
+    // scrapers that cannot send headers (header mode only: the check rewrites the header).
     let tenant = match TenantId::from_header(header.or(params.tenant.as_deref())) {
         Ok(t) => t,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("tenant: {e}")).into_response(),

@@ -11,10 +11,11 @@
 //! As in Tempo, both latency histograms are observed for every edge; the side that has no span
 //! observes 0 (a database edge's server side observes the client's duration).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::series::{key_of, Exemplar, Family, Histogram, MetricFamily, MetricKind, SeriesBudget, SeriesValue};
+use crate::series::{
+    fast_map, key_of, Exemplar, Family, FastMap, Histogram, MetricFamily, MetricKind, SeriesBudget, SeriesValue,
+};
 use crate::settings::service_graph_buckets;
 use crate::spans::SpanColumns;
 
@@ -81,7 +82,7 @@ pub struct ServiceGraph {
     wait: Duration,
     max_items: usize,
     bounds: Vec<f64>,
-    pending: HashMap<([u8; 16], [u8; 8]), Pending>,
+    pending: FastMap<([u8; 16], [u8; 8]), Pending>,
     edges: Family<EdgeSeries>,
     unpaired: Family<CounterSeries>,
     dropped: Family<CounterSeries>,
@@ -100,7 +101,7 @@ impl ServiceGraph {
             wait,
             max_items,
             bounds: service_graph_buckets(),
-            pending: HashMap::new(),
+            pending: fast_map(),
             edges: Family::new(edge_labels()),
             unpaired: Family::new(edge_labels()),
             dropped: Family::new(edge_labels()),
@@ -162,7 +163,7 @@ impl ServiceGraph {
                         self.stats.dropped += 1;
                         let (c, s) = if is_client { (side.service.as_str(), "") } else { ("", side.service.as_str()) };
                         key_of(&mut self.key, [c, s, ""]);
-                        if let Some(v) = self.dropped.get_or_create(&self.key, budget, now, CounterSeries::default) {
+                        if let Some(v) = self.dropped.get_or_create(&self.key, budget, now, 1, CounterSeries::default) {
                             v.0 += 1;
                         }
                         continue;
@@ -207,7 +208,8 @@ impl ServiceGraph {
     ) {
         key_of(&mut self.key, [client.service.as_str(), server.service.as_str(), connection_type]);
         let bounds = &self.bounds;
-        let Some(e) = self.edges.get_or_create(&self.key, budget, now, || EdgeSeries {
+        let cost = 2 + 2 * (bounds.len() + 3);
+        let Some(e) = self.edges.get_or_create(&self.key, budget, now, cost, || EdgeSeries {
             total: 0,
             failed: 0,
             server: Histogram::new(bounds),
@@ -247,7 +249,7 @@ impl ServiceGraph {
                     let c = p.client.as_ref().map(|s| s.service.as_str()).unwrap_or("");
                     let s = p.server.as_ref().map(|s| s.service.as_str()).unwrap_or("");
                     key_of(&mut self.key, [c, s, ""]);
-                    if let Some(v) = self.unpaired.get_or_create(&self.key, budget, now, CounterSeries::default) {
+                    if let Some(v) = self.unpaired.get_or_create(&self.key, budget, now, 1, CounterSeries::default) {
                         v.0 += 1;
                     }
                 }

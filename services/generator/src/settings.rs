@@ -83,7 +83,7 @@ impl Default for TenantSettings {
             service_graphs: true,
             wait: Duration::from_secs(10),
             max_items: 10_000,
-            max_active_series: 100_000,
+            max_active_series: 500_000,
             sql: true,
             remote_write: Vec::new(),
         }

@@ -94,7 +94,8 @@ impl SpanMetrics {
             );
             let duration = spans.duration_seconds(i);
             let bounds = &self.bounds;
-            if let Some(s) = self.series.get_or_create(&self.key, budget, now, || SpanSeries {
+            let cost = 2 + bounds.len() + 3;
+            if let Some(s) = self.series.get_or_create(&self.key, budget, now, cost, || SpanSeries {
                 calls: 0,
                 size: 0,
                 latency: Histogram::new(bounds),
@@ -114,7 +115,7 @@ impl SpanMetrics {
             if last_resource.as_ref().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())) != Some(resource) {
                 let job = if resource.1.is_empty() { service.to_string() } else { format!("{}/{service}", resource.1) };
                 key_of(&mut self.key, [job.as_str(), resource.2]);
-                self.target_info.get_or_create(&self.key, budget, now, || Info);
+                self.target_info.get_or_create(&self.key, budget, now, 1, || Info);
                 last_resource = Some((service.to_string(), resource.1.to_string(), resource.2.to_string()));
             }
         }

@@ -10,14 +10,17 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use bytes::Bytes;
+use spindle_cluster_client::{Channels, InternalChannel};
 use spindle_proto::generator::generator_client::GeneratorClient;
 use spindle_proto::generator::PushSpans;
 use spindle_schema::col;
 use spindle_storage::TenantId;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::{Generator, GeneratorMetrics};
+
+/// How long one push to a generator may take before it is given up (and its spans counted).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Receives a copy of every batch an ingester accepted.
 pub trait SpanTee: Send + Sync {
@@ -112,20 +115,19 @@ pub struct RemoteTee {
 }
 
 impl RemoteTee {
-    /// Connects (lazily) to the generators at `addrs` (`host:port` of their internal gRPC API);
-    /// at most `max_queue_bytes` of spans wait to be sent.
+    /// Connects (lazily, through `channels`, which add the cluster secret) to the generators at
+    /// `addrs` (`host:port` of their internal gRPC API); at most `max_queue_bytes` of spans wait
+    /// to be sent.
     pub fn new(
         addrs: &[String],
+        channels: &Channels,
         max_queue_bytes: usize,
         metrics: GeneratorMetrics,
-    ) -> Result<Arc<Self>, tonic::transport::Error> {
+    ) -> Result<Arc<Self>, spindle_cluster_client::ClientError> {
         let budget = ByteBudget::new(max_queue_bytes);
         let mut targets = Vec::new();
         for addr in addrs {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5));
-            let client = GeneratorClient::new(endpoint.connect_lazy()).max_encoding_message_size(usize::MAX);
+            let client = GeneratorClient::new(channels.get(addr)?).max_encoding_message_size(usize::MAX);
             let (tx, rx) = mpsc::channel(1024);
             tokio::spawn(send_loop(client, rx, budget.clone(), metrics.clone(), addr.clone()));
             targets.push(Target { seed: xxhash_rust::xxh3::xxh3_64(addr.as_bytes()), tx });
@@ -163,14 +165,19 @@ impl RemoteTee {
 }
 
 async fn send_loop(
-    mut client: GeneratorClient<Channel>,
+    mut client: GeneratorClient<InternalChannel>,
     mut rx: mpsc::Receiver<(PushSpans, usize, u64)>,
     budget: ByteBudget,
     metrics: GeneratorMetrics,
     addr: String,
 ) {
     while let Some((push, bytes, rows)) = rx.recv().await {
-        if let Err(status) = client.push(push).await {
+        let status = match tokio::time::timeout(PUSH_TIMEOUT, client.push(push)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(status)) => Some(status),
+            Err(_) => Some(tonic::Status::deadline_exceeded("push timed out")),
+        };
+        if let Some(status) = status {
             let reason = if status.code() == tonic::Code::ResourceExhausted { "queue_full" } else { "unreachable" };
             metrics.dropped(reason, rows);
             tracing::debug!(generator = %addr, error = %status, "metrics generator tee: push failed");

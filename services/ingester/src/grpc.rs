@@ -11,7 +11,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 
 use crate::rpc_status::{retry_after, RpcStatus};
-use crate::{tenant_from_header, IngestError, Ingester};
+use crate::{IngestError, Ingester};
 
 /// The OTLP trace service.
 pub struct OtlpGrpc {
@@ -38,6 +38,8 @@ pub fn status_for(e: &IngestError) -> Status {
     };
     match e {
         IngestError::Invalid(m) => Status::invalid_argument(m.clone()),
+        IngestError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+        IngestError::Forbidden(m) => Status::permission_denied(m.clone()),
         IngestError::TooLarge(m) => Status::resource_exhausted(m.clone()),
         IngestError::Overloaded(m) => retryable(Code::ResourceExhausted, m),
         IngestError::Unavailable(m) => retryable(Code::Unavailable, m),
@@ -52,12 +54,15 @@ impl TraceService for OtlpGrpc {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let metrics = self.ingester.metrics();
-        let header = match request.metadata().get("x-scope-orgid").map(|v| v.to_str()) {
-            None => None,
-            Some(Ok(v)) => Some(v),
-            Some(Err(_)) => return Err(Status::invalid_argument("x-scope-orgid is not valid ASCII text")),
+        let text = |name: &str| match request.metadata().get(name).map(|v| v.to_str()) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(_)) => Err(Status::invalid_argument(format!("{name} is not valid ASCII text"))),
         };
-        let tenant = tenant_from_header(header).map_err(|e| status_for(&e))?;
+        let tenant = self.ingester.authorize(text("authorization")?, text("x-scope-orgid")?).map_err(|e| {
+            metrics.request("grpc", "refused");
+            status_for(&e)
+        })?;
         let request = request.into_inner();
         metrics.request_bytes.inc_by(request.encoded_len() as u64);
         match self.ingester.ingest(&tenant, request).await {

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use crate::rpc_status::RpcStatus;
-use crate::{tenant_from_header, IngestError, Ingester};
+use crate::{IngestError, Ingester};
 
 /// Routes of the OTLP/HTTP receiver.
 pub fn router(ingester: Arc<Ingester>) -> Router {
@@ -58,6 +58,8 @@ fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: &
 fn ingest_error_response(format: Format, e: &IngestError) -> Response {
     let (status, code) = match e {
         IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, 3),
+        IngestError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 16),
+        IngestError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
         IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
         IngestError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
         IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
@@ -84,7 +86,8 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
         }
     };
     let result = async {
-        let tenant = tenant_from_header(header_text(&headers, "x-scope-orgid")?)?;
+        let tenant =
+            ingester.authorize(header_text(&headers, "authorization")?, header_text(&headers, "x-scope-orgid")?)?;
         let limit = ingester.config().max_request_bytes;
         let raw = to_bytes(body, limit).await.map_err(|e| {
             if is_length_limit(&e) {

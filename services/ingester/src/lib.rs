@@ -18,6 +18,7 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use spindle_auth::{Access, Auth, AuthError};
 use spindle_cluster_client::ShardRouter;
 use spindle_generator::tee::SpanTee;
 use spindle_otlp::to_arrow::{resource_spans_to_batch_limited, DEFAULT_MAX_EXPANDED_BYTES};
@@ -62,6 +63,12 @@ pub enum IngestError {
     /// Storage pushes back: retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// No usable API key: do not retry as is.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The API key may not write this tenant: do not retry as is.
+    #[error("{0}")]
+    Forbidden(String),
     /// Storage cannot take writes now: retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -99,12 +106,31 @@ pub struct Ingester {
     config: IngesterConfig,
     metrics: IngestMetrics,
     tee: Option<Arc<dyn SpanTee>>,
+    auth: Arc<Auth>,
 }
 
 impl Ingester {
     /// An ingester writing to the shards `router` finds.
     pub fn new(router: Arc<ShardRouter>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
-        Self { router, config, metrics, tee: None }
+        Self { router, config, metrics, tee: None, auth: Auth::trust_header() }
+    }
+
+    /// Decides the tenant of each request with `auth` (API keys) instead of trusting
+    /// `X-Scope-OrgID`.
+    pub fn with_auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The tenant a request writes to, from its `Authorization` and `X-Scope-OrgID` values.
+    pub fn authorize(&self, authorization: Option<&str>, org_id: Option<&str>) -> Result<TenantId, IngestError> {
+        let tenants = self.auth.authorize(authorization, org_id, Access::Write).map_err(|e| match e {
+            AuthError::Unauthenticated(m) => IngestError::Unauthenticated(m),
+            AuthError::Forbidden(m) => IngestError::Forbidden(m),
+            AuthError::BadRequest(m) => IngestError::Invalid(m),
+            e @ AuthError::KeysFile { .. } => IngestError::Internal(e.to_string()),
+        })?;
+        tenants.into_iter().next().ok_or_else(|| IngestError::Internal("no tenant".into()))
     }
 
     /// Also hands every committed batch to the metrics generator through `tee` (never waiting).
@@ -216,9 +242,4 @@ fn split_by_shard(
         out.push((shards[slot], part));
     }
     Ok(out)
-}
-
-/// The tenant named by an `X-Scope-OrgID` value, or the default tenant when absent.
-pub fn tenant_from_header(value: Option<&str>) -> Result<TenantId, IngestError> {
-    TenantId::from_header(value).map_err(|e| IngestError::Invalid(format!("X-Scope-OrgID: {e}")))
 }

@@ -5,24 +5,15 @@ use spindle_storage::TenantId;
 
 use crate::ApiError;
 
-/// The tenants named by `X-Scope-OrgID` (`a|b` for several), or the default tenant.
+/// The tenants named by `X-Scope-OrgID` (`a|b` for several), or the default tenant. Behind
+/// `spindle_auth::http::protect`, the header holds the tenants the caller's key allows.
 pub fn tenants(headers: &HeaderMap) -> Result<Vec<TenantId>, ApiError> {
     let value = headers
-        .get("x-scope-orgid")
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("X-Scope-OrgID is not valid text")));
-    match value.transpose()?.map(str::trim) {
-        None | Some("") => Ok(vec![TenantId::default_tenant()]),
-        Some(v) => {
-            let mut out = Vec::new();
-            for t in v.split('|') {
-                let t = TenantId::new(t.trim()).map_err(|e| ApiError::bad_request(format!("X-Scope-OrgID: {e}")))?;
-                if !out.contains(&t) {
-                    out.push(t);
-                }
-            }
-            Ok(out)
-        }
-    }
+        .get(spindle_auth::http::TENANT_HEADER)
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("X-Scope-OrgID is not valid text")))
+        .transpose()?;
+    let tenants = spindle_auth::parse_tenant_header(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(tenants.unwrap_or_else(|| vec![TenantId::default_tenant()]))
 }
 
 /// Parses a trace id given in hex (1-32 digits, left-padded with zeros).

@@ -50,6 +50,8 @@ pub enum Command {
     /// A metrics generator: span metrics and service graphs from the spans ingesters send it
     /// (ingesters list it in --generators); serves --grpc-addr [0.0.0.0:7500] and the HTTP API.
     Generator,
+    /// Prints a new random API key and the entry for it in the --api-keys-file, then exits.
+    Keygen,
 }
 
 impl Command {
@@ -62,6 +64,7 @@ impl Command {
             Command::Querier => "querier",
             Command::Compactor => "compactor",
             Command::Generator => "generator",
+            Command::Keygen => "keygen",
         }
     }
 }
@@ -123,13 +126,14 @@ pub struct Options {
     /// Compactor: pause between rounds over all shards [30s].
     #[arg(long, env = "SPINDLE_COMPACTION_INTERVAL", global = true)]
     pub compaction_interval: Option<String>,
-    /// Address of the HTTP API: Tempo query API, SQL, /metrics, /ready, /admin [0.0.0.0:3200].
+    /// Address of the HTTP API: Tempo query API, SQL, /metrics, /ready, /admin [127.0.0.1:3200].
+    /// Listening beyond loopback needs --api-keys-file or --trust-tenant-header.
     #[arg(long, env = "SPINDLE_HTTP_ADDR", global = true)]
     pub http_addr: Option<SocketAddr>,
-    /// Address of the OTLP/gRPC receiver [0.0.0.0:4317].
+    /// Address of the OTLP/gRPC receiver [127.0.0.1:4317].
     #[arg(long, env = "SPINDLE_OTLP_GRPC_ADDR", global = true)]
     pub otlp_grpc_addr: Option<SocketAddr>,
-    /// Address of the OTLP/HTTP receiver [0.0.0.0:4318].
+    /// Address of the OTLP/HTTP receiver [127.0.0.1:4318].
     #[arg(long, env = "SPINDLE_OTLP_HTTP_ADDR", global = true)]
     pub otlp_http_addr: Option<SocketAddr>,
     /// Storage nodes: listen address of the internal gRPC API (push, read, metadata, Raft)
@@ -196,6 +200,30 @@ pub struct Options {
     /// each the traces it owns [none].
     #[arg(long, env = "SPINDLE_GENERATORS", global = true, value_delimiter = ',')]
     pub generators: Option<Vec<String>>,
+    /// YAML file of API keys (hashed; `spindle keygen` makes one): OTLP and query requests must
+    /// then send `Authorization: Bearer <key>`, and the key decides the tenant. Re-read when it
+    /// changes [none].
+    #[arg(long, env = "SPINDLE_API_KEYS_FILE", global = true)]
+    pub api_keys_file: Option<PathBuf>,
+    /// Without API keys, trust `X-Scope-OrgID` from any client on a non-loopback listener (behind
+    /// a gateway that authenticates) [false].
+    #[arg(long, env = "SPINDLE_TRUST_TENANT_HEADER", global = true)]
+    pub trust_tenant_header: Option<bool>,
+    /// Shared by every node of a cluster: internal gRPC calls (pushes, reads, metadata, Raft,
+    /// generator pushes) must carry it; required when --grpc-addr is beyond loopback [none].
+    #[arg(long, env = "SPINDLE_CLUSTER_SECRET", global = true, hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// PEM certificate chain for TLS on the HTTP API and the OTLP receivers (with
+    /// --tls-key-file); re-read when it changes [no TLS].
+    #[arg(long, env = "SPINDLE_TLS_CERT_FILE", global = true)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "SPINDLE_TLS_KEY_FILE", global = true)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Development: TLS with a new self-signed certificate, written to <data-dir>/tls/cert.pem
+    /// for clients to trust [false].
+    #[arg(long, env = "SPINDLE_TLS_SELF_SIGNED", global = true)]
+    pub tls_self_signed: Option<bool>,
 }
 
 /// The YAML file: the same options.
@@ -237,6 +265,12 @@ struct FileConfig {
     fsync: Option<bool>,
     generator: Option<GeneratorSection>,
     generators: Option<Vec<String>>,
+    api_keys_file: Option<PathBuf>,
+    trust_tenant_header: Option<bool>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_self_signed: Option<bool>,
+    cluster_secret: Option<String>,
 }
 
 /// `generator:` is a boolean (run it in `spindle all`) or the generator's settings.
@@ -334,6 +368,16 @@ pub struct Config {
     pub generator_settings: GeneratorSettings,
     /// Ingesters: metrics generators to send spans to.
     pub generators: Vec<String>,
+    /// API keys file (`None`: the tenant header is trusted).
+    pub api_keys_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// TLS with a self-signed certificate.
+    pub tls_self_signed: bool,
+    /// The secret internal calls carry.
+    pub cluster_secret: Option<String>,
 }
 
 impl Config {
@@ -361,6 +405,46 @@ impl Config {
             Command::Generator => Some(([0, 0, 0, 0], 7500).into()),
             _ => None,
         });
+        let http_addr = o.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 3200).into());
+        let otlp_grpc_addr = o.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([127, 0, 0, 1], 4317).into());
+        let otlp_http_addr = o.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([127, 0, 0, 1], 4318).into());
+        let api_keys_file = o.api_keys_file.clone().or(file.api_keys_file.clone());
+        let trust_tenant_header = o.trust_tenant_header.or(file.trust_tenant_header).unwrap_or(false);
+        let mut external = vec![http_addr];
+        if matches!(role, Command::All | Command::Ingester) {
+            external.extend([otlp_grpc_addr, otlp_http_addr]);
+        }
+        if let Some(open) = external.iter().find(|a| !a.ip().is_loopback()) {
+            if api_keys_file.is_none() && !trust_tenant_header {
+                bail!(
+                    "spindle would listen on {open} without API keys, so anyone who reaches it could write and read \
+                     every tenant: set --api-keys-file (docs/operations.md, \"API keys\"), or --trust-tenant-header true \
+                     when a gateway in front authenticates callers, or listen on 127.0.0.1"
+                );
+            }
+        }
+        let cluster_secret = o.cluster_secret.clone().or(file.cluster_secret.clone()).filter(|s| !s.is_empty());
+        if let Some(s) = &cluster_secret {
+            if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!("--cluster-secret must be at least 16 printable ASCII characters (e.g. `openssl rand -hex 32`)");
+            }
+        }
+        let serves_internal = matches!(role, Command::Storage | Command::Generator);
+        if let Some(addr) = grpc_addr.filter(|a| serves_internal && !a.ip().is_loopback()) {
+            if cluster_secret.is_none() {
+                bail!(
+                    "the internal gRPC API would listen on {addr} with no --cluster-secret, so anyone who reaches it \
+                     could write, read and vote: give every node of the cluster the same --cluster-secret \
+                     (SPINDLE_CLUSTER_SECRET), or listen on 127.0.0.1"
+                );
+            }
+        }
+        let tls_cert_file = o.tls_cert_file.clone().or(file.tls_cert_file.clone());
+        let tls_key_file = o.tls_key_file.clone().or(file.tls_key_file.clone());
+        if tls_cert_file.is_some() != tls_key_file.is_some() {
+            bail!("--tls-cert-file and --tls-key-file go together");
+        }
+        let tls_self_signed = o.tls_self_signed.or(file.tls_self_signed).unwrap_or(false);
         let generator_file = match &file.generator {
             Some(GeneratorSection::Settings(s)) => Some(s.as_ref()),
             _ => None,
@@ -453,9 +537,9 @@ impl Config {
                 text(&o.compaction_interval, &file.compaction_interval, "30s"),
             )?,
             data_dir,
-            http_addr: o.http_addr.or(file.http_addr).unwrap_or(([0, 0, 0, 0], 3200).into()),
-            otlp_grpc_addr: o.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([0, 0, 0, 0], 4317).into()),
-            otlp_http_addr: o.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([0, 0, 0, 0], 4318).into()),
+            http_addr,
+            otlp_grpc_addr,
+            otlp_http_addr,
             grpc_addr,
             advertise_addr,
             node_id,
@@ -481,6 +565,11 @@ impl Config {
             generator,
             generator_settings,
             generators,
+            api_keys_file,
+            tls_cert_file,
+            tls_key_file,
+            tls_self_signed,
+            cluster_secret,
         })
     }
 }
@@ -591,8 +680,16 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.store, StoreLocation::Local(PathBuf::from("/from/file/blocks")));
         assert_eq!(c.http_addr, "127.0.0.1:1234".parse().unwrap());
-        assert_eq!(c.otlp_grpc_addr, "0.0.0.0:4317".parse().unwrap());
+        assert_eq!(c.otlp_grpc_addr, "127.0.0.1:4317".parse().unwrap());
         assert_eq!((c.shards, c.replication_factor, c.grpc_addr), (1, 1, None));
+        // Beyond loopback: API keys, or trusting the tenant header, must be chosen.
+        let open = Cli::parse_from(["spindle", "--http-addr", "0.0.0.0:3200"]);
+        let e = Config::resolve(Command::All, &open.options).unwrap_err().to_string();
+        assert!(e.contains("--api-keys-file") && e.contains("--trust-tenant-header"), "{e}");
+        let trusted = Cli::parse_from(["spindle", "--http-addr", "0.0.0.0:3200", "--trust-tenant-header", "true"]);
+        assert!(Config::resolve(Command::All, &trusted.options).is_ok());
+        let keyed = Cli::parse_from(["spindle", "--otlp-grpc-addr", "0.0.0.0:4317", "--api-keys-file", "/k.yaml"]);
+        assert!(Config::resolve(Command::All, &keyed.options).is_ok());
         std::fs::write(&path, "retention: 7d\ntenants:\n  short: { retention: 1h }\n").unwrap();
         let r = reload_retention(&cli.options).unwrap();
         assert_eq!(r.for_tenant("short"), Some(Duration::from_secs(3600)));
@@ -612,6 +709,20 @@ mod tests {
             "n1:7400",
             "--seeds",
             "n1:7400,n2:7400",
+        ]);
+        let e = Config::resolve(Command::Storage, &cli.options).unwrap_err().to_string();
+        assert!(e.contains("--cluster-secret"), "{e}");
+        let cli = Cli::parse_from([
+            "spindle",
+            "storage",
+            "--bootstrap-expect",
+            "3",
+            "--advertise-addr",
+            "n1:7400",
+            "--seeds",
+            "n1:7400,n2:7400",
+            "--cluster-secret",
+            "0123456789abcdef0123",
         ]);
         let c = Config::resolve(Command::Storage, &cli.options).unwrap();
         assert_eq!((c.shards, c.replication_factor), (8, 3));

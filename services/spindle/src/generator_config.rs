@@ -21,7 +21,7 @@ pub struct GeneratorFile {
     stale_after: Option<String>,
     /// Span bytes waiting for the generator before spans are dropped [64MiB]. Top level only.
     max_queue_size: Option<String>,
-    /// Most active series per tenant [100000].
+    /// Most active series per tenant [500000].
     max_active_series: Option<usize>,
     /// Record samples for the SQL table `metrics` [true].
     sql: Option<bool>,

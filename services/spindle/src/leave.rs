@@ -11,7 +11,7 @@ use crate::config::Config;
 /// Asks the cluster (through the seeds or the node itself) to drain `--node-id`, then reports
 /// progress until the node has left.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let channels = Channels::default();
+    let channels = Channels::with_secret(config.cluster_secret.as_deref())?;
     let id = config.node_id;
     let mut candidates = config.seeds.clone();
     candidates.push(config.advertise_addr.clone());

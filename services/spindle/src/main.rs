@@ -17,6 +17,25 @@ use crate::config::{Cli, Command, Config};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `spindle keygen`: a new API key, and its entry for the keys file.
+fn keygen() -> ExitCode {
+    match spindle_auth::new_key() {
+        Ok(key) => {
+            println!("API key (give it to the client; it is not stored anywhere): {key}\n");
+            println!("Entry for the --api-keys-file (edit name, tenants and access):");
+            println!(
+                "keys:\n  - name: my-service\n    sha256: {}\n    tenants: [my-tenant]\n    access: [write, read]",
+                spindle_auth::hash_key(&key)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("spindle: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -27,6 +46,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let role = cli.command.unwrap_or(Command::All);
+    if role == Command::Keygen {
+        return keygen();
+    }
     let config = match Config::resolve(role, &cli.options) {
         Ok(c) => c,
         Err(e) => {

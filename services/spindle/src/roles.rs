@@ -22,6 +22,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use prometheus_client::registry::Registry;
+use spindle_auth::cluster::RequireClusterSecret;
+use spindle_auth::http::protect;
+use spindle_auth::{Access, Auth};
 use spindle_cluster::ClusterConfig;
 use spindle_cluster_client::watch::TopologyWatch;
 use spindle_cluster_client::{Channels, RouterConfig, ShardRouter};
@@ -42,6 +45,7 @@ use spindle_storage_node::log_store::LogOptions;
 use spindle_storage_node::network::RaftService;
 use spindle_storage_node::service::ClusterService;
 use spindle_storage_node::{BootstrapConfig, NodeConfig, ShardConfig, StorageMetrics, StorageNode};
+use spindle_tls::{ServerTls, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -98,7 +102,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let compacts = config.compactor;
     let generates = config.generator;
     let mut registry = Registry::default();
-    let channels = Channels::default();
+    let channels = Channels::with_secret(config.cluster_secret.as_deref()).context("--cluster-secret")?;
 
     // Bind first so a busy port is reported before any work starts.
     let http_listener = bind(config.http_addr, "the HTTP API").await?;
@@ -148,6 +152,11 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let router_config = RouterConfig { write_deadline: config.write_timeout, ..RouterConfig::default() };
     let router = Arc::new(ShardRouter::new(topology.clone(), local, channels.clone(), router_config));
 
+    let auth = match &config.api_keys_file {
+        Some(path) => Auth::with_keys_file(path).context("loading API keys")?,
+        None => Auth::trust_header(),
+    };
+    tokio::spawn(auth.clone().reload_on_change(Duration::from_secs(5)));
     let generator_metrics =
         (generates || !config.generators.is_empty()).then(|| GeneratorMetrics::register(&mut registry));
     let generator = match (&generator_metrics, generates) {
@@ -161,7 +170,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let tee: Option<Arc<dyn SpanTee>> = match (&local_tee, &generator_metrics) {
         (Some(local), _) if role == Command::All => Some(local.clone()),
         (_, Some(metrics)) if ingests && !config.generators.is_empty() => Some(
-            RemoteTee::new(&config.generators, config.generator_settings.max_queue_bytes, metrics.clone())
+            RemoteTee::new(&config.generators, &channels, config.generator_settings.max_queue_bytes, metrics.clone())
                 .context("invalid --generators address")?,
         ),
         _ => None,
@@ -172,6 +181,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
             IngesterConfig { max_request_bytes: config.max_request_bytes, ..IngesterConfig::default() },
             IngestMetrics::register(&mut registry),
         );
+        let ingester = ingester.with_auth(auth.clone());
         Arc::new(match &tee {
             Some(tee) => ingester.with_tee(tee.clone()),
             None => ingester,
@@ -248,35 +258,67 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
 
     let mut http = ops::routes(Arc::new(registry), ready);
     if let Some(q) = querier {
-        http = http.merge(spindle_querier::router(q));
+        http = http.merge(protect(spindle_querier::router(q), auth.clone(), Access::Read));
     }
     if let Some(n) = &node {
-        http = http.merge(spindle_storage_node::admin::routes(n.clone()));
+        http = http.merge(protect(spindle_storage_node::admin::routes(n.clone()), auth.clone(), Access::Admin));
     }
     if let Some(g) = &generator {
-        http = http.merge(spindle_generator::service::routes(g.clone()));
+        http = http.merge(protect(spindle_generator::service::routes(g.clone()), auth.clone(), Access::Read));
     }
 
     let (stop_external, external) = watch::channel(false);
     let (stop_internal, internal) = watch::channel(false);
-    let mut servers: Vec<Server> = vec![serve_http(http_listener, http, external.clone(), "HTTP API")];
+    let tls = match (&config.tls_cert_file, &config.tls_key_file, config.tls_self_signed) {
+        (Some(cert), Some(key), _) => {
+            let tls = ServerTls::from_files(cert, key).context("loading the TLS certificate")?;
+            tokio::spawn(tls.clone().reload_on_change(Duration::from_secs(10)));
+            Some(tls)
+        }
+        (_, _, true) => {
+            let dir = config.data_dir.join("tls");
+            let tls = ServerTls::self_signed(&dir, std::slice::from_ref(&config.advertise_addr))
+                .context("making a self-signed TLS certificate")?;
+            tracing::warn!(cert = %dir.join("cert.pem").display(), "TLS with a self-signed certificate (development only): clients must trust this file");
+            Some(tls)
+        }
+        _ => None,
+    };
+    let mut servers: Vec<Server> = vec![serve_http(http_listener, http, external.clone(), "HTTP API", tls.as_ref())?];
     if let (Some((grpc, http)), Some(ingester)) = (otlp_listeners, &ingester) {
-        servers.push(serve_http(http, spindle_ingester::http::router(ingester.clone()), external.clone(), "OTLP/HTTP"));
+        servers.push(serve_http(
+            http,
+            spindle_ingester::http::router(ingester.clone()),
+            external.clone(),
+            "OTLP/HTTP",
+            tls.as_ref(),
+        )?);
         let otlp = grpc_server()
             .layer(tower::util::MapResponseLayer::new(map_codec_errors::<tonic::body::Body>))
-            .add_service(OtlpGrpc::service(ingester.clone()))
-            .serve_with_incoming_shutdown(no_delay(grpc), stopped(external.clone()));
-        servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
+            .add_service(OtlpGrpc::service(ingester.clone()));
+        match &tls {
+            Some(tls) => {
+                let incoming = TlsIncoming::new(grpc, tls).context("OTLP/gRPC listener")?.into_stream();
+                let otlp = otlp.serve_with_incoming_shutdown(incoming, stopped(external.clone()));
+                servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
+            }
+            None => {
+                let otlp = otlp.serve_with_incoming_shutdown(no_delay(grpc), stopped(external.clone()));
+                servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
+            }
+        }
     }
     let internal_server = match (grpc_listener, &node, &local_tee) {
         (Some(listener), None, Some(tee)) => {
             let server = grpc_server()
+                .layer(tower::util::option_layer(config.cluster_secret.as_deref().map(RequireClusterSecret::new)))
                 .add_service(GeneratorGrpc::service(tee.clone()))
                 .serve_with_incoming_shutdown(no_delay(listener), stopped(external.clone()));
             Some(tokio::spawn(async move { server.await.context("internal gRPC API") }))
         }
         (Some(listener), Some(node), _) => {
             let server = grpc_server()
+                .layer(tower::util::option_layer(config.cluster_secret.as_deref().map(RequireClusterSecret::new)))
                 .add_service(StorageGrpcServer::service(node.clone()))
                 .add_service(ClusterService::service(node.clone()))
                 .add_service(RaftService::service(node.clone()))
@@ -347,11 +389,23 @@ async fn reload_retention_on_change(options: Options, retention: Retention, ever
     }
 }
 
-fn serve_http(listener: TcpListener, router: Router, stop: watch::Receiver<bool>, what: &'static str) -> Server {
+fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    stop: watch::Receiver<bool>,
+    what: &'static str,
+    tls: Option<&Arc<ServerTls>>,
+) -> anyhow::Result<Server> {
+    if let Some(tls) = tls {
+        let incoming = TlsIncoming::new(listener, tls).with_context(|| format!("{what} listener"))?;
+        return Ok(Box::pin(async move {
+            axum::serve(incoming, router).with_graceful_shutdown(stopped(stop)).await.context(what)
+        }));
+    }
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    Box::pin(async move { axum::serve(listener, router).with_graceful_shutdown(stopped(stop)).await.context(what) })
+    Ok(Box::pin(async move { axum::serve(listener, router).with_graceful_shutdown(stopped(stop)).await.context(what) }))
 }
 
 /// Accepted connections with Nagle's algorithm off: a gRPC answer goes out in several small
