@@ -14,6 +14,7 @@ from spindle_proc import Spindle
 CONFIG = """\
 generator:
   collection_interval: 1s
+  sql_interval: 1s
   sql_flush_interval: 2s
   span_metrics:
     dimensions: [http.method]

@@ -25,6 +25,7 @@ TENANT = "gen"
 CONFIG = """\
 generator:
   collection_interval: 1s
+  sql_interval: 1s
   sql_flush_interval: 2s
   service_graphs:
     wait: 5s

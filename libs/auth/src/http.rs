@@ -53,8 +53,10 @@ async fn check(State((auth, access)): State<(Arc<Auth>, Access)>, mut request: R
         Ok(tenants) => {
             let headers = request.headers_mut();
             headers.remove("authorization");
-            headers.remove(TENANT_HEADER);
-            if !tenants.is_empty() {
+            // Without keys and without the header, leave it absent: handlers then use the
+            // default tenant, or a scraper's `?tenant=`.
+            let named = headers.remove(TENANT_HEADER).is_some();
+            if !tenants.is_empty() && (named || auth.requires_keys()) {
                 let value = tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>().join("|");
                 // Tenant ids are validated ASCII, so this always succeeds.
                 if let Ok(v) = HeaderValue::from_str(&value) {

@@ -10,6 +10,7 @@ pub mod bloom;
 pub mod cache;
 pub mod compact;
 pub mod index;
+pub mod instrumented;
 pub mod metric_files;
 pub mod reader;
 pub mod retention;

@@ -79,6 +79,8 @@ struct TenantState {
     span_metrics: Option<SpanMetrics>,
     graph: Option<ServiceGraph>,
     last_expiry: Instant,
+    last_collection: Option<Instant>,
+    last_sql: Option<Instant>,
 }
 
 impl TenantState {
@@ -89,6 +91,8 @@ impl TenantState {
             graph: settings.service_graphs.then(|| ServiceGraph::new(settings.wait, settings.max_items)),
             settings,
             last_expiry: Instant::now(),
+            last_collection: None,
+            last_sql: None,
         }
     }
 
@@ -264,10 +268,26 @@ impl Generator {
         for (tenant, state) in self.existing_tenants() {
             let (families, targets, sql) = {
                 let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                // A tenant with a longer interval than the loop's is collected every few ticks
+                // (half a tick of slack so it does not slip by one tick each time).
+                let due = state.last_collection.is_none_or(|t| {
+                    t.elapsed() + self.settings.collection_interval / 2 >= state.settings.collection_interval
+                });
+                if !due {
+                    continue;
+                }
+                state.last_collection = Some(Instant::now());
+                let sql_due = state.settings.sql
+                    && state.last_sql.is_none_or(|t| {
+                        t.elapsed() + self.settings.collection_interval / 2 >= self.settings.sql_interval
+                    });
+                if sql_due {
+                    state.last_sql = Some(Instant::now());
+                }
                 let families = state.collect(self.settings.stale_after, true, &self.metrics);
                 active += state.budget.active;
                 pending += state.graph.as_ref().map(|g| g.pending()).unwrap_or(0);
-                (families, state.settings.remote_write.clone(), state.settings.sql)
+                (families, state.settings.remote_write.clone(), sql_due)
             };
             if sql {
                 if let Some(sink) = &self.sql {

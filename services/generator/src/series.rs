@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -91,15 +92,18 @@ impl SeriesValue for Histogram {
     }
 }
 
-/// Series of one shape: label names and, per label-value combination, a value.
+/// Series of one shape: label names and, per label-value combination, a value. Values live in
+/// a vector and the map points into it, so a span costs one hash lookup.
 #[derive(Debug)]
 pub struct Family<V> {
     label_names: Vec<String>,
-    series: FastMap<Box<str>, Entry<V>>,
+    index: FastMap<Arc<str>, usize>,
+    slots: Vec<Slot<V>>,
 }
 
 #[derive(Debug)]
-struct Entry<V> {
+struct Slot<V> {
+    key: Arc<str>,
     value: V,
     updated: Instant,
 }
@@ -107,7 +111,7 @@ struct Entry<V> {
 impl<V: SeriesValue> Family<V> {
     /// A family with these label names.
     pub fn new(label_names: Vec<String>) -> Self {
-        Self { label_names, series: fast_map() }
+        Self { label_names, index: fast_map(), slots: Vec::new() }
     }
 
     /// Label names.
@@ -126,48 +130,59 @@ impl<V: SeriesValue> Family<V> {
         cost: usize,
         make: impl FnOnce() -> V,
     ) -> Option<&mut V> {
-        if !self.series.contains_key(key) {
-            if budget.active + cost > budget.max {
-                budget.refused += 1;
-                return None;
-            }
-            let value = make();
-            budget.active += value.series_count();
-            self.series.insert(key.into(), Entry { value, updated: now });
+        if let Some(&i) = self.index.get(key) {
+            let slot = &mut self.slots[i];
+            slot.updated = now;
+            return Some(&mut slot.value);
         }
-        let entry = self.series.get_mut(key)?;
-        entry.updated = now;
-        Some(&mut entry.value)
+        if budget.active + cost > budget.max {
+            budget.refused += 1;
+            return None;
+        }
+        let value = make();
+        budget.active += value.series_count();
+        let key: Arc<str> = Arc::from(key);
+        self.index.insert(key.clone(), self.slots.len());
+        self.slots.push(Slot { key, value, updated: now });
+        self.slots.last_mut().map(|s| &mut s.value)
     }
 
     /// Drops series not updated since `now - stale_after`, giving their budget back.
     pub fn drop_stale(&mut self, now: Instant, stale_after: Duration, budget: &mut SeriesBudget) {
-        self.series.retain(|_, e| {
-            let keep = now.saturating_duration_since(e.updated) < stale_after;
-            if !keep {
-                budget.active = budget.active.saturating_sub(e.value.series_count());
+        let mut i = 0;
+        while i < self.slots.len() {
+            if now.saturating_duration_since(self.slots[i].updated) < stale_after {
+                i += 1;
+                continue;
             }
-            keep
-        });
+            let gone = self.slots.swap_remove(i);
+            budget.active = budget.active.saturating_sub(gone.value.series_count());
+            self.index.remove(&*gone.key);
+            if let Some(moved) = self.slots.get(i) {
+                if let Some(at) = self.index.get_mut(&*moved.key) {
+                    *at = i;
+                }
+            }
+        }
     }
 
     /// Every series: its labels (name, value) and value.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Vec<(String, String)>, &mut V)> + '_ {
         let names = &self.label_names;
-        self.series.iter_mut().map(move |(key, e)| {
-            let labels = names.iter().cloned().zip(key.split(SEP).map(str::to_string)).collect();
-            (labels, &mut e.value)
+        self.slots.iter_mut().map(move |slot| {
+            let labels = names.iter().cloned().zip(slot.key.split(SEP).map(str::to_string)).collect();
+            (labels, &mut slot.value)
         })
     }
 
     /// Number of series.
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.slots.len()
     }
 
     /// Whether the family is empty.
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.slots.is_empty()
     }
 }
 
@@ -363,6 +378,30 @@ mod tests {
         assert!(fam.get_or_create("x", &mut budget, now, 4, make).is_some());
         fam.drop_stale(now + Duration::from_secs(10), Duration::from_secs(5), &mut budget);
         assert_eq!((fam.len(), budget.active), (0, 0));
+    }
+
+    #[test]
+    fn dropping_stale_series_keeps_the_rest_findable() {
+        let bounds = [1.0];
+        let mut fam: Family<Histogram> = Family::new(vec!["a".into()]);
+        let mut budget = SeriesBudget::new(100);
+        let t0 = Instant::now();
+        for k in ["a", "b", "c", "d"] {
+            fam.get_or_create(k, &mut budget, t0, 4, || Histogram::new(&bounds));
+        }
+        for k in ["a", "c"] {
+            fam.get_or_create(k, &mut budget, t0 + Duration::from_secs(9), 4, || unreachable!())
+                .unwrap()
+                .observe(&bounds, 0.5, None);
+        }
+        fam.drop_stale(t0 + Duration::from_secs(10), Duration::from_secs(5), &mut budget);
+        assert_eq!((fam.len(), budget.active), (2, 8));
+        for k in ["a", "c"] {
+            let h = fam.get_or_create(k, &mut budget, t0, 4, || unreachable!()).unwrap();
+            assert_eq!(h.count, 1, "{k}");
+        }
+        let labels: Vec<String> = fam.iter_mut().map(|(l, _)| l[0].1.clone()).collect();
+        assert_eq!(labels.len(), 2);
     }
 
     #[test]

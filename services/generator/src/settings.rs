@@ -20,8 +20,11 @@ fn doubling(first: f64, n: usize) -> Vec<f64> {
 /// Settings of the whole generator.
 #[derive(Debug, Clone)]
 pub struct GeneratorSettings {
-    /// How often series are collected: sent by remote write and recorded for SQL.
+    /// How often the collection loop runs: the shortest tenant collection interval.
     pub collection_interval: Duration,
+    /// How often a tenant's series are recorded as rows of the SQL table `metrics` (at most; at
+    /// a collection).
+    pub sql_interval: Duration,
     /// How often collected samples are written to the object store (the SQL table `metrics`).
     pub sql_flush_interval: Duration,
     /// A series not updated for this long is dropped.
@@ -38,6 +41,7 @@ impl Default for GeneratorSettings {
     fn default() -> Self {
         Self {
             collection_interval: Duration::from_secs(15),
+            sql_interval: Duration::from_secs(60),
             sql_flush_interval: Duration::from_secs(300),
             stale_after: Duration::from_secs(15 * 60),
             max_queue_bytes: 64 * 1024 * 1024,
@@ -57,6 +61,8 @@ impl GeneratorSettings {
 /// Settings of one tenant.
 #[derive(Debug, Clone)]
 pub struct TenantSettings {
+    /// How often the tenant's series are collected: sent by remote write and recorded for SQL.
+    pub collection_interval: Duration,
     /// Compute span metrics.
     pub span_metrics: bool,
     /// Extra span-metrics labels: span or resource attribute names (resource first).
@@ -78,6 +84,7 @@ pub struct TenantSettings {
 impl Default for TenantSettings {
     fn default() -> Self {
         Self {
+            collection_interval: Duration::from_secs(15),
             span_metrics: true,
             dimensions: Vec::new(),
             service_graphs: true,

@@ -2,6 +2,7 @@
 //! into the generator's settings.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -13,8 +14,10 @@ use crate::config::{parse_duration, parse_size};
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorFile {
-    /// How often series are collected (remote write, SQL rows) [15s]. Top level only.
+    /// How often series are collected (remote write, SQL rows) [15s].
     collection_interval: Option<String>,
+    /// How often series become rows of the SQL table `metrics` [1m]. Top level only.
+    sql_interval: Option<String>,
     /// How often collected samples are written for SQL [5m]. Top level only.
     sql_flush_interval: Option<String>,
     /// Series idle this long are dropped [15m]. Top level only.
@@ -63,6 +66,13 @@ struct RemoteWriteFile {
 
 fn apply(base: &TenantSettings, file: &GeneratorFile, what: &str) -> anyhow::Result<TenantSettings> {
     let mut s = base.clone();
+    if let Some(t) = &file.collection_interval {
+        s.collection_interval =
+            parse_duration(t).with_context(|| format!("invalid {what}.collection_interval {t:?}"))?;
+        if s.collection_interval.is_zero() {
+            bail!("{what}.collection_interval must be positive");
+        }
+    }
     if let Some(n) = file.max_active_series {
         s.max_active_series = n;
     }
@@ -120,13 +130,9 @@ pub fn generator_settings(
             None => Ok(default),
         }
     };
-    settings.collection_interval =
-        duration("collection_interval", &top.collection_interval, settings.collection_interval)?;
+    settings.sql_interval = duration("sql_interval", &top.sql_interval, settings.sql_interval)?;
     settings.sql_flush_interval = duration("sql_flush_interval", &top.sql_flush_interval, settings.sql_flush_interval)?;
     settings.stale_after = duration("stale_after", &top.stale_after, settings.stale_after)?;
-    if settings.collection_interval.is_zero() {
-        bail!("generator.collection_interval must be positive");
-    }
     if let Some(q) = &top.max_queue_size {
         settings.max_queue_bytes = parse_size(q).with_context(|| format!("invalid generator.max_queue_size {q:?}"))?;
     }
@@ -134,16 +140,22 @@ pub fn generator_settings(
     for (tenant, file) in tenants {
         let Some(file) = file else { continue };
         let what = format!("tenants.{tenant}.generator");
-        if file.collection_interval.is_some()
-            || file.sql_flush_interval.is_some()
+        if file.sql_flush_interval.is_some()
+            || file.sql_interval.is_some()
             || file.stale_after.is_some()
             || file.max_queue_size.is_some()
         {
-            bail!("{what}: collection_interval, sql_flush_interval, stale_after and max_queue_size are process-wide; set them in the top-level generator section");
+            bail!("{what}: sql_interval, sql_flush_interval, stale_after and max_queue_size are process-wide; set them in the top-level generator section");
         }
         let tenant_settings = apply(&settings.default, &file, &what)?;
         settings.tenants.insert(tenant, tenant_settings);
     }
+    // The collection loop ticks as often as the most frequent tenant needs.
+    settings.collection_interval = settings
+        .tenants
+        .values()
+        .map(|t| t.collection_interval)
+        .fold(settings.default.collection_interval, Duration::min);
     Ok(settings)
 }
 
@@ -160,12 +172,13 @@ mod tests {
         let acme: GeneratorFile = serde_yaml::from_str("service_graphs: { enabled: false }\nremote_write: []").unwrap();
         let s = generator_settings(Some(&top), [("acme".to_string(), Some(acme))].into_iter()).unwrap();
         assert_eq!(s.collection_interval.as_secs(), 1);
+        assert_eq!(s.for_tenant("acme").collection_interval.as_secs(), 1);
         assert_eq!(s.default.dimensions, ["http.method"]);
         assert_eq!(s.default.remote_write.len(), 1);
         let a = s.for_tenant("acme");
         assert!(!a.service_graphs && a.span_metrics && a.remote_write.is_empty());
         assert_eq!(a.dimensions, ["http.method"]);
-        let bad: GeneratorFile = serde_yaml::from_str("collection_interval: 1s").unwrap();
+        let bad: GeneratorFile = serde_yaml::from_str("sql_flush_interval: 1s").unwrap();
         assert!(generator_settings(None, [("x".to_string(), Some(bad))].into_iter()).is_err());
     }
 }

@@ -4,6 +4,7 @@ mod config;
 mod generator_config;
 mod leave;
 mod ops;
+mod process_metrics;
 mod roles;
 
 use std::process::ExitCode;

@@ -37,6 +37,7 @@ use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
 use spindle_querier::{Querier, QueryMetrics};
 use spindle_query::{QueryConfig, QueryEngine, SpanSource};
 use spindle_storage::cache::{CacheOptions, CachedStore};
+use spindle_storage::instrumented::{InstrumentedStore, ObjectStoreMetrics};
 use spindle_storage::store::open_store;
 use spindle_storage::Retention;
 use spindle_storage_api::grpc::StorageGrpcServer;
@@ -102,6 +103,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let compacts = config.compactor;
     let generates = config.generator;
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
     let channels = Channels::with_secret(config.cluster_secret.as_deref()).context("--cluster-secret")?;
 
     // Bind first so a busy port is reported before any work starts.
@@ -122,6 +124,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         }
         let store = open_store(&config.store, &config.store_options)
             .with_context(|| format!("opening the block store {}", config.store.describe()))?;
+        let store = InstrumentedStore::wrap(store, ObjectStoreMetrics::register(&mut registry));
         Some(store)
     } else {
         None
