@@ -137,11 +137,18 @@ class Spindle:
         raise RuntimeError(f"spindle {self.role} did not become ready ({reason}): " + self.read_log()[-3000:])
 
     def blocks(self):
-        """Paths of the Parquet files in this process's block store."""
+        """Paths of the span blocks (Parquet) in this process's block store,
+        <tenant>/blocks/...: not the metrics generator's sample files (<tenant>/metrics/...)."""
         url = self.storage_url or "file://" + os.path.join(self.data_dir, "data", "blocks")
         if url.startswith("file://"):
-            return Backend().list_parquet(url)
-        return backend().list_parquet(url)
+            root = url[len("file://"):]
+            files = Backend().list_parquet(url)
+            relative = [os.path.relpath(f, root) for f in files]
+        else:
+            prefix = url.split("/", 3)[3] if url.count("/") >= 3 else ""
+            files = backend().list_parquet(url)
+            relative = [f[len(prefix):].lstrip("/") for f in files]
+        return [f for f, rel in zip(files, relative) if rel.split("/")[1:2] == ["blocks"]]
 
     def read_log(self):
         with open(self.log_path, "rb") as f:

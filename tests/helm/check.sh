@@ -53,25 +53,12 @@ if ! cmp -s tests/helm/requirements.txt "$VENV/requirements.txt"; then
   cp tests/helm/requirements.txt "$VENV/requirements.txt"
 fi
 
-# promtool: from PATH, else from the Debian package `prometheus`, unpacked into .cache (the
-# package is only downloaded: nothing is installed system-wide and no Prometheus server starts).
+# promtool: from PATH, else from the Debian package `prometheus`, unpacked into .cache by
+# tests/e2e/install_prometheus.sh (only downloaded: nothing is installed system-wide).
 PROMTOOL=$(command -v promtool || true)
 if [ -z "$PROMTOOL" ]; then
-  PROMTOOL=$PWD/$CACHE/prometheus-deb/usr/bin/promtool
-  if [ ! -x "$PROMTOOL" ]; then
-    step "fetching promtool (Debian package prometheus)"
-    command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
-      || die "promtool is missing and apt-get is unavailable: install Prometheus' promtool and put it on PATH"
-    DEB_DIR=$(mktemp -d)
-    if ! (cd "$DEB_DIR" && apt-get download prometheus >/dev/null 2>&1); then
-      [ "$(id -u)" = 0 ] || die "promtool is missing and 'apt-get download prometheus' failed: run 'sudo apt-get update' or install promtool"
-      apt-get update -qq >/dev/null
-      (cd "$DEB_DIR" && apt-get download prometheus >/dev/null 2>&1) || die "'apt-get download prometheus' failed"
-    fi
-    rm -rf "$CACHE/prometheus-deb"
-    dpkg-deb -x "$DEB_DIR"/prometheus_*.deb "$CACHE/prometheus-deb"
-    rm -rf "$DEB_DIR"
-  fi
+  bash tests/e2e/install_prometheus.sh || die "promtool is missing and could not be fetched: install Prometheus' promtool and put it on PATH"
+  PROMTOOL=$PWD/.cache/prometheus-deb/usr/bin/promtool
 fi
 
 # --- 1. helm lint and template ---------------------------------------------------------------
@@ -105,6 +92,14 @@ render distributed-variants --set mode=distributed --set objectStorage.url=s3://
   --set ingester.autoscaling.enabled=false --set querier.autoscaling.enabled=false --set querier.cache.enabled=false \
   --set storage.replicas=5 --set cluster.bootstrapExpect=5 --set storage.maxUnavailable=2 \
   --set 'config.tenants.team-a.retention=7d' --set config.retention=14d
+# API keys, TLS and a cluster secret from existing Secrets, three generators.
+render distributed-secured --set mode=distributed --set objectStorage.url=s3://b/p --set auth.apiKeysSecret=spindle-keys \
+  --set tls.secretName=spindle-tls --set cluster.secretName=spindle-cluster --set generator.replicas=3
+for want in 'api_keys_file: /etc/spindle-keys/keys.yaml' 'tls_cert_file: /etc/spindle-tls/tls.crt' 'scheme: HTTPS' \
+    'secretName: spindle-keys' 'secretName: spindle-tls' 'name: spindle-cluster' 'spindle-generator-2.spindle-generator-headless'; do
+  grep -qF -- "$want" "$OUT/distributed-secured.yaml" || die "distributed-secured: no \"$want\" in the rendered manifests"
+done
+if grep -qF 'trust_tenant_header' "$OUT/distributed-secured.yaml"; then die "distributed-secured: trusts the tenant header despite API keys"; fi
 render distributed-no-affinity --set mode=distributed --set objectStorage.url=gs://b/p --set storage.podAntiAffinity=none \
   --set objectStorage.azure.workloadIdentity.clientId=abc --set objectStorage.azure.accountName=acct
 # Values the chart must refuse, with its message.

@@ -430,7 +430,8 @@ impl Config {
             }
         }
         let serves_internal = matches!(role, Command::Storage | Command::Generator);
-        if let Some(addr) = grpc_addr.filter(|a| serves_internal && !a.ip().is_loopback()) {
+        // `storage --leave` only calls other nodes: it listens on nothing.
+        if let Some(addr) = grpc_addr.filter(|a| serves_internal && !o.leave && !a.ip().is_loopback()) {
             if cluster_secret.is_none() {
                 bail!(
                     "the internal gRPC API would listen on {addr} with no --cluster-secret, so anyone who reaches it \
