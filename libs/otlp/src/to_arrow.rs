@@ -26,7 +26,7 @@ pub struct Converted {
     /// Why the first refused span was refused.
     pub first_error: Option<String>,
     /// Protobuf-encoded size of each accepted span, in row order (the metrics generator's
-    /// `traces_spanmetrics_size_total`).
+    /// `traces_spanmetrics_size_total`); empty unless asked for.
     pub span_sizes: Vec<u32>,
 }
 
@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_EXPANDED_BYTES: usize = 512 * 1024 * 1024;
 /// Converts OTLP resource spans into one batch with the span schema, refusing requests whose
 /// rows would exceed [`DEFAULT_MAX_EXPANDED_BYTES`].
 pub fn resource_spans_to_batch(resource_spans: &[ResourceSpans]) -> Result<Converted> {
-    resource_spans_to_batch_limited(resource_spans, DEFAULT_MAX_EXPANDED_BYTES)
+    resource_spans_to_batch_limited(resource_spans, DEFAULT_MAX_EXPANDED_BYTES, false)
 }
 
 /// Estimated bytes of the rows a request becomes: each span repeats its resource and scope.
@@ -57,11 +57,13 @@ pub fn expanded_size(resource_spans: &[ResourceSpans]) -> usize {
 /// Converts OTLP resource spans into one batch with the span schema.
 ///
 /// A request whose rows would exceed `max_expanded_bytes` (see [`expanded_size`]) is refused
-/// with [`crate::ConvertError::TooLarge`]. Invalid spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, parent id neither
+/// with [`crate::ConvertError::TooLarge`]. With `span_sizes`, [`Converted::span_sizes`] holds
+/// each accepted span's encoded size (a pass over its attributes, so only when needed). Invalid spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, parent id neither
 /// empty nor 8 bytes, times beyond year 2262) are counted in [`Converted::rejected`], not stored.
 pub fn resource_spans_to_batch_limited(
     resource_spans: &[ResourceSpans],
     max_expanded_bytes: usize,
+    span_sizes: bool,
 ) -> Result<Converted> {
     let expanded = expanded_size(resource_spans);
     if expanded > max_expanded_bytes {
@@ -73,7 +75,7 @@ pub fn resource_spans_to_batch_limited(
     let mut b = BatchBuilder::with_capacity(capacity);
     let mut rejected = 0;
     let mut first_error = None;
-    let mut span_sizes = Vec::with_capacity(capacity);
+    let mut sizes = Vec::with_capacity(if span_sizes { capacity } else { 0 });
     for rs in resource_spans {
         let resource = ResourceRow::new(rs.resource.as_ref());
         for ss in &rs.scope_spans {
@@ -86,11 +88,13 @@ pub fn resource_spans_to_batch_limited(
                     continue;
                 }
                 b.push(&resource, &rs.schema_url, scope, &ss.schema_url, span)?;
-                span_sizes.push(u32::try_from(prost::Message::encoded_len(span)).unwrap_or(u32::MAX));
+                if span_sizes {
+                    sizes.push(u32::try_from(prost::Message::encoded_len(span)).unwrap_or(u32::MAX));
+                }
             }
         }
     }
-    Ok(Converted { batch: b.finish()?, rejected, first_error, span_sizes })
+    Ok(Converted { batch: b.finish()?, rejected, first_error, span_sizes: sizes })
 }
 
 fn validate(span: &Span) -> Result<(), String> {

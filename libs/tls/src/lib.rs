@@ -116,14 +116,14 @@ impl ServerTls {
     }
 
     /// A rustls server configuration presenting this certificate, offering HTTP/2 and HTTP/1.1.
-    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| rustls::ServerConfig::builder());
-        let mut config = builder.with_no_client_auth().with_cert_resolver(self.clone());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(config)
+        Ok(Arc::new(config))
     }
 
     /// Reads the files again whenever they change (checked every `every`); files that do not
@@ -198,7 +198,8 @@ impl TlsIncoming {
     /// Accepts on `listener` (Nagle off) and does each handshake in its own task.
     pub fn new(listener: TcpListener, tls: &Arc<ServerTls>) -> io::Result<Self> {
         let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(tls.server_config());
+        let config = tls.server_config().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let acceptor = TlsAcceptor::from(config);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -262,9 +263,9 @@ mod tests {
     fn self_signed_then_from_files() {
         let dir = tempfile::tempdir().unwrap();
         let tls = ServerTls::self_signed(dir.path(), &["spindle.example".into()]).unwrap();
-        tls.server_config();
+        tls.server_config().unwrap();
         let again = ServerTls::from_files(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
-        again.server_config();
+        again.server_config().unwrap();
         std::fs::write(dir.path().join("bad.pem"), "not pem").unwrap();
         let err = ServerTls::from_files(&dir.path().join("bad.pem"), &dir.path().join("key.pem")).unwrap_err();
         assert!(err.to_string().contains("bad.pem"), "{err}");

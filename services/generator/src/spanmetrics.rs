@@ -46,21 +46,19 @@ pub struct SpanMetrics {
 impl SpanMetrics {
     /// A processor adding `dimensions` (attribute names) as labels.
     pub fn new(dimensions: &[String]) -> Self {
+        // A dimension whose label name is taken (a built-in label or an earlier dimension) is skipped.
         let mut labels: Vec<String> =
             ["service", "span_name", "span_kind", "status_code"].iter().map(|s| s.to_string()).collect();
+        let mut kept = Vec::new();
         for d in dimensions {
             let name = label_name(d);
             if !labels.contains(&name) {
                 labels.push(name);
+                kept.push(d.clone());
             }
         }
-        let dimensions = dimensions
-            .iter()
-            .filter(|d| !["service", "span_name", "span_kind", "status_code"].contains(&label_name(d).as_str()))
-            .cloned()
-            .collect();
         Self {
-            dimensions,
+            dimensions: kept,
             bounds: span_latency_buckets(),
             series: Family::new(labels),
             target_info: Family::new(vec!["job".into(), "instance".into()]),

@@ -5,9 +5,8 @@ use std::borrow::Cow;
 
 use arrow::array::{
     Array, AsArray, BooleanArray, FixedSizeBinaryArray, Int64Array, MapArray, RecordBatch, StringArray,
-    TimestampNanosecondArray,
 };
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use spindle_schema::{attr_map_column, col, dedicated_column, AttrScope, AttrType, SPAN_KINDS, STATUS_CODES};
@@ -27,8 +26,6 @@ pub struct SpanColumns<'a> {
     pub name: &'a StringArray,
     /// Span kinds (`server`, `client`, ...).
     pub kind: &'a StringArray,
-    /// Start times (unix ns).
-    pub start: &'a TimestampNanosecondArray,
     /// Durations (ns).
     pub duration: &'a Int64Array,
     /// Status codes (`unset`, `ok`, `error`).
@@ -55,9 +52,6 @@ impl<'a> SpanColumns<'a> {
             parent: typed(batch, col::PARENT_SPAN_ID)?,
             name: typed(batch, col::NAME)?,
             kind: typed(batch, col::KIND)?,
-            start: column(batch, col::START_TIME)?
-                .as_primitive_opt::<TimestampNanosecondType>()
-                .ok_or(GeneratorError::MissingColumn(col::START_TIME.to_string()))?,
             duration: typed(batch, col::DURATION_NS)?,
             status: typed(batch, col::STATUS_CODE)?,
             service: typed(batch, col::SERVICE_NAME)?,

@@ -127,8 +127,15 @@ impl SqlSink {
                 }
             }
         }
-        // Keep at most a few unsent files per tenant so memory stays bounded.
-        failed.truncate(64);
+        // Keep at most 64 unsent files so memory stays bounded; the newest beyond that are lost.
+        if failed.len() > 64 {
+            let lost: usize = failed[64..].iter().map(|f| f.3.num_rows()).sum();
+            tracing::warn!(
+                rows = lost,
+                "metrics generator: sample files could not be written for too long; rows dropped"
+            );
+            failed.truncate(64);
+        }
         self.unsent = failed;
         match first_error {
             Some(e) => Err(e),

@@ -156,11 +156,15 @@ impl Ingester {
 
     /// Stores the spans of one export request; returns once every shard has committed them.
     pub async fn ingest(&self, tenant: &TenantId, request: ExportTraceServiceRequest) -> Result<Outcome, IngestError> {
-        let converted = resource_spans_to_batch_limited(&request.resource_spans, self.config.max_expanded_bytes)
-            .map_err(|e| match e {
-                spindle_otlp::ConvertError::TooLarge(m) => IngestError::TooLarge(m),
-                other => IngestError::Invalid(other.to_string()),
-            })?;
+        let converted = resource_spans_to_batch_limited(
+            &request.resource_spans,
+            self.config.max_expanded_bytes,
+            self.tee.is_some(),
+        )
+        .map_err(|e| match e {
+            spindle_otlp::ConvertError::TooLarge(m) => IngestError::TooLarge(m),
+            other => IngestError::Invalid(other.to_string()),
+        })?;
         drop(request);
         if converted.rejected > 0 {
             self.metrics.rejected("invalid_span", converted.rejected);
