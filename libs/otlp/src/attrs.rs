@@ -26,8 +26,9 @@ pub(crate) fn encode_any(value: &AnyValue) -> Vec<u8> {
     value.encode_to_vec()
 }
 
-/// Decodes a value written by [`encode_any`]; undecodable bytes come back as a bytes value.
-pub(crate) fn decode_any(bytes: &[u8]) -> AnyValue {
+/// Decodes a value written by [`encode_any`] (attributes of scopes, events and links, and the
+/// `*_attrs_other` maps); undecodable bytes come back as a bytes value.
+pub fn decode_any(bytes: &[u8]) -> AnyValue {
     AnyValue::decode(bytes).unwrap_or_else(|_| AnyValue { value: Some(Value::BytesValue(bytes.to_vec())) })
 }
 

@@ -11,6 +11,7 @@ pub mod json;
 pub mod tempo_json;
 pub mod to_arrow;
 
+pub use attrs::decode_any;
 pub use opentelemetry_proto::tonic as otlp;
 
 /// Errors converting between OTLP and Arrow.

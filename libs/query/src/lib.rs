@@ -10,11 +10,11 @@ pub mod block_reader;
 pub mod filter;
 pub mod hints;
 pub mod refresh;
-pub mod search;
 pub mod source;
 pub mod sql_guard;
 pub mod table;
 pub mod tags;
+pub mod traceql;
 
 use std::sync::Arc;
 

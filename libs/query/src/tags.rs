@@ -85,6 +85,7 @@ impl QueryEngine {
                 Intrinsic::Status => vec![(col(c::STATUS_CODE), "keyword")],
                 Intrinsic::Kind => vec![(col(c::KIND), "keyword")],
                 Intrinsic::Duration => vec![(col(c::DURATION_NS), "duration")],
+                _ => return Ok(Vec::new()),
             },
             TagRef::Attr(scope, key) => {
                 let scopes = match scope {

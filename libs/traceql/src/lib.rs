@@ -1,232 +1,93 @@
-//! TraceQL: parsing queries into an AST that the query engine turns into DataFusion plans.
+//! TraceQL, the query language of Grafana Tempo 2.9: lexer, parser and validator.
 //!
-//! Supported today: one spanset filter `{ ... }` with `&&`, `||`, parentheses and comparisons
-//! (`= != > >= < <= =~ !~`) between a span attribute (`resource.x`, `span.x`, `.x`) or an
-//! intrinsic (`name`, `status`, `kind`, `duration`, `statusMessage`) and a literal (string,
-//! integer, float, boolean, duration, status or kind). `{}` matches every span. Anything
-//! else is refused with a [`ParseError`] that says what is not supported yet. Length, nesting and
-//! the number of comparisons are bounded ([`MAX_QUERY_BYTES`], [`MAX_NESTING`], [`MAX_CONDITIONS`]).
+//! [`parse`] turns a query into a [`Query`] tree with Tempo's grammar and precedences (spanset
+//! filters, every scope and intrinsic, field and spanset operators including the structural,
+//! negated and union forms, pipelines with aggregates, `by`, `select` and `coalesce`, metrics
+//! functions with `by` and `topk`/`bottomk`, and `with(...)` hints). [`Query::validate`] checks
+//! types as Tempo does. [`compile`] does both. The query engine (`spindle-query`) plans the tree
+//! onto DataFusion.
+//!
+//! Every error carries the line and column it refers to. Input is bounded: at most
+//! [`MAX_QUERY_BYTES`] bytes, [`MAX_NESTING`] levels of nesting and [`MAX_OPERATORS`]
+//! operators, so no query can exhaust the stack of the code that walks it.
+//!
+//! ## Unsupported
+//! These parse but fail validation with [`ValidationError::Unsupported`]:
+//! - `parent.` attributes (`{ parent.span.a = 1 }`) and the `parent` intrinsic;
+//! - comparisons between whole pipelines (`({ .a } | count()) > ({ .b } | count())`).
+//!
+//! Beyond Tempo 2.9, these run: `childCount`, scalar filters comparing aggregates with
+//! aggregates or arithmetic (`min(.field) < max(duration)`, `count() + count() = 2`), and
+//! constant scalar filters (`3 = 2`).
 
+mod ast;
+mod duration;
 mod lexer;
 mod parser;
+mod validate;
 
-pub use parser::{parse, MAX_CONDITIONS, MAX_NESTING, MAX_QUERY_BYTES};
-
-/// A parsed TraceQL query.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Query {
-    /// The spanset filter; `None` for `{}`.
-    pub filter: Option<Expr>,
-}
-
-/// A boolean expression over one span.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Expr {
-    /// Both sides hold.
-    And(Box<Expr>, Box<Expr>),
-    /// Either side holds.
-    Or(Box<Expr>, Box<Expr>),
-    /// An attribute compared with a literal.
-    Compare {
-        /// Left side.
-        attr: Attribute,
-        /// Operator.
-        op: Op,
-        /// Right side.
-        value: Literal,
-    },
-}
-
-impl Expr {
-    /// Every attribute the expression reads, in order of appearance.
-    pub fn attributes(&self) -> Vec<&Attribute> {
-        let mut out = Vec::new();
-        self.collect_attributes(&mut out);
-        out
-    }
-
-    fn collect_attributes<'a>(&'a self, out: &mut Vec<&'a Attribute>) {
-        match self {
-            Expr::And(a, b) | Expr::Or(a, b) => {
-                a.collect_attributes(out);
-                b.collect_attributes(out);
-            }
-            Expr::Compare { attr, .. } => out.push(attr),
-        }
-    }
-}
-
-/// Where an attribute is looked up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// `resource.x`
-    Resource,
-    /// `span.x`
-    Span,
-    /// `.x`: span or resource.
-    Unscoped,
-}
-
-/// Built-in span fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Intrinsic {
-    /// Span name.
-    Name,
-    /// Status code.
-    Status,
-    /// Status message.
-    StatusMessage,
-    /// Span kind.
-    Kind,
-    /// Span duration.
-    Duration,
-}
-
-impl Intrinsic {
-    /// The intrinsic's TraceQL name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Intrinsic::Name => "name",
-            Intrinsic::Status => "status",
-            Intrinsic::StatusMessage => "statusMessage",
-            Intrinsic::Kind => "kind",
-            Intrinsic::Duration => "duration",
-        }
-    }
-
-    /// Looks an intrinsic up by its TraceQL name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "name" => Intrinsic::Name,
-            "status" => Intrinsic::Status,
-            "statusMessage" => Intrinsic::StatusMessage,
-            "kind" => Intrinsic::Kind,
-            "duration" => Intrinsic::Duration,
-            _ => return None,
-        })
-    }
-}
-
-/// The left side of a comparison.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Attribute {
-    /// A span or resource attribute.
-    Attr {
-        /// Scope.
-        scope: Scope,
-        /// Attribute key, e.g. `service.name`.
-        key: String,
-    },
-    /// A built-in field.
-    Intrinsic(Intrinsic),
-}
-
-/// Comparison operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// `=`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `=~` (regular expression, whole value)
-    Regex,
-    /// `!~`
-    NotRegex,
-}
-
-/// Span status values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// `unset`
-    Unset,
-    /// `ok`
-    Ok,
-    /// `error`
-    Error,
-}
-
-/// Literal values.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Literal {
-    /// `"text"`
-    Str(String),
-    /// `42`
-    Int(i64),
-    /// `1.5`
-    Float(f64),
-    /// `true` / `false`
-    Bool(bool),
-    /// `150ms` (nanoseconds)
-    Duration(i64),
-    /// `error`, `ok`, `unset`
-    Status(Status),
-    /// `server`, `client`, ... (the stored kind name)
-    Kind(&'static str),
-}
+pub use ast::*;
+pub use duration::{format_duration, parse_duration};
+pub use parser::{parse, MAX_NESTING, MAX_OPERATORS, MAX_QUERY_BYTES};
+pub use validate::ValueType;
 
 /// Why a query could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid TraceQL at position {pos}: {message}")]
+#[error("parse error at line {line}, column {column}: {message}")]
 pub struct ParseError {
     /// Byte offset in the query.
     pub pos: usize,
+    /// Line of the offset, from 1.
+    pub line: usize,
+    /// Column of the offset, in characters, from 1.
+    pub column: usize,
     /// What went wrong.
     pub message: String,
 }
 
-/// Parses a Go-style duration (`1h2m`, `150ms`, `1.5s`, `300us`, `10ns`) into nanoseconds.
-pub fn parse_duration(text: &str) -> Option<i64> {
-    let mut total: f64 = 0.0;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
+impl ParseError {
+    /// An error at byte `pos` of `input`.
+    pub(crate) fn at(input: &str, pos: usize, message: impl Into<String>) -> Self {
+        let pos = pos.min(input.len());
+        let before = input.get(..pos).unwrap_or(input);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        ParseError { pos, line, column, message: message.into() }
     }
-    if rest == "0" {
-        return Some(0);
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if num_end == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += value * scale;
-    }
-    (total <= i64::MAX as f64).then_some(total as i64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Why a parsed query cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The query is wrong (types do not match, a regular expression does not compile, ...).
+    #[error("invalid TraceQL: {message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+    /// The query uses a part of TraceQL Spindle does not run.
+    #[error("unsupported TraceQL: {feature} is not supported")]
+    Unsupported {
+        /// The part of the language.
+        feature: String,
+    },
+}
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("150ms"), Some(150_000_000));
-        assert_eq!(parse_duration("1h2m"), Some(3_720_000_000_000));
-        assert_eq!(parse_duration("1.5s"), Some(1_500_000_000));
-        assert_eq!(parse_duration("0"), Some(0));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("5x"), None);
-        assert_eq!(parse_duration(""), None);
-    }
+/// A query that could not be parsed or validated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Syntax error.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// Type or support error.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+}
+
+/// Parses and validates a query.
+pub fn compile(input: &str) -> Result<Query, Error> {
+    let query = parse(input)?;
+    query.validate()?;
+    Ok(query)
 }

@@ -70,6 +70,34 @@ pub fn duration(name: &str, text: &str) -> Result<i64, ApiError> {
     })
 }
 
+/// A positive integer parameter, `default` when absent or empty.
+pub fn positive(name: &str, text: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| ApiError::bad_request(format!("invalid {name} {t:?}: expected a positive integer"))),
+    }
+}
+
+/// Parses and validates a TraceQL query; errors (with their position) are 400s.
+pub fn traceql(q: &str) -> Result<spindle_traceql::Query, ApiError> {
+    spindle_traceql::compile(q).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// A JSON response of a typed body.
+pub fn json_response<T: serde::Serialize>(body: &T) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::to_vec(body) {
+        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => {
+            ApiError { status: axum::http::StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() }.into_response()
+        }
+    }
+}
+
 /// Most `key=value` pairs one `tags` search may hold (each adds a level to the filter tree).
 pub const MAX_TAGS: usize = 64;
 

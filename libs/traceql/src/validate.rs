@@ -1,0 +1,371 @@
+//! Type checks and support checks after parsing, with Tempo's rules: operands must have
+//! matching types, each operator accepts only some types, spanset filters must be boolean,
+//! aggregates and `by` must read the span, regular expressions must compile.
+
+use crate::ast::*;
+use crate::ValidationError;
+
+/// The type an expression has before any span is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    /// `nil`
+    Nil,
+    /// An attribute: its type is known only per span.
+    Attribute,
+    /// Integer.
+    Int,
+    /// Float.
+    Float,
+    /// String.
+    Str,
+    /// Boolean.
+    Bool,
+    /// Duration.
+    Duration,
+    /// Status keyword.
+    Status,
+    /// Kind keyword.
+    Kind,
+}
+
+impl ValueType {
+    /// Int, float or duration.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, ValueType::Int | ValueType::Float | ValueType::Duration)
+    }
+
+    fn matches(self, other: ValueType) -> bool {
+        use ValueType::*;
+        self == Attribute
+            || other == Attribute
+            || self == other
+            || (self.is_numeric() && other.is_numeric())
+            || self == Nil
+            || other == Nil
+    }
+}
+
+impl Static {
+    /// The literal's type.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Static::Str(_) => ValueType::Str,
+            Static::Int(_) => ValueType::Int,
+            Static::Float(_) => ValueType::Float,
+            Static::Bool(_) => ValueType::Bool,
+            Static::Duration(_) => ValueType::Duration,
+            Static::Status(_) => ValueType::Status,
+            Static::Kind(_) => ValueType::Kind,
+            Static::Nil => ValueType::Nil,
+        }
+    }
+}
+
+impl Intrinsic {
+    /// The intrinsic's type.
+    pub fn value_type(self) -> ValueType {
+        use Intrinsic::*;
+        match self {
+            Duration | TraceDuration | EventTimeSinceStart => ValueType::Duration,
+            ChildCount | NestedSetLeft | NestedSetRight | NestedSetParent => ValueType::Int,
+            Name
+            | StatusMessage
+            | RootName
+            | RootServiceName
+            | TraceId
+            | SpanId
+            | ParentId
+            | EventName
+            | LinkTraceId
+            | LinkSpanId
+            | InstrumentationName
+            | InstrumentationVersion => ValueType::Str,
+            Status => ValueType::Status,
+            Kind => ValueType::Kind,
+            Parent => ValueType::Nil,
+        }
+    }
+}
+
+impl Field {
+    /// The field's type (`Attribute` for attributes).
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Field::Intrinsic(i) => i.value_type(),
+            Field::Attribute(_) => ValueType::Attribute,
+        }
+    }
+}
+
+impl FieldExpr {
+    /// The expression's type, as far as it is known before reading a span.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            FieldExpr::Static(s) => s.value_type(),
+            FieldExpr::Field(f) => f.value_type(),
+            FieldExpr::Binary { op, .. } if op.is_boolean() => ValueType::Bool,
+            FieldExpr::Binary { lhs, rhs, .. } => match lhs.value_type() {
+                ValueType::Attribute => rhs.value_type(),
+                t => t,
+            },
+            FieldExpr::Unary { op: UnaryOp::Exists, .. } => ValueType::Bool,
+            FieldExpr::Unary { expr, .. } => expr.value_type(),
+        }
+    }
+}
+
+impl ScalarExpr {
+    /// The expression's type.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            ScalarExpr::Aggregate(a) | ScalarExpr::Pipeline { aggregate: a, .. } => a.value_type(),
+            ScalarExpr::Static(s) => s.value_type(),
+            ScalarExpr::Op { lhs, rhs, .. } => match lhs.value_type() {
+                ValueType::Attribute => rhs.value_type(),
+                t => t,
+            },
+        }
+    }
+}
+
+impl Aggregate {
+    /// `count()` is an integer; the others have the type of what they aggregate.
+    pub fn value_type(&self) -> ValueType {
+        match &self.expr {
+            None => ValueType::Int,
+            Some(e) => e.value_type(),
+        }
+    }
+}
+
+/// Whether `op` accepts an operand of type `t`.
+fn binary_accepts(op: BinaryOp, t: ValueType) -> bool {
+    use BinaryOp::*;
+    match t {
+        ValueType::Attribute => true,
+        ValueType::Bool => matches!(op, And | Or | Eq | Ne),
+        ValueType::Int | ValueType::Float | ValueType::Duration => {
+            matches!(op, Add | Sub | Mul | Div | Mod | Pow | Eq | Ne | Gt | Ge | Lt | Le)
+        }
+        ValueType::Str => matches!(op, Eq | Ne | Regex | NotRegex | Gt | Ge | Lt | Le),
+        ValueType::Nil | ValueType::Status | ValueType::Kind => matches!(op, Eq | Ne),
+    }
+}
+
+fn invalid(message: String) -> ValidationError {
+    ValidationError::Invalid { message }
+}
+
+fn unsupported(feature: &str) -> ValidationError {
+    ValidationError::Unsupported { feature: feature.to_string() }
+}
+
+impl Query {
+    /// Checks types and support. `Invalid` errors are mistakes in the query;
+    /// `Unsupported` ones name a part of the language Spindle does not run (see the crate docs).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.spans.validate()?;
+        if let Some(m) = &self.metrics {
+            m.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl MetricsQuery {
+    fn validate(&self) -> Result<(), ValidationError> {
+        for f in &self.by {
+            f.validate()?;
+        }
+        match &self.function {
+            MetricsFunction::Compare { selection, top_n, .. } => {
+                SpansetExpr::Filter(selection.clone()).validate()?;
+                if *top_n <= 0 {
+                    return Err(invalid(format!("compare() needs a topN greater than 0, got {top_n}")));
+                }
+                if self.second_stage.is_some() {
+                    return Err(invalid("compare() cannot be used with second stage functions (topk, bottomk)".into()));
+                }
+            }
+            MetricsFunction::QuantileOverTime { quantiles, .. } => {
+                if let Some(q) = quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+                    return Err(invalid(format!("quantiles must be between 0 and 1, got {q}")));
+                }
+            }
+            _ => {}
+        }
+        if let Some(field) = self.function.field() {
+            field.validate()?;
+            let t = field.value_type();
+            if t != ValueType::Attribute && !t.is_numeric() {
+                return Err(invalid(format!(
+                    "{}() needs a numeric value, and {field} is not one",
+                    self.function.name()
+                )));
+            }
+        }
+        if let Some(SecondStage::TopK(n) | SecondStage::BottomK(n)) = self.second_stage {
+            if n <= 0 {
+                return Err(invalid(format!("topk and bottomk need a limit greater than 0, got {n}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SpansetExpr {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            SpansetExpr::Filter(e) => {
+                e.validate()?;
+                let t = e.value_type();
+                if t != ValueType::Attribute && t != ValueType::Bool {
+                    return Err(invalid(format!("a spanset filter must be a condition (true or false), not {e}")));
+                }
+                Ok(())
+            }
+            SpansetExpr::Op { lhs, rhs, .. } => {
+                lhs.validate()?;
+                rhs.validate()
+            }
+            SpansetExpr::Pipeline(stages) => stages.iter().try_for_each(Stage::validate),
+        }
+    }
+}
+
+impl Stage {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Stage::Spanset(s) => s.validate(),
+            Stage::ScalarFilter(f) => f.validate(),
+            Stage::By(e) => {
+                if !e.references_span() {
+                    return Err(invalid(format!("by() must read the span (an attribute or intrinsic): by({e})")));
+                }
+                e.validate()
+            }
+            Stage::Coalesce => Ok(()),
+            Stage::Select(fields) => fields.iter().try_for_each(Field::validate),
+        }
+    }
+}
+
+impl ScalarFilter {
+    fn validate(&self) -> Result<(), ValidationError> {
+        self.lhs.validate()?;
+        self.rhs.validate()?;
+        let (l, r) = (self.lhs.value_type(), self.rhs.value_type());
+        if !l.matches(r) {
+            return Err(invalid(format!("both sides of a comparison must have the same type: {self}")));
+        }
+        if !binary_accepts(self.op, l) || !binary_accepts(self.op, r) {
+            return Err(invalid(format!("illegal operation for the given types: {self}")));
+        }
+        if self.lhs.has_pipeline() || self.rhs.has_pipeline() {
+            return Err(unsupported("comparing the aggregates of several pipelines, e.g. ({ } | count()) > 1"));
+        }
+        Ok(())
+    }
+}
+
+impl ScalarExpr {
+    fn has_pipeline(&self) -> bool {
+        match self {
+            ScalarExpr::Pipeline { .. } => true,
+            ScalarExpr::Op { lhs, rhs, .. } => lhs.has_pipeline() || rhs.has_pipeline(),
+            ScalarExpr::Aggregate(_) | ScalarExpr::Static(_) => false,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            ScalarExpr::Aggregate(a) => a.validate(),
+            ScalarExpr::Static(_) => Ok(()),
+            ScalarExpr::Op { op, lhs, rhs } => {
+                lhs.validate()?;
+                rhs.validate()?;
+                let (l, r) = (lhs.value_type(), rhs.value_type());
+                if !l.matches(r) {
+                    return Err(invalid(format!("both sides of {} must have the same type: {self}", op.symbol())));
+                }
+                if !binary_accepts(*op, l) || !binary_accepts(*op, r) {
+                    return Err(invalid(format!("illegal operation for the given types: {self}")));
+                }
+                Ok(())
+            }
+            ScalarExpr::Pipeline { stages, aggregate } => {
+                stages.iter().try_for_each(Stage::validate)?;
+                aggregate.validate()
+            }
+        }
+    }
+}
+
+impl Aggregate {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let Some(e) = &self.expr else {
+            return Ok(());
+        };
+        e.validate()?;
+        let t = e.value_type();
+        if t != ValueType::Attribute && !t.is_numeric() {
+            return Err(invalid(format!("{}() aggregates numbers, and {e} is not one", self.func.name())));
+        }
+        if !e.references_span() {
+            return Err(invalid(format!("{self} must read the span (an attribute or intrinsic)")));
+        }
+        Ok(())
+    }
+}
+
+impl Field {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Field::Intrinsic(Intrinsic::Parent) => Err(unsupported("the parent intrinsic")),
+            Field::Attribute(a) if a.parent => Err(unsupported("parent. attributes")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FieldExpr {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            FieldExpr::Static(_) => Ok(()),
+            FieldExpr::Field(f) => f.validate(),
+            FieldExpr::Binary { op, lhs, rhs } => {
+                lhs.validate()?;
+                rhs.validate()?;
+                let (l, r) = (lhs.value_type(), rhs.value_type());
+                if !l.matches(r) {
+                    return Err(invalid(format!("both sides of {} must have the same type: {self}", op.symbol())));
+                }
+                if !binary_accepts(*op, l) || !binary_accepts(*op, r) {
+                    return Err(invalid(format!("illegal operation for the given types: {self}")));
+                }
+                if matches!(op, BinaryOp::Regex | BinaryOp::NotRegex) {
+                    let FieldExpr::Static(Static::Str(pattern)) = rhs.as_ref() else {
+                        return Err(invalid(format!("the right side of {} must be a string: {self}", op.symbol())));
+                    };
+                    regex::Regex::new(pattern)
+                        .map_err(|e| invalid(format!("invalid regular expression {pattern:?}: {e}")))?;
+                }
+                Ok(())
+            }
+            FieldExpr::Unary { op, expr } => {
+                expr.validate()?;
+                let t = expr.value_type();
+                let ok = match op {
+                    UnaryOp::Exists => true,
+                    _ if t == ValueType::Attribute => true,
+                    UnaryOp::Neg => t.is_numeric(),
+                    UnaryOp::Not => t == ValueType::Bool,
+                };
+                if !ok {
+                    return Err(invalid(format!("illegal operation for the given type: {self}")));
+                }
+                Ok(())
+            }
+        }
+    }
+}
