@@ -56,6 +56,9 @@ pub struct Typed {
     pub float: Option<Expr>,
     /// Boolean (may be null where a comparison had a missing operand: treat as false).
     pub bool: Option<Expr>,
+    /// `bool` is the result of a comparison or logic (null there means false), not a stored
+    /// boolean attribute (null there means missing).
+    pub bool_is_result: bool,
     /// Int64 nanoseconds.
     pub duration: Option<Expr>,
     /// Utf8 status keyword.
@@ -89,7 +92,13 @@ impl Typed {
     }
 
     fn boolean(e: Expr, exact: bool) -> Self {
-        Typed { bool: Some(e), exact, ..Default::default() }
+        Typed { bool: Some(e), bool_is_result: true, exact, ..Default::default() }
+    }
+
+    /// The boolean component as a definite value (false where a result is null), for group
+    /// keys and comparisons of booleans.
+    pub fn definite_bool(&self) -> Option<Expr> {
+        self.bool.as_ref().map(|b| if self.bool_is_result { definite(b) } else { b.clone() })
     }
 
     /// The components with their Arrow types.
@@ -253,7 +262,7 @@ impl FieldCompiler {
                 if !inner.exact {
                     return Ok(Typed::unknown());
                 }
-                return Ok(Typed::boolean(inner.condition().is_not_true(), true));
+                return Ok(Typed::boolean(not_true(inner.condition()), true));
             }
             _ => {}
         }
@@ -279,6 +288,15 @@ impl FieldCompiler {
 
     /// The value of a field expression.
     pub fn value(&mut self, e: &FieldExpr) -> Result<Typed> {
+        if self.element.is_none() {
+            if let FieldExpr::Field(f) = e {
+                if is_element_field(f) {
+                    return Err(QueryError::BadRequest(format!(
+                        "{f} can only be used in a spanset filter's conditions"
+                    )));
+                }
+            }
+        }
         match e {
             FieldExpr::Static(s) => Ok(static_value(s)),
             FieldExpr::Field(f) => self.field(f),
@@ -292,7 +310,7 @@ impl FieldCompiler {
                 }
                 Ok(match op {
                     UnaryOp::Exists => Typed::boolean(v.exists(), true),
-                    UnaryOp::Not => Typed::boolean(v.condition().is_not_true(), true),
+                    UnaryOp::Not => Typed::boolean(not_true(v.condition()), true),
                     UnaryOp::Neg => Typed {
                         int: v.int.map(|e| lit(0i64) - e),
                         float: v.float.map(|e| lit(0f64) - e),
@@ -335,6 +353,7 @@ impl FieldCompiler {
             return None;
         }
         let (field, text) = match (lhs, rhs) {
+            // (trace ids: the literal may have leading zeros and any case, as Tempo allows)
             (FieldExpr::Field(Field::Intrinsic(i)), FieldExpr::Static(Static::Str(s)))
             | (FieldExpr::Static(Static::Str(s)), FieldExpr::Field(Field::Intrinsic(i))) => (*i, s),
             _ => return None,
@@ -359,10 +378,11 @@ impl FieldCompiler {
         Some(match bytes {
             Some(b) => {
                 let value = lit(ScalarValue::FixedSizeBinary(width as i32, Some(b)));
-                if eq {
-                    ident(column).eq(value)
-                } else {
-                    ident(column).not_eq(value)
+                match (eq, field) {
+                    (true, _) => ident(column).eq(value),
+                    // A root's parent id reads as zeros, which differ from any other id.
+                    (false, Intrinsic::ParentId) => ident(column).is_null().or(ident(column).not_eq(value)),
+                    (false, _) => ident(column).not_eq(value),
                 }
             }
             // No id can be written that way.
@@ -534,6 +554,12 @@ pub fn static_value(s: &Static) -> Typed {
     }
 }
 
+/// `!x`: true where `x` is not true (false or null). Written as a `CASE`: DataFusion 55
+/// plans `IS NOT TRUE` with a nullability that its own schema check then refuses.
+fn not_true(x: Expr) -> Expr {
+    when(x, lit(false)).otherwise(lit(true)).unwrap_or_else(|_| lit(true))
+}
+
 /// A boolean used as a value compares as false where it is null.
 fn definite(e: &Expr) -> Expr {
     coalesce(vec![e.clone(), lit(false)])
@@ -567,8 +593,8 @@ fn compare(op: BinaryOp, l: &Typed, r: &Typed) -> Result<Expr> {
         }
     }
     if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
-        if let (Some(a), Some(b)) = (&l.bool, &r.bool) {
-            parts.push(binary_expr(definite(a), o, definite(b)));
+        if let (Some(a), Some(b)) = (l.definite_bool(), r.definite_bool()) {
+            parts.push(binary_expr(a, o, b));
         }
         for (a, b) in [(&l.status, &r.status), (&l.kind, &r.kind)] {
             if let (Some(a), Some(b)) = (a, b) {

@@ -393,6 +393,8 @@ impl Evaluator {
                     let value = self.compiler.value(e)?;
                     let mut columns = Vec::new();
                     let mut key = ValueColumns::default();
+                    let mut value = value;
+                    value.bool = value.definite_bool();
                     for (ty, expr) in components(&value) {
                         let col = self.column(expr)?;
                         if let Expr::Column(c) = &col {

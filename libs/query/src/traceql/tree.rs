@@ -24,6 +24,8 @@ pub struct SpanTree {
     pub children: Vec<Vec<usize>>,
     /// Whether the row's `parent_span_id` is null (a true root).
     pub is_root: Vec<bool>,
+    /// Each row's `parent_span_id` (spans with the same one are siblings).
+    pub parent_ids: Vec<Option<[u8; 8]>>,
 }
 
 impl SpanTree {
@@ -49,7 +51,7 @@ impl SpanTree {
             c.sort_by_key(|&i| (starts[i], span_ids[i]));
         }
         let is_root = parent_ids.iter().map(Option::is_none).collect();
-        let mut tree = SpanTree { parent, children, is_root };
+        let mut tree = SpanTree { parent, children, is_root, parent_ids: parent_ids.to_vec() };
         tree.break_cycles();
         tree
     }
@@ -124,20 +126,21 @@ impl SpanTree {
     }
 
     /// For each row: is it in `relation` to some row where `mask` holds ("the row is a child
-    /// of a masked row", ...)?
+    /// of a masked row", ...)? Siblings are other spans with the same parent id (roots are
+    /// siblings of each other).
     pub fn related_to(&self, relation: Relation, mask: &[bool]) -> Vec<bool> {
         let n = self.parent.len();
         match relation {
             Relation::Child => (0..n).map(|i| self.parent[i].is_some_and(|p| mask[p])).collect(),
             Relation::Parent => (0..n).map(|i| self.children[i].iter().any(|&c| mask[c])).collect(),
             Relation::Sibling => {
-                let mut per_parent: HashMap<Option<usize>, usize> = HashMap::new();
+                let mut per_parent: HashMap<Option<[u8; 8]>, usize> = HashMap::new();
                 for i in (0..n).filter(|&i| mask[i]) {
-                    *per_parent.entry(self.sibling_group(i)).or_default() += 1;
+                    *per_parent.entry(self.parent_ids[i]).or_default() += 1;
                 }
                 (0..n)
                     .map(|i| {
-                        let same = per_parent.get(&self.sibling_group(i)).copied().unwrap_or(0);
+                        let same = per_parent.get(&self.parent_ids[i]).copied().unwrap_or(0);
                         same > usize::from(mask[i])
                     })
                     .collect()
@@ -188,12 +191,6 @@ impl SpanTree {
                 out
             }
         }
-    }
-
-    /// Spans with the same parent are siblings; spans without a parent in the trace are
-    /// siblings of each other only if they are true roots.
-    fn sibling_group(&self, i: usize) -> Option<usize> {
-        self.parent[i]
     }
 
     /// The root row: the earliest span with no parent id (ties by span id).

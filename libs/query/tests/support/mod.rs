@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod data;
+pub mod reference;
 
 use std::sync::Arc;
 
