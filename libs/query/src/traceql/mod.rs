@@ -3,6 +3,7 @@
 //! and search summaries and metrics are DataFusion aggregates.
 
 pub mod fields;
+pub mod metrics;
 pub mod plan;
 pub mod search;
 pub mod tree;

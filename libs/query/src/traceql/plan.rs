@@ -271,10 +271,18 @@ fn root_value(value: Expr) -> Result<Expr> {
 }
 
 /// Evaluates `expr` over `frame` (every span of some traces), where `in_range` says which spans
-/// may be selected (their start is in the query's time range).
-pub fn evaluate(frame: DataFrame, expr: &SpansetExpr, in_range: Expr) -> Result<Evaluation> {
+/// may be selected (their start is in the query's time range). `also` are trace-level
+/// intrinsics read after the evaluation (by metrics functions, say).
+pub fn evaluate(frame: DataFrame, expr: &SpansetExpr, in_range: Expr, also: &[Field]) -> Result<Evaluation> {
     let mut intrinsics = Vec::new();
     trace_level_fields(expr, &mut intrinsics);
+    for f in also {
+        if let Field::Intrinsic(i) = f {
+            if super::fields::trace_level_column(*i).is_some() && !intrinsics.contains(i) {
+                intrinsics.push(*i);
+            }
+        }
+    }
     let frame = add_trace_columns(frame, &intrinsics)?;
     let mut e =
         Evaluator { frame: Some(frame), next: 0, compiler: FieldCompiler::new(Frame::Traces), selected: Vec::new() };

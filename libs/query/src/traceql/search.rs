@@ -248,7 +248,7 @@ impl QueryEngine {
     ) -> Result<Vec<TraceHit>> {
         let list: Vec<Expr> = ids.iter().map(|id| trace_id_literal(*id)).collect();
         let frame = ctx.table("spans").await?.filter(ident(c::TRACE_ID).in_list(list, false))?;
-        let eval = evaluate(frame, &request.spans, in_range)?;
+        let eval = evaluate(frame, &request.spans, in_range, &[])?;
         let hits = summarise(eval, request).await?;
         result.inspected_traces += ids.len() as u64;
         result.inspected_bytes += hits.1;

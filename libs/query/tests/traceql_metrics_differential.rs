@@ -1,0 +1,348 @@
+//! Differential test of TraceQL metrics: for generated traces split over blocks and unflushed
+//! data, `rate`, `count_over_time`, `min/max/sum/avg_over_time`, `quantile_over_time`,
+//! `histogram_over_time`, `by(...)` and `topk`/`bottomk`, over simple filters and over queries
+//! that need whole traces, must equal a direct computation from the reference evaluator.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use spindle_otlp::otlp::common::v1::{any_value::Value, AnyValue};
+use spindle_query::traceql::metrics::{MetricsRequest, Series};
+use spindle_traceql::{Field, MetricsFunction, SecondStage, ValueType};
+use support::data::{self, T0};
+use support::reference::{self, RV};
+
+const S: i64 = 1_000_000_000;
+
+fn label(v: &RV) -> Option<String> {
+    Some(match v {
+        RV::Nil => return None,
+        RV::Str(s) => format!("s:{s}"),
+        RV::Status(s) | RV::Kind(s) => format!("s:{s}"),
+        RV::Int(i) => format!("i:{i}"),
+        RV::Float(f) => format!("f:{f}"),
+        RV::Bool(b) => format!("b:{b}"),
+        RV::Dur(d) => format!("s:{}", spindle_traceql::format_duration(*d)),
+    })
+}
+
+fn any_text(v: &AnyValue) -> String {
+    match &v.value {
+        Some(Value::StringValue(s)) => format!("s:{s}"),
+        Some(Value::IntValue(i)) => format!("i:{i}"),
+        Some(Value::DoubleValue(f)) => format!("f:{f}"),
+        Some(Value::BoolValue(b)) => format!("b:{b}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn quantile(q: f64, buckets: &BTreeMap<i64, u64>, scale: f64) -> f64 {
+    let total: u64 = buckets.values().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let wanted = ((q * total as f64).ceil() as u64).max(1);
+    let mut cum = 0;
+    let mut prev: Option<i64> = None;
+    for (&e, &n) in buckets {
+        let before = cum;
+        cum += n;
+        let max_v = e as f64 + scale.log2();
+        if cum == wanted {
+            return 2f64.powf(max_v);
+        }
+        if cum > wanted {
+            let min_v = prev.map_or(max_v - 1.0, |p| p as f64 + scale.log2());
+            return 2f64.powf(min_v + (max_v - min_v) * (wanted - before) as f64 / n as f64);
+        }
+        prev = Some(e);
+    }
+    0.0
+}
+
+/// The expected series, as `labels -> (timestamp -> value)`.
+fn expected(traces: &[Vec<data::TSpan>], request: &MetricsRequest) -> BTreeMap<String, BTreeMap<i64, f64>> {
+    let m = request.query.metrics.as_ref().unwrap();
+    let (first, step, n) = if request.instant {
+        (request.start_ns, request.end_ns - request.start_ns, 1)
+    } else {
+        let first = request.start_ns - request.start_ns.rem_euclid(request.step_ns) - request.step_ns;
+        let last = (request.end_ns + request.step_ns - 1).div_euclid(request.step_ns) * request.step_ns;
+        (first, request.step_ns, (last - first) / request.step_ns)
+    };
+    let field = m.function.field();
+    let duration = field.is_some_and(|f| f.value_type() == ValueType::Duration);
+    // series -> interval -> values
+    let mut cells: BTreeMap<String, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+    for t in traces {
+        let r = reference::evaluate(t, &request.query.spans, Some((first + 1, first + n * step))).unwrap();
+        for set in &r.spansets {
+            for &i in &set.spans {
+                let s = &t[i];
+                let interval = (s.start - first - 1) / step;
+                let mut labels: Vec<String> =
+                    m.by.iter()
+                        .filter_map(|f| label(&reference::field_value(t, i, f)).map(|v| format!("{f}={v}")))
+                        .collect();
+                if labels.is_empty() && !m.by.is_empty() {
+                    labels.push(format!("{}=s:nil", m.by[0]));
+                }
+                let value = match field {
+                    None => 1.0,
+                    Some(f) => match reference::field_value(t, i, f) {
+                        RV::Int(v) => v as f64,
+                        RV::Dur(v) => v as f64,
+                        RV::Float(v) => v,
+                        _ => continue,
+                    },
+                };
+                let bucketed = matches!(
+                    m.function,
+                    MetricsFunction::QuantileOverTime { .. } | MetricsFunction::HistogramOverTime(_)
+                );
+                if bucketed && value < 2.0 {
+                    continue; // below every power-of-two bucket, as in Tempo
+                }
+                cells.entry(labels.join(",")).or_default().entry(interval).or_default().push(value);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (labels, intervals) in cells {
+        let ts = |i: i64| (first + (i + 1) * step) / 1_000_000;
+        let with = |extra: String| {
+            if labels.is_empty() {
+                extra
+            } else if extra.is_empty() {
+                labels.clone()
+            } else {
+                format!("{labels},{extra}")
+            }
+        };
+        match &m.function {
+            MetricsFunction::Rate | MetricsFunction::CountOverTime => {
+                let mut s = BTreeMap::new();
+                for i in 0..n {
+                    let c = intervals.get(&i).map_or(0, |v| v.len()) as f64;
+                    s.insert(
+                        ts(i),
+                        if matches!(m.function, MetricsFunction::Rate) { c / (step as f64 / 1e9) } else { c },
+                    );
+                }
+                let name = if m.by.is_empty() { format!("__name__=s:{}", m.function.name()) } else { String::new() };
+                out.insert(if name.is_empty() { labels.clone() } else { with(name) }, s);
+            }
+            MetricsFunction::QuantileOverTime { quantiles, .. } => {
+                for q in quantiles {
+                    let mut s = BTreeMap::new();
+                    for i in 0..n {
+                        let mut b: BTreeMap<i64, u64> = BTreeMap::new();
+                        for v in intervals.get(&i).into_iter().flatten() {
+                            if *v >= 2.0 {
+                                *b.entry(v.log2().ceil() as i64).or_default() += 1;
+                            }
+                        }
+                        s.insert(ts(i), quantile(*q, &b, if duration { 1e-9 } else { 1.0 }));
+                    }
+                    out.insert(with(format!("p=f:{q}")), s);
+                }
+            }
+            MetricsFunction::HistogramOverTime(_) => {
+                let mut per: BTreeMap<i64, BTreeMap<i64, f64>> = BTreeMap::new();
+                for (i, vs) in &intervals {
+                    for v in vs {
+                        if *v >= 2.0 {
+                            *per.entry(v.log2().ceil() as i64).or_default().entry(ts(*i)).or_default() += 1.0;
+                        }
+                    }
+                }
+                for (e, mut s) in per {
+                    for i in 0..n {
+                        s.entry(ts(i)).or_insert(0.0);
+                    }
+                    let bound = 2f64.powi(e as i32) * if duration { 1e-9 } else { 1.0 };
+                    out.insert(with(format!("__bucket=f:{bound}")), s);
+                }
+            }
+            f => {
+                let scale = if duration { 1e-9 } else { 1.0 };
+                let mut s = BTreeMap::new();
+                for (i, vs) in &intervals {
+                    if *i < 0 || *i >= n || vs.is_empty() {
+                        continue;
+                    }
+                    let v = match f {
+                        MetricsFunction::MinOverTime(_) => vs.iter().cloned().fold(f64::INFINITY, f64::min),
+                        MetricsFunction::MaxOverTime(_) => vs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                        MetricsFunction::SumOverTime(_) => vs.iter().sum(),
+                        _ => vs.iter().sum::<f64>() / vs.len() as f64,
+                    };
+                    s.insert(ts(*i), v * scale);
+                }
+                if !s.is_empty() {
+                    let name =
+                        if m.by.is_empty() { format!("__name__=s:{}", m.function.name()) } else { String::new() };
+                    out.insert(if name.is_empty() { labels.clone() } else { with(name) }, s);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn engine_series(series: &[Series]) -> BTreeMap<String, BTreeMap<i64, f64>> {
+    series
+        .iter()
+        .map(|s| {
+            let labels = s.labels.iter().map(|(k, v)| format!("{k}={}", any_text(v))).collect::<Vec<_>>().join(",");
+            (labels, s.samples.iter().copied().collect())
+        })
+        .collect()
+}
+
+/// `topk`/`bottomk`: with at most k series nothing changes; otherwise at each timestamp the
+/// engine keeps k series whose values are the k highest (lowest) there, with their values
+/// (ties at the cut may go either way).
+fn top_k_agrees(
+    want: &BTreeMap<String, BTreeMap<i64, f64>>,
+    got: &BTreeMap<String, BTreeMap<i64, f64>>,
+    stage: SecondStage,
+) -> bool {
+    let (k, top) = match stage {
+        SecondStage::TopK(k) => (k as usize, true),
+        SecondStage::BottomK(k) => (k as usize, false),
+    };
+    if want.len() <= k {
+        return agree(want, got);
+    }
+    let mut times: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for s in want.values() {
+        for (t, v) in s {
+            times.entry(*t).or_default().push(*v);
+        }
+    }
+    for (t, mut values) in times {
+        values.sort_by(|a, b| if top { b.total_cmp(a) } else { a.total_cmp(b) });
+        values.truncate(k);
+        let mut kept: Vec<f64> = Vec::new();
+        for (l, s) in got {
+            if let Some(v) = s.get(&t) {
+                if !want.get(l).and_then(|w| w.get(&t)).is_some_and(|w| close(*w, *v)) {
+                    return false;
+                }
+                kept.push(*v);
+            }
+        }
+        kept.sort_by(|a, b| if top { b.total_cmp(a) } else { a.total_cmp(b) });
+        if kept.len() != values.len() || kept.iter().zip(&values).any(|(a, b)| !close(*a, *b)) {
+            return false;
+        }
+    }
+    got.keys().all(|l| want.contains_key(l))
+}
+
+fn agree(want: &BTreeMap<String, BTreeMap<i64, f64>>, got: &BTreeMap<String, BTreeMap<i64, f64>>) -> bool {
+    want.len() == got.len()
+        && want.iter().all(|(l, w)| {
+            got.get(l)
+                .is_some_and(|g| g.len() == w.len() && w.iter().all(|(t, v)| g.get(t).is_some_and(|x| close(*x, *v))))
+        })
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_the_reference() {
+    let traces = data::traces(21, 160);
+    let (blocks, unflushed) = data::spread(&traces, 3, 4);
+    let engine = support::engine(blocks, unflushed).await;
+    let filters = [
+        "{ }",
+        r#"{ resource.service.name = "api" }"#,
+        "{ status = error || span.http.status_code >= 500 }",
+        "{ kind = server } >> { }",
+        "{ } | count() > 2",
+        "{ childCount > 0 }",
+        "{ .mixed != nil } &> { kind = client }",
+    ];
+    let functions = [
+        "rate()",
+        "count_over_time()",
+        "min_over_time(duration)",
+        "max_over_time(span.ratio)",
+        "sum_over_time(.retries)",
+        "avg_over_time(duration)",
+        "avg_over_time(traceDuration)",
+        "quantile_over_time(duration, 0.5, .9, 0.99)",
+        "quantile_over_time(span.http.status_code, .5)",
+        "histogram_over_time(duration)",
+    ];
+    let bys = ["", " by (resource.service.name)", " by (kind, .mixed)", " by (span.user.id)"];
+    let seconds = ["", " | topk(2)", " | bottomk(1)"];
+    let (mut ran, mut failures) = (0, Vec::new());
+    let mut i = 0usize;
+    for f in filters {
+        for func in functions {
+            for by in bys {
+                i += 1;
+                let second = seconds[i % seconds.len()];
+                let q = format!("{f} | {func}{by}{second}");
+                let query = spindle_traceql::compile(&q).unwrap_or_else(|e| panic!("{q}: {e}"));
+                let instant = i % 5 == 0;
+                let request = MetricsRequest {
+                    query,
+                    start_ns: T0 + 61 * S,
+                    end_ns: T0 + 539 * S,
+                    step_ns: if instant { 478 * S } else { 30 * S },
+                    instant,
+                    exemplars: 10,
+                    max_series: 10_000,
+                };
+                let got = engine.engine.metrics(&engine.tenant, &request).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+                ran += 1;
+                let want = expected(&traces, &request);
+                let got_map = engine_series(&got.series);
+                let m = request.query.metrics.as_ref().unwrap();
+                let same = match m.second_stage {
+                    None => agree(&want, &got_map),
+                    Some(stage) => top_k_agrees(&want, &got_map, stage),
+                };
+                if !same {
+                    let only_got: Vec<_> = got_map.keys().filter(|k| !want.contains_key(*k)).collect();
+                    let only_want: Vec<_> = want.keys().filter(|k| !got_map.contains_key(*k)).collect();
+                    let differ: Vec<_> = want
+                        .iter()
+                        .filter_map(|(k, w)| {
+                            got_map
+                                .get(k)
+                                .filter(|g| {
+                                    !agree(
+                                        &BTreeMap::from([(k.clone(), w.clone())]),
+                                        &BTreeMap::from([(k.clone(), (*g).clone())]),
+                                    )
+                                })
+                                .map(|g| (k, w, g))
+                        })
+                        .take(2)
+                        .collect();
+                    failures.push(format!("{q} (instant {instant}): only in engine {only_got:?}, only expected {only_want:?}, values differ {differ:?}"));
+                }
+                // Every exemplar names a trace that has spans in the answer.
+                for s in &got.series {
+                    for e in &s.exemplars {
+                        let id = any_text(e.labels[0].value.as_ref().unwrap());
+                        assert!(
+                            traces.iter().any(|t| format!("s:{}", reference::trace_hex(&t[0].trace_id)) == id),
+                            "{q}: exemplar {id}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {ran} queries differ:\n{}", failures.len(), failures.join("\n"));
+    let _ = Field::Intrinsic(spindle_traceql::Intrinsic::Duration);
+}
