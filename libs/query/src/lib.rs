@@ -84,7 +84,7 @@ pub struct QueryConfig {
     pub memory_limit: usize,
     /// Parallelism of one query.
     pub target_partitions: usize,
-    /// Longest a user SQL query may run.
+    /// Longest a query (SQL, TraceQL search or metrics) may run.
     pub sql_timeout: std::time::Duration,
     /// Memory for the Parquet footers and page indexes of recently read blocks (bytes).
     pub metadata_cache_bytes: usize,
@@ -118,6 +118,8 @@ pub struct QueryEngine {
     source: Arc<SpanSource>,
     runtime: Arc<RuntimeEnv>,
     config: QueryConfig,
+    /// Tag summaries read from block footers.
+    tag_summaries: tags::SummaryCache,
 }
 
 impl QueryEngine {
@@ -131,7 +133,7 @@ impl QueryEngine {
             .with_object_list_cache_ttl(Some(std::time::Duration::from_secs(10)))
             .build_arc()?;
         runtime.register_object_store(table::BLOCKS_URL.as_ref(), source.object_store());
-        Ok(Self { source, runtime, config })
+        Ok(Self { source, runtime, config, tag_summaries: tags::summary_cache(100_000) })
     }
 
     /// A DataFusion session where table `spans` is `tenant`'s spans.
@@ -167,6 +169,14 @@ impl QueryEngine {
         Ok(ctx.table("spans").await?.filter(predicate)?.limit(0, Some(max_spans))?.collect().await?)
     }
 
+    /// Runs `work` within the query time limit.
+    pub async fn bounded<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.config.sql_timeout;
+        tokio::time::timeout(limit, work).await.map_err(|_| {
+            QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs()))
+        })?
+    }
+
     /// Runs user SQL against the tenant's `spans` table. Only queries are allowed: no DDL,
     /// DML or `SET` statements.
     pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
@@ -182,9 +192,6 @@ impl QueryEngine {
             let batches = df.collect().await?;
             Ok::<_, QueryError>((schema, batches))
         };
-        let limit = self.config.sql_timeout;
-        tokio::time::timeout(limit, run).await.map_err(|_| {
-            QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs()))
-        })?
+        self.bounded(run).await
     }
 }

@@ -39,6 +39,8 @@ pub struct SpansTable {
     tenant: TenantId,
     source: Arc<SpanSource>,
     schema: SchemaRef,
+    /// Blocks (by path) left out of scans: their answer is known another way.
+    excluded: Arc<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for SpansTable {
@@ -50,7 +52,13 @@ impl std::fmt::Debug for SpansTable {
 impl SpansTable {
     /// The spans of `tenant`, read through `source`.
     pub fn new(tenant: TenantId, source: Arc<SpanSource>) -> Self {
-        Self { tenant, source, schema: span_schema() }
+        Self { tenant, source, schema: span_schema(), excluded: Arc::default() }
+    }
+
+    /// The same spans without the blocks at `paths` (tag lookups answer those from footers).
+    pub fn excluding(mut self, paths: std::collections::HashSet<String>) -> Self {
+        self.excluded = Arc::new(paths);
+        self
     }
 }
 
@@ -77,11 +85,14 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let hints = ScanHints::from_filters(filters);
-        let snapshot = self
+        let mut snapshot = self
             .source
             .load(&self.tenant, &hints, projection.cloned())
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        if !self.excluded.is_empty() {
+            snapshot.blocks.retain(|b| !self.excluded.contains(&b.path));
+        }
         let projected = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),

@@ -291,7 +291,7 @@ async fn metrics_match_the_reference() {
                 let second = seconds[i % seconds.len()];
                 let q = format!("{f} | {func}{by}{second}");
                 let query = spindle_traceql::compile(&q).unwrap_or_else(|e| panic!("{q}: {e}"));
-                let instant = i % 5 == 0;
+                let instant = i.is_multiple_of(5);
                 let request = MetricsRequest {
                     query,
                     start_ns: T0 + 61 * S,

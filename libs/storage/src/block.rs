@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use spindle_schema::{col, span_schema};
 
 use crate::bloom::TraceBloom;
+use crate::tags::{TagSummaryBuilder, TAGS_KEY};
 use crate::tenant::TenantId;
 use crate::upload::upload_streaming;
 use crate::Result;
@@ -289,10 +290,15 @@ pub fn encode_block_into<W: Write + Send>(
 
     let props = writer_properties(options, distinct_traces.min(options.row_group_rows) as u64, trace_idx, start_idx)?;
     let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
+    let mut tags = TagSummaryBuilder::new();
+    for b in &batches {
+        tags.observe(b);
+    }
     for chunk in order.chunks(WRITE_CHUNK_ROWS) {
         let picks: Vec<(usize, usize)> = chunk.iter().map(|&g| locate(g as usize)).collect();
         w.write(&interleave_record_batch(&batches, &picks)?)?;
     }
+    w.append_key_value_metadata(KeyValue::new(TAGS_KEY.to_string(), tags.finish().to_json()));
     w.close()?;
     let first = order[0] as usize;
     let last = order[order.len() - 1] as usize;

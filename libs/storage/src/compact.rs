@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::block::{writer_properties, BlockFacts, BlockMeta, BlockOptions};
 use crate::bloom::TraceBloom;
 use crate::reader::BlockReader;
+use crate::tags::{TagSummaryBuilder, TAGS_KEY};
 use crate::upload::upload_streaming;
 use crate::{Result, StorageError};
 
@@ -164,13 +165,21 @@ pub async fn merge_blocks(
     let writer_schema = schema.clone();
     let upload = upload_streaming(store.clone(), output, move |w| {
         let mut writer = ArrowWriter::try_new(w, writer_schema, Some(props))?;
+        let mut tags = TagSummaryBuilder::new();
         loop {
             match rx.blocking_recv() {
-                Some(Some(batch)) => writer.write(&batch)?,
+                Some(Some(batch)) => {
+                    tags.observe(&batch);
+                    writer.write(&batch)?
+                }
                 Some(None) => break,
                 None => return Err(std::io::Error::other("the merge stopped before its end").into()),
             }
         }
+        writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+            TAGS_KEY.to_string(),
+            tags.finish().to_json(),
+        ));
         writer.close()?;
         Ok(())
     });

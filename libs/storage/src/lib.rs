@@ -15,6 +15,7 @@ pub mod metric_files;
 pub mod reader;
 pub mod retention;
 pub mod store;
+pub mod tags;
 pub mod tenant;
 pub mod upload;
 

@@ -217,3 +217,22 @@ fn a_resource_repeated_per_span_cannot_blow_up_memory() {
     assert!(matches!(err, spindle_otlp::ConvertError::TooLarge(_)), "{err}");
     assert!(err.to_string().contains("limit"));
 }
+
+#[tokio::test]
+async fn blocks_carry_their_tags_in_the_footer() {
+    let batch = resource_spans_to_batch(&sample()).unwrap().batch;
+    let store: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(object_store::memory::InMemory::new());
+    let tenant = spindle_storage::TenantId::default_tenant();
+    let meta =
+        spindle_storage::write_block(store.clone(), &tenant, "c", 0, (1, 2), vec![batch], &BlockOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+    let summary = spindle_storage::tags::read_summary(store, &meta.path, meta.bytes).await.unwrap().expect("a summary");
+    let resource = &summary.scopes["resource"];
+    assert!(resource.complete);
+    assert!(resource.keys["service.name"].values.iter().any(|(ty, _)| ty == "string"));
+    assert!(!summary.scopes["span"].keys.is_empty());
+    assert!(summary.scopes["intrinsic"].keys["name"].complete);
+}

@@ -91,3 +91,33 @@ pub fn compile(input: &str) -> Result<Query, Error> {
     query.validate()?;
     Ok(query)
 }
+
+/// The condition Grafana's autocomplete narrows tags by, from the query being typed: a
+/// query's spanset filter (the first stage's, for a pipeline), or, for a query that does not
+/// parse yet, every complete `field op value` comparison in it, joined with `&&` (as Tempo
+/// extracts matchers). `None` when there is nothing to narrow by.
+pub fn autocomplete_filter(q: &str) -> Option<FieldExpr> {
+    fn useful(e: FieldExpr) -> Option<FieldExpr> {
+        (e != FieldExpr::Static(Static::Bool(true))).then_some(e)
+    }
+    if let Ok(query) = compile(q) {
+        return match query.spans {
+            SpansetExpr::Filter(e) => useful(e),
+            SpansetExpr::Pipeline(stages) => match stages.into_iter().next() {
+                Some(Stage::Spanset(SpansetExpr::Filter(e))) => useful(e),
+                _ => None,
+            },
+            SpansetExpr::Op { .. } => None,
+        };
+    }
+    let mut found: Option<FieldExpr> = None;
+    for text in parser::comparisons(q) {
+        let Ok(query) = compile(&format!("{{ {text} }}")) else { continue };
+        let SpansetExpr::Filter(e) = query.spans else { continue };
+        found = Some(match found {
+            None => e,
+            Some(prev) => FieldExpr::Binary { op: BinaryOp::And, lhs: Box::new(prev), rhs: Box::new(e) },
+        });
+    }
+    found
+}

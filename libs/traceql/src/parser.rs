@@ -733,6 +733,54 @@ impl Parser<'_> {
     }
 }
 
+/// The complete `field op value` comparisons in a query that may be unfinished, as text.
+pub(crate) fn comparisons(q: &str) -> Vec<String> {
+    if q.len() > MAX_QUERY_BYTES {
+        return Vec::new();
+    }
+    // Lex as far as the text goes: an unfinished string at the end is simply dropped.
+    let mut end = q.len();
+    let tokens = loop {
+        match lex(&q[..end]) {
+            Ok(t) => break t,
+            Err(e) if e.pos < end && q.is_char_boundary(e.pos) => end = e.pos,
+            Err(_) => return Vec::new(),
+        }
+    };
+    let is_field = |t: &Tok| match t {
+        Tok::Attribute(_) => true,
+        Tok::Ident(w) => Intrinsic::unscoped(w).is_some(),
+        _ => false,
+    };
+    let is_op = |t: &Tok| matches!(t, Tok::Eq | Tok::Ne | Tok::Lt | Tok::Le | Tok::Gt | Tok::Ge | Tok::Re | Tok::Nre);
+    let is_value = |t: &Tok| match t {
+        Tok::Str(_) | Tok::Int(_) | Tok::Float(_) | Tok::Duration(_) => true,
+        Tok::Ident(w) => static_word(w).is_some(),
+        _ => false,
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        // `scope:` + intrinsic counts as one field token.
+        let (field_end, field_ok) = match &tokens[i].1 {
+            Tok::Colon(_) => (i + 2, matches!(tokens.get(i + 1), Some((_, Tok::Ident(_))))),
+            t => (i + 1, is_field(t)),
+        };
+        if field_ok
+            && tokens.get(field_end).is_some_and(|(_, t)| is_op(t))
+            && tokens.get(field_end + 1).is_some_and(|(_, t)| is_value(t))
+        {
+            let start = tokens[i].0;
+            let stop = tokens.get(field_end + 2).map_or(end, |(p, _)| *p);
+            out.push(q[start..stop].trim().trim_end_matches(['&', '|', '}', ')']).trim().to_string());
+            i = field_end + 2;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Keywords that are literals.
 fn static_word(word: &str) -> Option<Static> {
     Some(match word {
@@ -850,6 +898,17 @@ mod tests {
 
         let long = format!("{{ .a = \"{}\" }}", "x".repeat(MAX_QUERY_BYTES));
         assert!(parse(&long).unwrap_err().message.contains("bytes long"));
+    }
+
+    #[test]
+    fn autocomplete_filters_from_unfinished_queries() {
+        let f = crate::autocomplete_filter(r#"{ resource.service.name = "api" && span.http.method = "#).unwrap();
+        assert_eq!(f.to_string(), "(resource.service.name = `api`)");
+        let f = crate::autocomplete_filter(r#"{ .a = 1 && status = error && span:name =~ "GET" "#).unwrap();
+        assert_eq!(f.to_string(), "(((.a = 1) && (status = error)) && (name =~ `GET`))");
+        assert!(crate::autocomplete_filter("{ }").is_none());
+        assert!(crate::autocomplete_filter("{ .a = \"unfinished").is_none());
+        assert_eq!(crate::autocomplete_filter("{ kind = server }").unwrap().to_string(), "(kind = server)");
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub fn unix_nanos(name: &str, text: &str) -> Result<i64, ApiError> {
             return Ok((v * 1e9) as i64);
         }
     }
-    Err(ApiError::bad_request(format!("invalid {name} {t:?}: expected unix seconds")))
+    if let Ok(ns) = arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(t) {
+        return Ok(ns);
+    }
+    Err(ApiError::bad_request(format!("invalid {name} {t:?}: expected unix seconds or nanoseconds, or RFC 3339")))
 }
 
 /// Parses an optional `[start, end]` pair; both or neither, `end > start`.

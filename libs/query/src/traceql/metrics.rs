@@ -296,6 +296,9 @@ impl Cell {
 /// A series identity: printed key values, and the labels.
 type SeriesKey = String;
 
+/// An exemplar candidate: trace id, span start (ns), value.
+type Candidate = ([u8; 16], i64, f64);
+
 struct Collected {
     labels: BTreeMap<SeriesKey, Vec<(String, LabelValue)>>,
     cells: HashMap<(SeriesKey, i64, Option<i64>), Cell>,
@@ -519,6 +522,7 @@ pub fn log2_quantile(q: f64, buckets: &[(f64, u64)]) -> f64 {
 
 fn build_series(collected: &Collected, metrics: &MetricsQuery, grid: &Grid, request: &MetricsRequest) -> Vec<Series> {
     // cells per series
+    #[allow(clippy::type_complexity)]
     let mut per_series: BTreeMap<&SeriesKey, Vec<(i64, Option<i64>, &Cell)>> = BTreeMap::new();
     for ((key, interval, bucket), cell) in &collected.cells {
         if *interval >= 0 && *interval < grid.intervals {
@@ -541,30 +545,29 @@ fn build_series(collected: &Collected, metrics: &MetricsQuery, grid: &Grid, requ
         if labels.is_empty() && !metrics.by.is_empty() {
             labels.push((metrics.by[0].to_string(), string("nil")));
         }
-        let by_interval =
-            |f: &dyn Fn(&Cell) -> Option<f64>, zero_fill: bool| -> (Vec<(i64, f64)>, Vec<([u8; 16], i64, f64)>) {
-                let mut values: BTreeMap<i64, (f64, Option<([u8; 16], i64, f64)>)> = BTreeMap::new();
-                for (i, _, c) in &cells {
-                    if let Some(v) = f(c) {
-                        values.insert(*i, (v, c.exemplar));
-                    }
+        let by_interval = |f: &dyn Fn(&Cell) -> Option<f64>, zero_fill: bool| -> (Vec<(i64, f64)>, Vec<Candidate>) {
+            let mut values: BTreeMap<i64, (f64, Option<Candidate>)> = BTreeMap::new();
+            for (i, _, c) in &cells {
+                if let Some(v) = f(c) {
+                    values.insert(*i, (v, c.exemplar));
                 }
-                let mut samples = Vec::new();
-                let mut exemplars = Vec::new();
-                for i in 0..grid.intervals {
-                    match values.get(&i) {
-                        Some((v, ex)) => {
-                            samples.push((grid.timestamp_ms(i), *v));
-                            if let Some((id, start, ev)) = ex {
-                                exemplars.push((*id, *start, if ev.is_nan() { *v } else { *ev }));
-                            }
+            }
+            let mut samples = Vec::new();
+            let mut exemplars = Vec::new();
+            for i in 0..grid.intervals {
+                match values.get(&i) {
+                    Some((v, ex)) => {
+                        samples.push((grid.timestamp_ms(i), *v));
+                        if let Some((id, start, ev)) = ex {
+                            exemplars.push((*id, *start, if ev.is_nan() { *v } else { *ev }));
                         }
-                        None if zero_fill => samples.push((grid.timestamp_ms(i), 0.0)),
-                        None => {}
                     }
+                    None if zero_fill => samples.push((grid.timestamp_ms(i), 0.0)),
+                    None => {}
                 }
-                (samples, pick_exemplars(exemplars, request.exemplars, grid))
-            };
+            }
+            (samples, pick_exemplars(exemplars, request.exemplars, grid))
+        };
         let name_label = |labels: &mut Vec<(String, LabelValue)>| {
             if metrics.by.is_empty() {
                 labels.insert(0, ("__name__".into(), string(metrics.function.name())));

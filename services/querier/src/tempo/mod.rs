@@ -1,5 +1,6 @@
 //! Tempo's HTTP query API, as Grafana's Tempo datasource calls it.
 
+mod metrics;
 mod search;
 mod tags;
 mod trace;
@@ -22,6 +23,8 @@ pub fn routes() -> Router<Querier> {
         .route("/api/traces/{id}", get(trace::v1))
         .route("/api/v2/traces/{id}", get(trace::v2))
         .route("/api/search", get(search::search))
+        .route("/api/metrics/query_range", get(metrics::query_range))
+        .route("/api/metrics/query", get(metrics::query_instant))
         .route("/api/search/tags", get(tags::names_v1))
         .route("/api/v2/search/tags", get(tags::names_v2))
         .route("/api/search/tag/{tag}/values", get(tags::values_v1))

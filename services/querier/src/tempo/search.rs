@@ -220,7 +220,7 @@ pub async fn search(State(q): State<Querier>, Query(p): Query<SearchParams>, hea
         let mut traces = Vec::new();
         let (mut inspected_traces, mut inspected_bytes) = (0, 0);
         for tenant in tenants(&headers)? {
-            let r = q.engine.search(&tenant, &request).await?;
+            let r = q.engine.bounded(q.engine.search(&tenant, &request)).await?;
             inspected_traces += r.inspected_traces;
             inspected_bytes += r.inspected_bytes;
             traces.extend(r.traces);
