@@ -85,7 +85,7 @@ pub struct QueryConfig {
     /// Parallelism of one query.
     pub target_partitions: usize,
     /// Longest a query (SQL, TraceQL search or metrics) may run.
-    pub sql_timeout: std::time::Duration,
+    pub timeout: std::time::Duration,
     /// Memory for the Parquet footers and page indexes of recently read blocks (bytes).
     pub metadata_cache_bytes: usize,
 }
@@ -95,7 +95,7 @@ impl Default for QueryConfig {
         Self {
             memory_limit: 512 * 1024 * 1024,
             target_partitions: 2,
-            sql_timeout: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(60),
             metadata_cache_bytes: 128 * 1024 * 1024,
         }
     }
@@ -171,7 +171,7 @@ impl QueryEngine {
 
     /// Runs `work` within the query time limit.
     pub async fn bounded<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let limit = self.config.sql_timeout;
+        let limit = self.config.timeout;
         tokio::time::timeout(limit, work).await.map_err(|_| {
             QueryError::ResourcesExhausted(format!("query ran longer than the limit of {} s", limit.as_secs()))
         })?

@@ -210,7 +210,9 @@ impl Parser<'_> {
     }
 
     fn enter(&mut self) -> Res<()> {
-        if self.depth >= MAX_NESTING {
+        // Up to MAX_NESTING parentheses, plus the levels every query has (pipeline, element,
+        // `{ }` body) and the right-hand sides of the operators inside the innermost ones.
+        if self.depth >= MAX_NESTING + 6 {
             return Err(self.error(format!("the query is nested more than {MAX_NESTING} levels deep")));
         }
         self.depth += 1;
@@ -885,7 +887,8 @@ mod tests {
     #[test]
     fn limits_nesting_length_and_operators() {
         let nested = |n: usize| format!("{{ {}name = \"x\"{} }}", "(".repeat(n), ")".repeat(n));
-        assert!(parse(&nested(MAX_NESTING - 4)).is_ok());
+        assert!(parse(&nested(MAX_NESTING)).is_ok());
+        assert!(parse(&nested(MAX_NESTING + 8)).is_err());
         let e = parse(&nested(3_000)).unwrap_err();
         assert!(e.message.contains("nested more than"), "{e}");
         let e = parse(&format!("{{ {}true }}", "!".repeat(3_000))).unwrap_err();

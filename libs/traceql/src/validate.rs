@@ -172,8 +172,14 @@ impl Query {
     }
 }
 
+/// Most `by()` fields of a metrics query (each multiplies the series).
+pub const MAX_METRICS_BY: usize = 10;
+
 impl MetricsQuery {
     fn validate(&self) -> Result<(), ValidationError> {
+        if self.by.len() > MAX_METRICS_BY {
+            return Err(invalid(format!("by() takes at most {MAX_METRICS_BY} fields, got {}", self.by.len())));
+        }
         for f in &self.by {
             f.validate()?;
         }

@@ -189,6 +189,10 @@ pub struct Options {
     /// Memory all running queries may use together [512MiB].
     #[arg(long, env = "SPINDLE_QUERY_MEMORY_LIMIT", global = true)]
     pub query_memory_limit: Option<String>,
+    /// Longest a query (SQL, TraceQL search, metrics, tags) may run before it is refused with
+    /// 429 [60s].
+    #[arg(long, env = "SPINDLE_QUERY_TIMEOUT", global = true)]
+    pub query_timeout: Option<String>,
     /// fsync the Raft log before acknowledging writes [true].
     #[arg(long, env = "SPINDLE_FSYNC", global = true)]
     pub fsync: Option<bool>,
@@ -262,6 +266,7 @@ struct FileConfig {
     flush_max_age: Option<String>,
     max_unflushed_size: Option<String>,
     query_memory_limit: Option<String>,
+    query_timeout: Option<String>,
     fsync: Option<bool>,
     generator: Option<GeneratorSection>,
     generators: Option<Vec<String>>,
@@ -360,6 +365,8 @@ pub struct Config {
     pub max_unflushed_bytes: usize,
     /// Query memory (bytes).
     pub query_memory_limit: usize,
+    /// Query time limit.
+    pub query_timeout: Duration,
     /// fsync the log.
     pub fsync: bool,
     /// Run a metrics generator (`all`, `generator`).
@@ -562,6 +569,7 @@ impl Config {
                 "query_memory_limit",
                 text(&o.query_memory_limit, &file.query_memory_limit, "512MiB"),
             )?,
+            query_timeout: duration("query_timeout", text(&o.query_timeout, &file.query_timeout, "60s"))?,
             fsync: o.fsync.or(file.fsync).unwrap_or(true),
             generator,
             generator_settings,

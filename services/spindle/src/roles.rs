@@ -204,6 +204,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
                 source,
                 QueryConfig {
                     memory_limit: config.query_memory_limit,
+                    timeout: config.query_timeout,
                     metadata_cache_bytes: config.memory_cache_bytes / 2,
                     ..QueryConfig::default()
                 },

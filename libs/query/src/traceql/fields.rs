@@ -230,6 +230,7 @@ impl FieldCompiler {
 
     /// A spanset filter's condition. Over a [`Frame::Spans`] frame the result may be an
     /// over-approximation (`exact == false`).
+    #[recursive::recursive]
     pub fn condition(&mut self, e: &FieldExpr) -> Result<Typed> {
         if self.element.is_none() && reads_elements(e) {
             return self.nested_condition(e);
@@ -240,6 +241,7 @@ impl FieldCompiler {
 
     /// A condition that reads events or links: the largest subexpressions reading one kind of
     /// element are evaluated per element ("some event satisfies ..."); `!` stays outside.
+    #[recursive::recursive]
     fn nested_condition(&mut self, e: &FieldExpr) -> Result<Typed> {
         if !reads_elements(e) {
             return self.condition(e);
@@ -287,6 +289,7 @@ impl FieldCompiler {
     }
 
     /// The value of a field expression.
+    #[recursive::recursive]
     pub fn value(&mut self, e: &FieldExpr) -> Result<Typed> {
         if self.element.is_none() {
             if let FieldExpr::Field(f) = e {

@@ -338,6 +338,7 @@ impl Evaluator {
         self.column(w)
     }
 
+    #[recursive::recursive]
     fn spanset(&mut self, expr: &SpansetExpr, input: Expr, groups: &[Expr]) -> Result<Expr> {
         match expr {
             SpansetExpr::Filter(f) => {
@@ -466,6 +467,7 @@ impl Evaluator {
 
     /// A scalar expression as a Float64 column expression; aggregates are window aggregates over
     /// the selected spans of each spanset.
+    #[recursive::recursive]
     fn scalar(
         &mut self,
         s: &ScalarExpr,
