@@ -295,6 +295,8 @@ def spindle_series(body, labelled):
         for p in s.get("samples", []):
             value = p.get("value", 0.0)
             value = float(value) if not isinstance(value, str) else float(value.replace("Infinity", "inf"))
+            if value == 0.0:
+                continue  # Tempo (and Spindle) fill empty intervals with 0; the SQL has no such rows
             out[(label, int(p["timestampMs"])) if labelled else int(p["timestampMs"])] = value
     return out
 

@@ -168,6 +168,13 @@ def check_metrics(s, traces):
     r = requests.get(f"{s.api}/api/metrics/query_range", timeout=30, params={
         "q": "{ } | count_over_time() by (span:name) | topk(1)", "start": start_s, "end": end_s, "step": "600s"})
     assert len(r.json()["series"]) >= 1
+    r = requests.get(f"{s.api}/api/metrics/query", timeout=30, params={
+        "q": "{ } | compare({ status = error }, 2)", "start": start_s, "end": end_s})
+    assert r.status_code == 200, r.text
+    got = {(x["labels"][0]["value"]["stringValue"], x["labels"][1]["key"], next(iter(x["labels"][1]["value"].values()))): x["value"]
+           for x in r.json()["series"]}
+    assert got[("selection", "name", "GET /checkout")] == 3 and got[("selection_total", "name", "nil")] == 3
+    assert got[("baseline_total", "kind", "nil")] == 9 and got[("selection", "span.user.id", "user-42")] == 3
     r = requests.get(f"{s.api}/api/metrics/query_range", params={"q": "{ } | rate()", "start": 0, "end": 10**9, "step": "1s"})
     assert r.status_code == 400 and "step" in r.text
 

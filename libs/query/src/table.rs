@@ -106,7 +106,7 @@ impl TableProvider for SpansTable {
             let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
             let mut source = ParquetSource::new(self.schema.clone())
                 .with_parquet_file_reader_factory(Arc::new(PageIndexedReaderFactory(
-                    CachedParquetFileReaderFactory::new(store, metadata_cache),
+                    CachedParquetFileReaderFactory::new(store.clone(), metadata_cache),
                 )))
                 .with_bloom_filter_on_read(true)
                 .with_enable_page_index(true)
@@ -115,10 +115,23 @@ impl TableProvider for SpansTable {
                 let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
                 source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
             }
-            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(snapshot.blocks.len())];
-            for (i, b) in snapshot.blocks.iter().enumerate() {
+            // Map-attribute equalities prune row groups by the blocks' Bloom filters.
+            let map_filters = crate::prune::map_value_filters(filters);
+            let mut files = Vec::with_capacity(snapshot.blocks.len());
+            for b in &snapshot.blocks {
+                let mut file = PartitionedFile::new(b.path.clone(), b.bytes);
+                if let Some(plan) = crate::prune::access_plan(store.clone(), b, &map_filters).await {
+                    if plan.row_group_index_iter().next().is_none() {
+                        continue;
+                    }
+                    file = file.with_extension(plan);
+                }
+                files.push(file);
+            }
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(files.len()).max(1)];
+            for (i, f) in files.into_iter().enumerate() {
                 let n = groups.len();
-                groups[i % n].push(PartitionedFile::new(b.path.clone(), b.bytes));
+                groups[i % n].push(f);
             }
             let config = FileScanConfigBuilder::new(BLOCKS_URL.clone(), Arc::new(source))
                 .with_file_groups(groups.into_iter().map(FileGroup::new).collect())

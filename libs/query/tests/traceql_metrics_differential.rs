@@ -346,3 +346,87 @@ async fn metrics_match_the_reference() {
     assert!(failures.is_empty(), "{} of {ran} queries differ:\n{}", failures.len(), failures.join("\n"));
     let _ = Field::Intrinsic(spindle_traceql::Intrinsic::Duration);
 }
+
+/// `compare()`: per attribute value, counts of selected and other spans, and their totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_counts_attribute_values() {
+    let traces = data::traces(5, 80);
+    let (blocks, unflushed) = data::spread(&traces, 2, 3);
+    let engine = support::engine(blocks, unflushed).await;
+    for q in ["{ } | compare({ status = error }, 3)", "{ kind = server } >> { } | compare({ span.flag = true })"] {
+        let query = spindle_traceql::compile(q).unwrap();
+        let MetricsFunction::Compare { selection, top_n, .. } = query.metrics.as_ref().unwrap().function.clone() else {
+            unreachable!()
+        };
+        let request = MetricsRequest {
+            query: query.clone(),
+            start_ns: T0,
+            end_ns: T0 + 600 * S,
+            step_ns: 600 * S,
+            instant: true,
+            exemplars: 0,
+            max_series: 10_000,
+        };
+        let got = engine.engine.metrics(&engine.tenant, &request).await.unwrap();
+        // Expected: (meta, key, value) -> count over the one interval.
+        let mut counts: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+        for t in &traces {
+            let r = reference::evaluate(t, &query.spans, Some((T0 + 1, T0 + 600 * S))).unwrap();
+            let sel = spindle_traceql::SpansetExpr::Filter(selection.clone());
+            let chosen = reference::evaluate(t, &sel, None).unwrap();
+            let chosen: Vec<usize> = chosen.spansets.iter().flat_map(|s| s.spans.clone()).collect();
+            for set in &r.spansets {
+                for &i in &set.spans {
+                    let meta = if chosen.contains(&i) { "selection" } else { "baseline" };
+                    let s = &t[i];
+                    let mut pairs: Vec<(String, String)> = vec![
+                        ("name".into(), format!("s:{}", s.name)),
+                        ("status".into(), format!("s:{}", ["unset", "ok", "error"][s.status as usize])),
+                        ("statusMessage".into(), format!("s:{}", s.status_message)),
+                        (
+                            "kind".into(),
+                            format!(
+                                "s:{}",
+                                ["unspecified", "internal", "server", "client", "producer", "consumer"]
+                                    [s.kind as usize]
+                            ),
+                        ),
+                    ];
+                    for (scope, attrs) in [("resource", &s.resource), ("span", &s.attrs)] {
+                        for (k, v) in attrs.iter() {
+                            let v = match v {
+                                data::Val::Str(x) => format!("s:{x}"),
+                                data::Val::Int(x) => format!("i:{x}"),
+                                data::Val::Float(x) => format!("f:{x}"),
+                                data::Val::Bool(x) => format!("b:{x}"),
+                            };
+                            pairs.push((format!("{scope}.{k}"), v));
+                        }
+                    }
+                    for (k, v) in pairs {
+                        *counts.entry((meta.into(), k.clone(), v)).or_default() += 1.0;
+                        *counts.entry((format!("{meta}_total"), k, "s:nil".into())).or_default() += 1.0;
+                    }
+                }
+            }
+        }
+        let got: BTreeMap<(String, String, String), f64> = got
+            .series
+            .iter()
+            .map(|s| {
+                let meta = any_text(&s.labels[0].1)[2..].to_string();
+                ((meta, s.labels[1].0.clone(), any_text(&s.labels[1].1)), s.samples[0].1)
+            })
+            .collect();
+        for ((meta, key, value), n) in &got {
+            assert_eq!(counts.get(&(meta.clone(), key.clone(), value.clone())), Some(n), "{q}: {meta} {key}={value}");
+        }
+        // Each key keeps its top N values (ties aside, every kept count is at least the N-th).
+        for ((meta, key, _), _) in counts.iter().filter(|((m, _, _), _)| m.ends_with("_total")) {
+            let side = meta.trim_end_matches("_total");
+            let kept = got.keys().filter(|(m, k, _)| m == side && k == key).count();
+            let all = counts.keys().filter(|(m, k, _)| m == side && k == key).count();
+            assert_eq!(kept, all.min(top_n as usize), "{q}: {side} {key}");
+        }
+    }
+}

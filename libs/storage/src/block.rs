@@ -312,6 +312,15 @@ pub fn encode_block_into<W: Write + Send>(
     }))
 }
 
+/// The Parquet leaf of the values of `span_attrs_str`.
+pub fn span_map_values() -> ColumnPath {
+    ColumnPath::new(vec![
+        spindle_schema::attr_map_column(spindle_schema::AttrScope::Span, spindle_schema::AttrType::Str),
+        "entries".into(),
+        "values".into(),
+    ])
+}
+
 pub(crate) fn writer_properties(
     options: &BlockOptions,
     bloom_ndv: u64,
@@ -332,6 +341,15 @@ pub(crate) fn writer_properties(
         .set_column_bloom_filter_enabled(ColumnPath::from(col::TRACE_ID), true)
         .set_column_bloom_filter_fpp(ColumnPath::from(col::TRACE_ID), 0.01)
         .set_column_bloom_filter_max_ndv(ColumnPath::from(col::TRACE_ID), bloom_ndv.max(1))
+        // Values of the residual string span attributes (`user.id`, order ids, ...): a search for
+        // one value reads only the row groups whose filter may hold it (`spindle-query` prunes
+        // with it; DataFusion cannot see into maps). Sized for about two values per trace.
+        .set_column_bloom_filter_enabled(span_map_values(), true)
+        .set_column_bloom_filter_fpp(span_map_values(), 0.01)
+        .set_column_bloom_filter_max_ndv(
+            span_map_values(),
+            (bloom_ndv * 2).clamp(1, options.row_group_rows.max(1) as u64),
+        )
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: trace_idx as i32, descending: false, nulls_first: false },
             SortingColumn { column_idx: start_idx as i32, descending: false, nulls_first: false },

@@ -32,7 +32,7 @@ use crate::{QueryEngine, QueryError, Result};
 /// Most intervals one query may ask for.
 pub const MAX_INTERVALS: i64 = 11_000;
 /// Candidate traces evaluated at once when a query needs whole traces.
-const CHUNK: usize = 2_000;
+pub(super) const CHUNK: usize = 2_000;
 
 /// A metrics query and its time grid.
 #[derive(Debug, Clone)]
@@ -136,12 +136,12 @@ impl Grid {
     }
 
     /// Spans in the grid: start in `(first, last]`.
-    fn span_filter(&self) -> Expr {
+    pub(super) fn span_filter(&self) -> Expr {
         time_filter(self.first.saturating_add(1), self.last())
     }
 
     /// The interval of each span (Int64).
-    fn interval(&self) -> Expr {
+    pub(super) fn interval(&self) -> Expr {
         (cast(ident(c::START_TIME), DataType::Int64) - lit(self.first + 1)) / lit(self.step)
     }
 }
@@ -239,7 +239,13 @@ fn prepare(
 }
 
 /// The aggregate over prepared spans: one row per interval, series and bucket.
-fn aggregate(frame: DataFrame, by: &ByColumns, has_value: bool, has_bucket: bool) -> Result<DataFrame> {
+fn aggregate(
+    frame: DataFrame,
+    by: &ByColumns,
+    has_value: bool,
+    has_bucket: bool,
+    exemplars: bool,
+) -> Result<DataFrame> {
     let mut keys = vec![ident("__interval")];
     for (_, cols) in &by.fields {
         keys.extend(cols.iter().map(|(_, n)| ident(n)));
@@ -247,24 +253,23 @@ fn aggregate(frame: DataFrame, by: &ByColumns, has_value: bool, has_bucket: bool
     if has_bucket {
         keys.push(ident("__bucket"));
     }
-    let order = if has_value {
-        vec![ident("__value").sort(false, true), ident(c::START_TIME).sort(false, true)]
-    } else {
-        vec![ident(c::START_TIME).sort(false, true)]
-    };
-    let mut aggs = vec![
-        count(lit(1i64)).alias("__count"),
-        first_value(ident(c::TRACE_ID), order.clone()).alias("__ex_trace"),
-        first_value(cast(ident(c::START_TIME), DataType::Int64), order.clone()).alias("__ex_start"),
-    ];
+    // Exemplars: the first span each group sees (every first_value below takes the same row;
+    // ordering them would cost a comparison per span).
+    let mut aggs = vec![count(lit(1i64)).alias("__count")];
+    if exemplars {
+        aggs.push(first_value(ident(c::TRACE_ID), vec![]).alias("__ex_trace"));
+        aggs.push(first_value(cast(ident(c::START_TIME), DataType::Int64), vec![]).alias("__ex_start"));
+    }
     if has_value {
         aggs.extend([
             sum(ident("__value")).alias("__sum"),
             count(ident("__value")).alias("__n"),
             min(ident("__value")).alias("__min"),
             max(ident("__value")).alias("__max"),
-            first_value(ident("__value"), order).alias("__ex_value"),
         ]);
+        if exemplars {
+            aggs.push(first_value(ident("__value"), vec![]).alias("__ex_value"));
+        }
     }
     Ok(frame.aggregate(keys, aggs)?)
 }
@@ -335,15 +340,15 @@ fn collect_rows(batches: &[RecordBatch], by: &ByColumns, into: &mut Collected, m
         let interval = get("__interval")?.as_primitive::<Int64Type>();
         let counts = get("__count")?.as_primitive::<Int64Type>();
         let bucket = b.column_by_name("__bucket").map(|a| a.as_primitive::<Int64Type>().clone());
-        let ex_trace = get("__ex_trace")?.as_fixed_size_binary();
-        let ex_start = get("__ex_start")?.as_primitive::<Int64Type>();
+        let ex_trace = b.column_by_name("__ex_trace").map(|a| a.as_fixed_size_binary().clone());
+        let ex_start = b.column_by_name("__ex_start").map(|a| a.as_primitive::<Int64Type>().clone());
+        let ex_value = b.column_by_name("__ex_value").map(|a| a.as_primitive::<Float64Type>().clone());
         let value_cols = match (b.column_by_name("__sum"), b.column_by_name("__n")) {
             (Some(s), Some(n)) => Some((
                 s.as_primitive::<Float64Type>().clone(),
                 n.as_primitive::<Int64Type>().clone(),
                 get("__min")?.as_primitive::<Float64Type>().clone(),
                 get("__max")?.as_primitive::<Float64Type>().clone(),
-                get("__ex_value")?.as_primitive::<Float64Type>().clone(),
             )),
             _ => None,
         };
@@ -375,19 +380,24 @@ fn collect_rows(batches: &[RecordBatch], by: &ByColumns, into: &mut Collected, m
             let count = counts.value(row) as u64;
             into.spans += count;
             let mut cell = Cell { count, n: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, exemplar: None };
-            let id: Option<[u8; 16]> = ex_trace.is_valid(row).then(|| ex_trace.value(row).try_into().ok()).flatten();
-            if let Some((s, n, mn, mx, ev)) = &value_cols {
+            let id: Option<[u8; 16]> =
+                ex_trace.as_ref().filter(|t| t.is_valid(row)).and_then(|t| t.value(row).try_into().ok());
+            if let Some((s, n, mn, mx)) = &value_cols {
                 cell.n = n.value(row) as u64;
                 if cell.n > 0 {
                     cell.sum = s.value(row);
                     cell.min = mn.value(row);
                     cell.max = mx.value(row);
                 }
-                if let (Some(id), true) = (id, ev.is_valid(row)) {
-                    cell.exemplar = Some((id, ex_start.value(row), ev.value(row)));
-                }
-            } else if let Some(id) = id {
-                cell.exemplar = Some((id, ex_start.value(row), f64::NAN));
+            }
+            if let (Some(id), Some(start)) = (id, &ex_start) {
+                // Without a value (rate, count) the exemplar takes its sample's value later.
+                let value = match (&value_cols, &ex_value) {
+                    (Some(_), Some(ev)) if ev.is_valid(row) => Some(ev.value(row)),
+                    (Some(_), _) => None,
+                    (None, _) => Some(f64::NAN),
+                };
+                cell.exemplar = value.map(|v| (id, start.value(row), v));
             }
             let b = bucket.as_ref().map(|b| b.value(row));
             into.cells.entry((key, interval.value(row), b)).and_modify(|c| c.merge(&cell)).or_insert(cell);
@@ -422,7 +432,7 @@ impl QueryEngine {
             let frame = ctx.table("spans").await?.filter(grid.span_filter().and(plan.span_filter()))?;
             let mut compiler = FieldCompiler::new(Frame::Spans);
             let (frame, by, has_value, has_bucket) = prepare(frame, &grid, metrics, &mut compiler)?;
-            let rows = aggregate(frame, &by, has_value, has_bucket)?.collect().await?;
+            let rows = aggregate(frame, &by, has_value, has_bucket, request.exemplars > 0)?.collect().await?;
             truncated |= collect_rows(&rows, &by, &mut collected, limit)?;
         } else {
             let ids = candidates(&ctx, &plan, &grid).await?;
@@ -436,7 +446,7 @@ impl QueryEngine {
                 let frame = eval.frame.filter(ident(&eval.matched))?;
                 let mut compiler = FieldCompiler::new(Frame::Traces);
                 let (frame, by, has_value, has_bucket) = prepare(frame, &grid, metrics, &mut compiler)?;
-                let rows = aggregate(frame, &by, has_value, has_bucket)?.collect().await?;
+                let rows = aggregate(frame, &by, has_value, has_bucket, request.exemplars > 0)?.collect().await?;
                 truncated |= collect_rows(&rows, &by, &mut collected, limit)?;
             }
         }
@@ -456,14 +466,10 @@ impl QueryEngine {
             inspected_spans: collected.spans,
         })
     }
-
-    async fn compare(&self, _tenant: &TenantId, _request: &MetricsRequest) -> Result<MetricsResult> {
-        Err(QueryError::BadRequest("compare() is not supported yet".into()))
-    }
 }
 
 /// Candidate traces of a query that needs whole traces, in the grid.
-async fn candidates(ctx: &SessionContext, plan: &CandidatePlan, grid: &Grid) -> Result<Vec<[u8; 16]>> {
+pub(super) async fn candidates(ctx: &SessionContext, plan: &CandidatePlan, grid: &Grid) -> Result<Vec<[u8; 16]>> {
     let mut scan = ctx.table("spans").await?.filter(grid.span_filter().and(plan.span_filter()))?;
     let mut flags = Vec::new();
     for (i, leaf) in plan.leaves.iter().enumerate() {
@@ -743,7 +749,7 @@ fn label_text(s: &Series) -> String {
 }
 
 /// Tempo's order: by number of labels, then each label's key and value.
-fn sort_series(series: &mut [Series]) {
+pub(super) fn sort_series(series: &mut [Series]) {
     series.sort_by(|a, b| {
         a.labels.len().cmp(&b.labels.len()).then_with(|| {
             for (x, y) in a.labels.iter().zip(&b.labels) {

@@ -2,6 +2,7 @@
 //! operators, pipelines and trace-level intrinsics become window functions over whole traces,
 //! and search summaries and metrics are DataFusion aggregates.
 
+pub mod compare;
 pub mod fields;
 pub mod metrics;
 pub mod plan;

@@ -1,0 +1,40 @@
+//! Map-attribute equalities prune row groups by the blocks' Bloom filters.
+
+mod support;
+
+use datafusion::prelude::{ident, lit};
+use spindle_query::prune::{access_plan, map_value_filters};
+use spindle_storage::BlockOptions;
+use support::data;
+
+#[tokio::test]
+async fn a_rare_value_reads_only_its_row_groups() {
+    let traces = data::traces(11, 300);
+    let mut needle = traces[5][0].clone();
+    needle.span_id = [9; 8];
+    needle.attrs.push(("user.id".into(), data::Val::Str("needle".into())));
+    let mut spans: Vec<&data::TSpan> = traces.iter().flatten().collect();
+    spans.push(&needle);
+    let store: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(object_store::memory::InMemory::new());
+    let tenant = spindle_storage::TenantId::default_tenant();
+    let options = BlockOptions { row_group_rows: 64, page_rows: 16, ..BlockOptions::default() };
+    let block =
+        spindle_storage::write_block(store.clone(), &tenant, "c", 0, (1, 2), vec![data::batch(&spans)], &options)
+            .await
+            .unwrap()
+            .unwrap();
+    let filter = datafusion::functions::core::expr_fn::get_field(ident("span_attrs_str"), "user.id").eq(lit("needle"));
+    let filters = map_value_filters(&[filter.and(ident("name").eq(lit("x")))]);
+    assert_eq!(filters.len(), 1);
+    let plan = access_plan(store.clone(), &block, &filters).await.expect("a plan");
+    let scanned = plan.row_group_indexes().len();
+    assert!(plan.len() > 10, "{} row groups", plan.len());
+    assert!((1..=2).contains(&scanned), "scans {scanned} of {} row groups", plan.len());
+    let none =
+        map_value_filters(&[
+            datafusion::functions::core::expr_fn::get_field(ident("span_attrs_str"), "user.id").eq(lit("nobody"))
+        ]);
+    let plan = access_plan(store, &block, &none).await.expect("a plan");
+    assert!(plan.row_group_indexes().len() <= 1, "a value nowhere reads (almost) nothing");
+}
