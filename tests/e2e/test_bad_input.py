@@ -157,3 +157,76 @@ def test_hostile_queries_get_400_and_spindle_keeps_serving(spindle):
     assert requests.get(f"{s.api}/ready").status_code == 200
     r = s.sql("SELECT 1 AS one")
     assert r.status_code == 200, r.text
+
+
+def _field(number, payload):
+    """A length-delimited protobuf field."""
+    length, out = len(payload), bytearray()
+    out.append(number << 3 | 2)
+    while True:
+        b = length & 0x7F
+        length >>= 7
+        out.append(b | (0x80 if length else 0))
+        if not length:
+            return bytes(out) + payload
+
+
+def nested_attribute_request(depth):
+    """One span whose attribute value is an array nested `depth` levels deep (built by hand:
+    the Python protobuf library refuses to write what it could not read)."""
+    value = b""
+    for _ in range(depth):
+        value = _field(5, _field(1, value))  # AnyValue.array_value -> ArrayValue.values
+    attribute = _field(1, b"deep") + _field(2, value)
+    span = _field(1, bytes([3] * 16)) + _field(2, bytes([4] * 8)) + _field(5, b"deep") + _field(9, attribute)
+    return _field(1, _field(2, _field(2, span)))
+
+
+def test_hostile_otlp_gets_4xx_and_spindle_keeps_serving(spindle):
+    s = spindle
+    url = s.otlp_http + "/v1/traces"
+    protobuf = {"Content-Type": "application/x-protobuf"}
+    # Invalid UTF-8 in a protobuf string (the span name), over HTTP and gRPC.
+    raw = big_request(1).SerializeToString().replace(b"x" * 200, b"\xff" * 200)
+    r = requests.post(url, data=raw, headers=protobuf, timeout=10)
+    assert r.status_code == 400 and "invalid OTLP protobuf" in r.text, r.text
+    channel = grpc.insecure_channel(s.otlp_grpc)
+    export_raw = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                     request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    try:
+        export_raw(raw, timeout=10)
+        raise AssertionError("invalid UTF-8 was accepted over gRPC")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    # Invalid UTF-8 in OTLP/JSON.
+    body = json.dumps(otlp_json(["5b8efff798038103d269b633813fc60c"])).encode().replace(b"bad-input", b"bad\xff\xfeinput")
+    r = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400, r.text
+    # Nesting far beyond any real data: attribute values 1,000 arrays deep (protobuf), and
+    # 100,000 levels of JSON.
+    r = requests.post(url, data=nested_attribute_request(1000), headers=protobuf, timeout=10)
+    assert r.status_code == 400 and "recursion" in r.text, r.text
+    try:
+        export_raw(nested_attribute_request(1000), timeout=10)
+        raise AssertionError("deep nesting was accepted over gRPC")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    deep_json = '{"resourceSpans": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = requests.post(url, data=deep_json, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400, r.text
+    # A nesting depth real SDKs produce is stored.
+    r = requests.post(url, data=nested_attribute_request(20), headers=protobuf, timeout=10)
+    assert r.status_code == 200, r.text
+    # Invalid UTF-8 in headers and in query parameters.
+    r = requests.post(url, data=big_request(1).SerializeToString(), headers={**protobuf, "X-Scope-OrgID": b"\xff\xfe"}, timeout=10)
+    assert r.status_code == 400, r.text
+    r = requests.get(f"{s.api}/api/search?q=%7B%20name%20%3D%20%22%FF%22%20%7D", timeout=10)
+    assert r.status_code == 400, r.text
+    r = requests.get(f"{s.api}/api/search?tags=name%3D%FF", timeout=10)
+    assert r.status_code == 400, r.text
+    r = requests.post(f"{s.api}/api/v1/sql", data=b"SELECT '\xff'", headers={"Content-Type": "text/plain"}, timeout=10)
+    assert r.status_code == 400 and "UTF-8" in r.text, r.text
+    # Still serving, and the valid span is there.
+    assert requests.get(f"{s.api}/ready", timeout=5).status_code == 200
+    assert s.sql("SELECT count(*) FROM spans WHERE name = 'deep'").json()["rows"] == [[1]]
+    channel.close()

@@ -3,11 +3,13 @@
 //! - [`to_arrow`]: OTLP `ResourceSpans` -> one span `RecordBatch` (validating ids, counting rejects).
 //! - [`from_arrow`]: span batches -> OTLP `ResourceSpans`, grouped by resource and scope again.
 //! - [`json`]: OTLP/JSON request decoding (hex or base64 ids, enum names or numbers).
+//! - [`limits`]: size limits on decoded spans (cut and counted in the `dropped_*_count` fields).
 //! - [`tempo_json`]: protobuf-JSON output in the dialect Tempo's query API speaks (Go jsonpb).
 
 mod attrs;
 pub mod from_arrow;
 pub mod json;
+pub mod limits;
 pub mod tempo_json;
 pub mod to_arrow;
 

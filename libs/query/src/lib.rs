@@ -44,6 +44,9 @@ pub enum QueryError {
     /// The query exceeded a resource limit: HTTP 429/413.
     #[error("{0}")]
     ResourcesExhausted(String),
+    /// The answer would exceed its row or byte cap: HTTP 422 (narrow the query).
+    #[error("{0}")]
+    ResultTooLarge(String),
     /// Anything else: HTTP 500.
     #[error("{0}")]
     Internal(String),
@@ -179,8 +182,16 @@ impl QueryEngine {
     }
 
     /// Runs user SQL against the tenant's `spans` table. Only queries are allowed: no DDL,
-    /// DML or `SET` statements.
-    pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    /// DML or `SET` statements. The answer is pulled batch by batch and the query stopped
+    /// (with [`QueryError::ResultTooLarge`]) once it passes `max_rows` rows or `max_bytes`
+    /// bytes of Arrow data, so no answer grows without bound.
+    pub async fn sql(
+        &self,
+        tenant: &TenantId,
+        sql: &str,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         sql_guard::check_sql(sql).await?;
         let ctx = self.session(tenant)?;
         let options = datafusion::execution::context::SQLOptions::new()
@@ -190,7 +201,19 @@ impl QueryEngine {
         let run = async {
             let df = ctx.sql_with_options(sql, options).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
+            let mut stream = df.execute_stream().await?;
+            let (mut batches, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
+            while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+                let batch = batch?;
+                rows += batch.num_rows();
+                bytes += batch.get_array_memory_size();
+                if rows > max_rows || bytes > max_bytes {
+                    return Err(QueryError::ResultTooLarge(format!(
+                        "the answer has more than {max_rows} rows or {max_bytes} bytes (the limits of one SQL answer): add a LIMIT, select fewer columns or aggregate"
+                    )));
+                }
+                batches.push(batch);
+            }
             Ok::<_, QueryError>((schema, batches))
         };
         self.bounded(run).await

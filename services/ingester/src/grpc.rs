@@ -33,7 +33,9 @@ impl OtlpGrpc {
 /// clients need before they retry `RESOURCE_EXHAUSTED`.
 pub fn status_for(e: &IngestError) -> Status {
     let retryable = |code: Code, message: &str| {
-        let details = RpcStatus { code: code as i32, message: message.to_string(), details: vec![retry_after(1)] };
+        let seconds = e.retry_after().map(|d| d.as_secs_f64().ceil() as i64).unwrap_or(1).max(1);
+        let details =
+            RpcStatus { code: code as i32, message: message.to_string(), details: vec![retry_after(seconds)] };
         Status::with_details(code, message.to_string(), details.encode_to_vec().into())
     };
     match e {
@@ -41,7 +43,9 @@ pub fn status_for(e: &IngestError) -> Status {
         IngestError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
         IngestError::Forbidden(m) => Status::permission_denied(m.clone()),
         IngestError::TooLarge(m) => Status::resource_exhausted(m.clone()),
-        IngestError::Overloaded(m) => retryable(Code::ResourceExhausted, m),
+        IngestError::Overloaded(m) | IngestError::RateLimited { message: m, .. } => {
+            retryable(Code::ResourceExhausted, m)
+        }
         IngestError::Unavailable(m) => retryable(Code::Unavailable, m),
         IngestError::Internal(m) => Status::internal(m.clone()),
     }
@@ -79,6 +83,20 @@ impl TraceService for OtlpGrpc {
                 Err(status_for(&e))
             }
         }
+    }
+}
+
+/// The answer for an export refused unread because the receiver is at its limit of concurrent
+/// requests: `RESOURCE_EXHAUSTED` with a `RetryInfo` of one second (counted as shed).
+pub fn busy_response<B: Default>(
+    metrics: crate::IngestMetrics,
+) -> impl Fn(&http::HeaderMap) -> http::Response<B> + Send + Sync + 'static {
+    move |_headers| {
+        metrics.request("grpc", "shed");
+        status_for(&IngestError::Overloaded(
+            "the receiver is at its limit of concurrent requests; retry shortly".into(),
+        ))
+        .into_http()
     }
 }
 

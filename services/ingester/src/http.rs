@@ -13,16 +13,41 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
+use spindle_limits::shed::{DeadlineLayer, ShedLayer};
 
 use crate::rpc_status::RpcStatus;
 use crate::{IngestError, Ingester};
 
-/// Routes of the OTLP/HTTP receiver.
+/// Routes of the OTLP/HTTP receiver: at most `max_concurrent_requests` at once (more get 429
+/// unread), each answered within `request_timeout` (a body still arriving then gets 408).
 pub fn router(ingester: Arc<Ingester>) -> Router {
+    let config = ingester.config().clone();
+    let metrics = ingester.metrics().clone();
+    let timeout = config.request_timeout;
     Router::new()
         .route("/v1/traces", post(export_traces))
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(DeadlineLayer::new(timeout, move || {
+            let message = format!("the request did not complete within {} s", timeout.as_secs_f64());
+            error_response(Format::Json, StatusCode::REQUEST_TIMEOUT, 4, &message)
+        }))
+        .layer(ShedLayer::new(config.max_concurrent_requests, move |headers: &HeaderMap| {
+            metrics.request("http", "shed");
+            let format = format_of(headers).unwrap_or(Format::Json);
+            let message = "the receiver is at its limit of concurrent requests; retry shortly";
+            error_response(format, StatusCode::TOO_MANY_REQUESTS, 8, message)
+        }))
         .with_state(ingester)
+}
+
+/// The body format a `Content-Type` names.
+fn format_of(headers: &HeaderMap) -> Option<Format> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+        "application/x-protobuf" | "application/protobuf" => Some(Format::Protobuf),
+        "application/json" => Some(Format::Json),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -41,6 +66,16 @@ impl Format {
 }
 
 fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: &str) -> Response {
+    error_response_retry(format, status, grpc_code, message, std::time::Duration::from_secs(1))
+}
+
+fn error_response_retry(
+    format: Format,
+    status: StatusCode,
+    grpc_code: i32,
+    message: &str,
+    retry: std::time::Duration,
+) -> Response {
     let body = RpcStatus { code: grpc_code, message: message.to_string(), details: Vec::new() };
     let bytes = match format {
         Format::Protobuf => body.encode_to_vec(),
@@ -50,7 +85,8 @@ fn error_response(format: Format, status: StatusCode, grpc_code: i32, message: &
     };
     let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let seconds = (retry.as_secs_f64().ceil() as u64).max(1);
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
@@ -61,21 +97,20 @@ fn ingest_error_response(format: Format, e: &IngestError) -> Response {
         IngestError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 16),
         IngestError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
         IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
-        IngestError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
+        IngestError::Overloaded(_) | IngestError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, 8),
         IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
         IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
     };
-    error_response(format, status, code, &e.to_string())
+    let retry = e.retry_after().unwrap_or(std::time::Duration::from_secs(1));
+    error_response_retry(format, status, code, &e.to_string(), retry)
 }
 
 async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap, body: Body) -> Response {
     let metrics = ingester.metrics();
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let format = match mime.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
-        "application/json" => Format::Json,
-        _ => {
+    let format = match format_of(&headers) {
+        Some(f) => f,
+        None => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             metrics.request("http", "error");
             return error_response(
                 Format::Json,

@@ -1,8 +1,10 @@
 //! The ingester: accepts OTLP traces, turns them into Arrow and routes them to storage shards.
 //!
 //! Data path: [`grpc`] (OTLP/gRPC) or [`http`] (OTLP/HTTP, protobuf or JSON, gzip) -> tenant from
-//! `X-Scope-OrgID` -> [`Ingester::ingest`]: convert to one span batch (invalid spans are counted
-//! as rejected, per OTLP partial success) -> split by the ring's shard for each trace id (the
+//! the API key (or `X-Scope-OrgID`) -> [`Ingester::ingest`]: a share of the node's in-flight byte
+//! budget and of the tenant's rate limit (refused at once with a retry hint when there is none)
+//! -> strings, attributes, events and links cut to the tenant's limits (counted) -> convert to
+//! one span batch (invalid spans are counted as rejected, per OTLP partial success) -> split by the ring's shard for each trace id (the
 //! ring of the current topology) -> cut into pushes of at most `max_push_bytes` -> each pushed
 //! to its shard's leader through the `ShardRouter` (which follows leader changes and retries)
 //! -> answer once every shard has committed. A client retry after a partial failure sends the
@@ -14,6 +16,7 @@ mod metrics;
 mod rpc_status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -21,11 +24,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use spindle_auth::{Access, Auth, AuthError};
 use spindle_cluster_client::ShardRouter;
 use spindle_generator::tee::SpanTee;
+use spindle_limits::{LimitsTable, RateLimiter};
+use spindle_otlp::limits::SpanLimits;
 use spindle_otlp::to_arrow::{resource_spans_to_batch_limited, DEFAULT_MAX_EXPANDED_BYTES};
 use spindle_schema::col;
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::TenantId;
 use spindle_storage_api::ApiError;
+use tokio::sync::Semaphore;
 
 pub use metrics::IngestMetrics;
 
@@ -39,6 +45,13 @@ pub struct IngesterConfig {
     /// Largest push to one shard (in-memory Arrow bytes); bigger parts are cut, so one Raft
     /// entry stays bounded.
     pub max_push_bytes: usize,
+    /// Bytes of requests (their protobuf size) the node works on at once, across tenants;
+    /// requests beyond it are refused with a retry hint instead of queueing.
+    pub max_inflight_bytes: usize,
+    /// Requests each receiver takes at once, before reading them; more are refused unread.
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take, body included.
+    pub request_timeout: Duration,
 }
 
 impl Default for IngesterConfig {
@@ -47,6 +60,9 @@ impl Default for IngesterConfig {
             max_request_bytes: 16 * 1024 * 1024,
             max_expanded_bytes: DEFAULT_MAX_EXPANDED_BYTES,
             max_push_bytes: 4 * 1024 * 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_concurrent_requests: 64,
+            request_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -60,9 +76,17 @@ pub enum IngestError {
     /// The request is larger than allowed: do not retry as is.
     #[error("{0}")]
     TooLarge(String),
-    /// Storage pushes back: retry later.
+    /// Storage or this node pushes back: retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// The tenant sends faster than its rate limit: retry after the given time.
+    #[error("{message}")]
+    RateLimited {
+        /// What was exceeded.
+        message: String,
+        /// When the request would be accepted.
+        retry_after: Duration,
+    },
     /// No usable API key: do not retry as is.
     #[error("{0}")]
     Unauthenticated(String),
@@ -75,6 +99,17 @@ pub enum IngestError {
     /// Anything else.
     #[error("{0}")]
     Internal(String),
+}
+
+impl IngestError {
+    /// How long a client should wait before retrying, for the errors worth retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Overloaded(_) | IngestError::Unavailable(_) => Some(Duration::from_secs(1)),
+            IngestError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 impl From<ApiError> for IngestError {
@@ -107,12 +142,35 @@ pub struct Ingester {
     metrics: IngestMetrics,
     tee: Option<Arc<dyn SpanTee>>,
     auth: Arc<Auth>,
+    limits: LimitsTable,
+    rate: RateLimiter,
+    /// The in-flight byte budget, in KiB.
+    inflight: Semaphore,
 }
+
+/// Budget units are KiB, so a semaphore's `u32` counts reach terabytes.
+const BUDGET_UNIT: usize = 1024;
 
 impl Ingester {
     /// An ingester writing to the shards `router` finds.
     pub fn new(router: Arc<ShardRouter>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
-        Self { router, config, metrics, tee: None, auth: Auth::trust_header() }
+        let inflight = Semaphore::new((config.max_inflight_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS));
+        Self {
+            router,
+            config,
+            metrics,
+            tee: None,
+            auth: Auth::trust_header(),
+            limits: LimitsTable::default(),
+            rate: RateLimiter::default(),
+            inflight,
+        }
+    }
+
+    /// Applies the per-tenant limits of `limits` (ingest rate, span sizes).
+    pub fn with_limits(mut self, limits: LimitsTable) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Decides the tenant of each request with `auth` (API keys) instead of trusting
@@ -156,18 +214,65 @@ impl Ingester {
 
     /// Stores the spans of one export request; returns once every shard has committed them.
     pub async fn ingest(&self, tenant: &TenantId, request: ExportTraceServiceRequest) -> Result<Outcome, IngestError> {
+        let spans: u64 = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum();
+        let refuse = |reason: &str, e: IngestError| {
+            self.metrics.rejected(tenant.as_str(), reason, spans);
+            e
+        };
+        let size = prost::Message::encoded_len(&request);
+        let units = u32::try_from(size.div_ceil(BUDGET_UNIT).clamp(1, self.config.max_inflight_bytes / BUDGET_UNIT))
+            .unwrap_or(u32::MAX);
+        let _budget = self.inflight.try_acquire_many(units).map_err(|_| {
+            refuse(
+                "node_inflight_bytes",
+                IngestError::Overloaded(format!(
+                    "this node already works on {} bytes of requests (its limit); retry shortly",
+                    self.config.max_inflight_bytes
+                )),
+            )
+        })?;
+        let limits = self.limits.get(tenant.as_str());
+        self.rate.take(tenant.as_str(), size as u64, limits.ingest_rate_bytes, limits.ingest_burst_bytes).map_err(
+            |refused| {
+                refuse(
+                    "rate_limited",
+                    IngestError::RateLimited {
+                        message: format!(
+                            "tenant {tenant} exceeds its ingest rate of {} bytes/s (burst {} bytes); retry after {:.1} s",
+                            limits.ingest_rate_bytes,
+                            limits.ingest_burst_bytes,
+                            refused.retry_after.as_secs_f64()
+                        ),
+                        retry_after: refused.retry_after,
+                    },
+                )
+            },
+        )?;
+        let mut request = request;
+        let truncated = spindle_otlp::limits::apply(
+            &mut request.resource_spans,
+            &SpanLimits {
+                max_value_bytes: limits.max_attribute_value_bytes,
+                max_attributes: limits.max_attributes_per_span,
+                max_events: limits.max_events_per_span,
+                max_links: limits.max_links_per_span,
+            },
+        );
+        if !truncated.is_empty() {
+            self.metrics.truncated(tenant.as_str(), &truncated);
+        }
         let converted = resource_spans_to_batch_limited(
             &request.resource_spans,
             self.config.max_expanded_bytes,
             self.tee.is_some(),
         )
         .map_err(|e| match e {
-            spindle_otlp::ConvertError::TooLarge(m) => IngestError::TooLarge(m),
-            other => IngestError::Invalid(other.to_string()),
+            spindle_otlp::ConvertError::TooLarge(m) => refuse("too_large", IngestError::TooLarge(m)),
+            other => refuse("invalid", IngestError::Invalid(other.to_string())),
         })?;
         drop(request);
         if converted.rejected > 0 {
-            self.metrics.rejected("invalid_span", converted.rejected);
+            self.metrics.rejected(tenant.as_str(), "invalid_span", converted.rejected);
         }
         let rows = converted.batch.num_rows() as u64;
         if rows > 0 {
@@ -191,7 +296,7 @@ impl Ingester {
                     ApiError::Unavailable(_) | ApiError::Unreachable(_) | ApiError::NotLeader { .. } => "unavailable",
                     _ => "storage_error",
                 };
-                self.metrics.rejected(reason, rows);
+                self.metrics.rejected(tenant.as_str(), reason, rows);
                 return Err(e.into());
             }
             self.metrics.spans_received.inc_by(rows);

@@ -9,8 +9,10 @@ use prometheus_client::registry::Registry;
 pub struct IngestMetrics {
     /// Spans accepted and committed.
     pub spans_received: Counter,
-    /// Spans refused, by reason.
+    /// Spans refused, by tenant and reason.
     pub spans_rejected: Family<Vec<(String, String)>, Counter>,
+    /// Values, attributes, events and links cut to the tenant's limits, by tenant and what.
+    pub truncated: Family<Vec<(String, String)>, Counter>,
     /// Requests, by protocol and outcome.
     pub requests: Family<Vec<(String, String)>, Counter>,
     /// Request bytes received (before decompression).
@@ -23,15 +25,33 @@ impl IngestMetrics {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("spindle_ingester");
         r.register("spans_received", "Spans accepted and committed", m.spans_received.clone());
-        r.register("spans_rejected", "Spans refused, by reason", m.spans_rejected.clone());
+        r.register("spans_rejected", "Spans refused, by tenant and reason", m.spans_rejected.clone());
+        r.register(
+            "truncated",
+            "Values, attributes, events and links cut to the tenant's limits, by tenant and what",
+            m.truncated.clone(),
+        );
         r.register("requests", "OTLP export requests, by protocol and outcome", m.requests.clone());
         r.register("request_bytes", "OTLP request bytes received", m.request_bytes.clone());
         m
     }
 
-    /// Counts `n` spans refused for `reason`.
-    pub fn rejected(&self, reason: &str, n: u64) {
-        self.spans_rejected.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+    /// Counts `n` spans of `tenant` refused for `reason`.
+    pub fn rejected(&self, tenant: &str, reason: &str, n: u64) {
+        self.spans_rejected
+            .get_or_create(&vec![("tenant".into(), tenant.into()), ("reason".into(), reason.into())])
+            .inc_by(n);
+    }
+
+    /// Counts what the span limits cut from `tenant`'s spans.
+    pub fn truncated(&self, tenant: &str, t: &spindle_otlp::limits::Truncated) {
+        for (what, n) in [("value", t.values), ("attribute", t.attributes), ("event", t.events), ("link", t.links)] {
+            if n > 0 {
+                self.truncated
+                    .get_or_create(&vec![("tenant".into(), tenant.into()), ("what".into(), what.into())])
+                    .inc_by(n);
+            }
+        }
     }
 
     /// Counts one request.

@@ -26,6 +26,7 @@ impl From<QueryError> for ApiError {
             QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::ResourcesExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            QueryError::ResultTooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self { status, message: e.to_string() }

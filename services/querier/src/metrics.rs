@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -12,15 +13,16 @@ fn latency_histogram() -> Histogram {
 
 type Labels = Vec<(String, String)>;
 
-/// Latency of queries by endpoint and outcome.
+/// Latency of queries by endpoint and outcome, and queries refused by tenant and reason.
 #[derive(Clone)]
 pub struct QueryMetrics {
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    refused: Family<Labels, Counter>,
 }
 
 impl Default for QueryMetrics {
     fn default() -> Self {
-        Self { latency: Family::new_with_constructor(latency_histogram) }
+        Self { latency: Family::new_with_constructor(latency_histogram), refused: Family::default() }
     }
 }
 
@@ -33,7 +35,17 @@ impl QueryMetrics {
             "Query latency by endpoint and outcome",
             m.latency.clone(),
         );
+        registry.sub_registry_with_prefix("spindle_query").register(
+            "refused",
+            "Queries refused by a limit, by tenant and reason",
+            m.refused.clone(),
+        );
         m
+    }
+
+    /// Counts one query of `tenant` refused for `reason`.
+    pub fn refused(&self, tenant: &str, reason: &str) {
+        self.refused.get_or_create(&vec![("tenant".into(), tenant.into()), ("reason".into(), reason.into())]).inc();
     }
 
     /// Records one query of `endpoint` that started at `start`.

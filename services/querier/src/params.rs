@@ -16,6 +16,31 @@ pub fn tenants(headers: &HeaderMap) -> Result<Vec<TenantId>, ApiError> {
     Ok(tenants.unwrap_or_else(|| vec![TenantId::default_tenant()]))
 }
 
+/// Refuses a query string whose percent-decoded bytes are not UTF-8 (decoders would otherwise
+/// replace them and search for something the client never sent).
+pub fn check_query_utf8(query: Option<&str>) -> Result<(), ApiError> {
+    let Some(query) = query else { return Ok(()) };
+    let bytes = query.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded)
+        .map(|_| ())
+        .map_err(|_| ApiError::bad_request("the query string is not UTF-8 once percent-decoded"))
+}
+
 /// Parses a trace id given in hex (1-32 digits, left-padded with zeros).
 pub fn trace_id(text: &str) -> Result<[u8; 16], ApiError> {
     let t = text.trim();

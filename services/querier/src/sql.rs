@@ -74,7 +74,13 @@ async fn sql(State(q): State<Querier>, Query(p): Query<SqlParams>, headers: Head
         let [tenant] = tenants.as_slice() else {
             return Err(ApiError::bad_request("SQL runs against one tenant: name a single X-Scope-OrgID"));
         };
-        let (schema, batches) = q.engine.sql(tenant, &sql).await?;
+        let (schema, batches) = match q.engine.sql(tenant, &sql, q.sql.max_rows, q.sql.max_bytes).await {
+            Err(e @ spindle_query::QueryError::ResultTooLarge(_)) => {
+                q.metrics.refused(tenant.as_str(), "sql_result_too_large");
+                return Err(e.into());
+            }
+            other => other?,
+        };
         encode(&format, schema, &batches)
     }
     .await;

@@ -14,10 +14,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use spindle_generator::GeneratorSettings;
+use spindle_limits::LimitsPolicy;
 use spindle_storage::store::{StoreLocation, StoreOptions};
 use spindle_storage::RetentionPolicy;
 
 use crate::generator_config::{generator_settings, GeneratorFile};
+use crate::limits_config::{limits_policy, LimitsFile};
 
 /// Spindle: an OpenTelemetry-native trace backend with a Tempo-compatible API.
 #[derive(Debug, Parser)]
@@ -193,6 +195,28 @@ pub struct Options {
     /// 429 [60s].
     #[arg(long, env = "SPINDLE_QUERY_TIMEOUT", global = true)]
     pub query_timeout: Option<String>,
+    /// Ingesters: bytes of OTLP requests (protobuf size) the node works on at once; more are
+    /// refused at once with 429 / RESOURCE_EXHAUSTED and a retry hint [256MiB].
+    #[arg(long, env = "SPINDLE_INGEST_INFLIGHT_LIMIT", global = true)]
+    pub ingest_inflight_limit: Option<String>,
+    /// Ingesters: OTLP requests each receiver (gRPC, HTTP) takes at once, before reading them;
+    /// more are refused unread with 429 / RESOURCE_EXHAUSTED [64].
+    #[arg(long, env = "SPINDLE_INGEST_MAX_CONCURRENT_REQUESTS", global = true)]
+    pub ingest_max_concurrent_requests: Option<usize>,
+    /// Queriers: query API requests the node runs at once, all tenants together; more get 429
+    /// [32].
+    #[arg(long, env = "SPINDLE_QUERY_MAX_CONCURRENT", global = true)]
+    pub query_max_concurrent: Option<usize>,
+    /// Longest an external request may take, body included (a client trickling a body is
+    /// answered 408, a gRPC call CANCELLED) [2m].
+    #[arg(long, env = "SPINDLE_REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<String>,
+    /// Most rows of one SQL answer (more: 422, add a LIMIT) [1000000].
+    #[arg(long, env = "SPINDLE_SQL_MAX_ROWS", global = true)]
+    pub sql_max_rows: Option<usize>,
+    /// Most Arrow bytes of one SQL answer (more: 422) [64MiB].
+    #[arg(long, env = "SPINDLE_SQL_MAX_SIZE", global = true)]
+    pub sql_max_size: Option<String>,
     /// fsync the Raft log before acknowledging writes [true].
     #[arg(long, env = "SPINDLE_FSYNC", global = true)]
     pub fsync: Option<bool>,
@@ -267,6 +291,13 @@ struct FileConfig {
     max_unflushed_size: Option<String>,
     query_memory_limit: Option<String>,
     query_timeout: Option<String>,
+    ingest_inflight_limit: Option<String>,
+    ingest_max_concurrent_requests: Option<usize>,
+    query_max_concurrent: Option<usize>,
+    request_timeout: Option<String>,
+    sql_max_rows: Option<usize>,
+    sql_max_size: Option<String>,
+    limits: Option<LimitsFile>,
     fsync: Option<bool>,
     generator: Option<GeneratorSection>,
     generators: Option<Vec<String>>,
@@ -294,6 +325,8 @@ struct TenantOverrides {
     retention: Option<String>,
     /// The tenant's metrics-generator settings (over the top-level `generator:` section).
     generator: Option<GeneratorFile>,
+    /// The tenant's limits (over the top-level `limits:` section).
+    limits: Option<LimitsFile>,
 }
 
 /// The resolved configuration.
@@ -367,6 +400,20 @@ pub struct Config {
     pub query_memory_limit: usize,
     /// Query time limit.
     pub query_timeout: Duration,
+    /// Ingest in-flight byte budget.
+    pub ingest_inflight_bytes: usize,
+    /// OTLP requests each receiver takes at once.
+    pub ingest_max_concurrent_requests: usize,
+    /// Query API requests at once.
+    pub query_max_concurrent: usize,
+    /// Longest external request.
+    pub request_timeout: Duration,
+    /// Most rows of an SQL answer.
+    pub sql_max_rows: usize,
+    /// Most bytes of an SQL answer.
+    pub sql_max_bytes: usize,
+    /// Per-tenant limits.
+    pub limits: LimitsPolicy,
     /// fsync the log.
     pub fsync: bool,
     /// Run a metrics generator (`all`, `generator`).
@@ -402,6 +449,7 @@ impl Config {
             |name: &str, value: String| parse_duration(&value).with_context(|| format!("invalid {name} {value:?}"));
         let storage = role == Command::Storage;
         let retention = retention_policy(o, &file)?;
+        let limits = file_limits(&file)?;
         let data_dir = o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
         let store = match o.storage_url.clone().or(file.storage_url.clone()) {
             None => StoreLocation::Local(data_dir.join("blocks")),
@@ -570,6 +618,20 @@ impl Config {
                 text(&o.query_memory_limit, &file.query_memory_limit, "512MiB"),
             )?,
             query_timeout: duration("query_timeout", text(&o.query_timeout, &file.query_timeout, "60s"))?,
+            ingest_inflight_bytes: size(
+                "ingest_inflight_limit",
+                text(&o.ingest_inflight_limit, &file.ingest_inflight_limit, "256MiB"),
+            )?,
+            ingest_max_concurrent_requests: o
+                .ingest_max_concurrent_requests
+                .or(file.ingest_max_concurrent_requests)
+                .unwrap_or(64)
+                .max(1),
+            query_max_concurrent: o.query_max_concurrent.or(file.query_max_concurrent).unwrap_or(32).max(1),
+            request_timeout: duration("request_timeout", text(&o.request_timeout, &file.request_timeout, "2m"))?,
+            sql_max_rows: o.sql_max_rows.or(file.sql_max_rows).unwrap_or(1_000_000),
+            sql_max_bytes: size("sql_max_size", text(&o.sql_max_size, &file.sql_max_size, "64MiB"))?,
+            limits,
             fsync: o.fsync.or(file.fsync).unwrap_or(true),
             generator,
             generator_settings,
@@ -600,13 +662,19 @@ fn retention_policy(o: &Options, file: &FileConfig) -> anyhow::Result<RetentionP
     Ok(RetentionPolicy { default, tenants })
 }
 
-/// Reads the retention windows again (the config file may have changed since start).
-pub fn reload_retention(o: &Options) -> anyhow::Result<RetentionPolicy> {
+/// The file's `limits:` and per-tenant `tenants.<id>.limits:`.
+fn file_limits(file: &FileConfig) -> anyhow::Result<LimitsPolicy> {
+    limits_policy(file.limits.as_ref(), file.tenants.iter().flatten().map(|(t, o)| (t, o.limits.as_ref())))
+}
+
+/// Reads the retention windows and the limits again (the config file may have changed since
+/// start).
+pub fn reload_policies(o: &Options) -> anyhow::Result<(RetentionPolicy, LimitsPolicy)> {
     let file = match &o.config {
         Some(path) => load_file(path)?,
         None => FileConfig::default(),
     };
-    retention_policy(o, &file)
+    Ok((retention_policy(o, &file)?, file_limits(&file)?))
 }
 
 /// This host's name (for an advertised address), `localhost` if unknown.
@@ -700,7 +768,7 @@ mod tests {
         let keyed = Cli::parse_from(["spindle", "--otlp-grpc-addr", "0.0.0.0:4317", "--api-keys-file", "/k.yaml"]);
         assert!(Config::resolve(Command::All, &keyed.options).is_ok());
         std::fs::write(&path, "retention: 7d\ntenants:\n  short: { retention: 1h }\n").unwrap();
-        let r = reload_retention(&cli.options).unwrap();
+        let (r, _) = reload_policies(&cli.options).unwrap();
         assert_eq!(r.for_tenant("short"), Some(Duration::from_secs(3600)));
         assert_eq!(r.for_tenant("other"), Some(Duration::from_secs(7 * 86400)));
         std::fs::write(&path, "nonsense_key: 1\n").unwrap();

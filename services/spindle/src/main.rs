@@ -3,6 +3,7 @@
 mod config;
 mod generator_config;
 mod leave;
+mod limits_config;
 mod ops;
 mod process_metrics;
 mod roles;

@@ -32,9 +32,11 @@ use spindle_compactor::{Compactor, CompactorConfig, CompactorMetrics};
 use spindle_generator::service::GeneratorGrpc;
 use spindle_generator::tee::{LocalTee, RemoteTee, SpanTee};
 use spindle_generator::{Generator, GeneratorMetrics};
-use spindle_ingester::grpc::{map_codec_errors, OtlpGrpc};
+use spindle_ingester::grpc::{busy_response, map_codec_errors, OtlpGrpc};
 use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
-use spindle_querier::{Querier, QueryMetrics};
+use spindle_limits::shed::ShedLayer;
+use spindle_limits::LimitsTable;
+use spindle_querier::{Admission, Querier, QueryMetrics, SqlLimits};
 use spindle_query::{QueryConfig, QueryEngine, SpanSource};
 use spindle_storage::cache::{CacheOptions, CachedStore};
 use spindle_storage::instrumented::{InstrumentedStore, ObjectStoreMetrics};
@@ -50,7 +52,7 @@ use spindle_tls::{ServerTls, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{reload_retention, Command, Config, Options};
+use crate::config::{reload_policies, Command, Config, Options};
 use crate::ops::{self, Readiness};
 
 type Server = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -130,9 +132,13 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         None
     };
     let retention = Retention::new(config.retention.clone());
-    if stores {
-        tokio::spawn(reload_retention_on_change(config.options.clone(), retention.clone(), config.retention_interval));
-    }
+    let limits = LimitsTable::new(config.limits.clone());
+    tokio::spawn(reload_policies_on_change(
+        config.options.clone(),
+        retention.clone(),
+        limits.clone(),
+        config.retention_interval,
+    ));
 
     let node = match (&store, stores) {
         (Some(store), true) => Some(
@@ -181,10 +187,16 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let ingester = ingests.then(|| {
         let ingester = Ingester::new(
             router.clone(),
-            IngesterConfig { max_request_bytes: config.max_request_bytes, ..IngesterConfig::default() },
+            IngesterConfig {
+                max_request_bytes: config.max_request_bytes,
+                max_inflight_bytes: config.ingest_inflight_bytes,
+                max_concurrent_requests: config.ingest_max_concurrent_requests,
+                request_timeout: config.request_timeout,
+                ..IngesterConfig::default()
+            },
             IngestMetrics::register(&mut registry),
         );
-        let ingester = ingester.with_auth(auth.clone());
+        let ingester = ingester.with_auth(auth.clone()).with_limits(limits.clone());
         Arc::new(match &tee {
             Some(tee) => ingester.with_tee(tee.clone()),
             None => ingester,
@@ -210,7 +222,14 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
                 },
             )
             .context("starting the query engine")?;
-            Some(Querier::new(Arc::new(engine), QueryMetrics::register(&mut registry)))
+            let querier = Querier::new(Arc::new(engine), QueryMetrics::register(&mut registry))
+                .with_limits(limits.clone())
+                .with_sql_limits(SqlLimits { max_rows: config.sql_max_rows, max_bytes: config.sql_max_bytes })
+                .with_admission(Admission {
+                    max_concurrent: config.query_max_concurrent,
+                    timeout: config.request_timeout,
+                });
+            Some(querier)
         }
         _ => None,
     };
@@ -298,7 +317,12 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
             tls.as_ref(),
         )?);
         let otlp = grpc_server()
+            .timeout(config.request_timeout)
             .layer(tower::util::MapResponseLayer::new(map_codec_errors::<tonic::body::Body>))
+            .layer(ShedLayer::new(
+                config.ingest_max_concurrent_requests,
+                busy_response::<tonic::body::Body>(ingester.metrics().clone()),
+            ))
             .add_service(OtlpGrpc::service(ingester.clone()));
         match &tls {
             Some(tls) => {
@@ -367,9 +391,9 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     served.map(|_| ())
 }
 
-/// Re-reads the retention windows whenever the config file changes (checked every `every`); a
-/// file that does not parse leaves the current windows in force.
-async fn reload_retention_on_change(options: Options, retention: Retention, every: Duration) {
+/// Re-reads the retention windows and the limits whenever the config file changes (checked
+/// every `every`); a file that does not parse leaves the current ones in force.
+async fn reload_policies_on_change(options: Options, retention: Retention, limits: LimitsTable, every: Duration) {
     let Some(path) = options.config.clone() else { return };
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
@@ -380,15 +404,20 @@ async fn reload_retention_on_change(options: Options, retention: Retention, ever
             continue;
         }
         seen = now;
-        match reload_retention(&options) {
-            Ok(policy) => {
+        match reload_policies(&options) {
+            Ok((policy, new_limits)) => {
                 if retention.set(policy.clone()) {
                     tracing::info!(default = ?policy.default, tenants = policy.tenants.len(), "retention reloaded");
                 }
+                let tenants = new_limits.tenants.len();
+                if limits.set(new_limits) {
+                    tracing::info!(tenants, "limits reloaded");
+                }
             }
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "config file not reloaded; keeping the current retention")
-            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "config file not reloaded; keeping the current retention and limits"
+            ),
         }
     }
 }
