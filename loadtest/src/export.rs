@@ -28,6 +28,8 @@ pub struct Sent {
     pub outcome: Outcome,
     /// Retries after backpressure.
     pub retries: u32,
+    /// Why each retry happened (status code name, or "connection").
+    pub retry_reasons: Vec<String>,
     /// Latency of the final attempt.
     pub latency: Duration,
 }
@@ -71,17 +73,19 @@ impl Exporter {
         api_key: Option<&str>,
     ) -> Sent {
         let mut retries = 0;
+        let mut retry_reasons = Vec::new();
         loop {
             let start = Instant::now();
             let attempt = self.attempt(request, tenant, api_key).await;
             let latency = start.elapsed();
             match attempt {
-                Attempt::Done(outcome) => return Sent { outcome, retries, latency },
+                Attempt::Done(outcome) => return Sent { outcome, retries, retry_reasons, latency },
                 Attempt::Retry { after, reason, message } => {
                     if retries >= MAX_RETRIES {
-                        return Sent { outcome: Outcome::Failed { reason, message }, retries, latency };
+                        return Sent { outcome: Outcome::Failed { reason, message }, retries, retry_reasons, latency };
                     }
                     retries += 1;
+                    retry_reasons.push(reason);
                     let backoff = Duration::from_millis(100 << retries.min(6));
                     tokio::time::sleep(after.unwrap_or(backoff).min(Duration::from_secs(10))).await;
                 }

@@ -96,6 +96,7 @@ struct Stats {
     acked_spans: u64,
     rejected: BTreeMap<String, u64>,
     retries: u64,
+    retries_by_reason: BTreeMap<String, u64>,
     bytes: u64,
     requests: BTreeMap<String, u64>,
     latencies: Vec<f64>,
@@ -155,6 +156,9 @@ async fn main() -> anyhow::Result<()> {
                 let Ok(mut st) = stats.lock() else { return };
                 st.sent_spans += spans;
                 st.retries += sent.retries as u64;
+                for reason in &sent.retry_reasons {
+                    *st.retries_by_reason.entry(reason.clone()).or_default() += 1;
+                }
                 match sent.outcome {
                     Outcome::Ok { rejected } => {
                         let acked = spans - rejected.min(spans);
@@ -223,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
         "spans_rejected": st.rejected,
         "requests": st.requests,
         "requests_retried": st.retries,
+        "retries_by_reason": st.retries_by_reason,
         "spans_per_second": st.measured_acked as f64 / measured_secs,
         "megabytes_per_second": st.measured_bytes as f64 / measured_secs / 1e6,
         "bytes_per_span_otlp": if st.acked_spans > 0 { st.bytes as f64 / st.acked_spans as f64 } else { 0.0 },
