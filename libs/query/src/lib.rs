@@ -12,7 +12,6 @@ pub mod hints;
 pub mod prune;
 pub mod refresh;
 pub mod source;
-pub mod sql_guard;
 pub mod table;
 pub mod tags;
 pub mod traceql;
@@ -28,6 +27,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
 use spindle_schema::col as c;
+use spindle_sql_guard::SqlGuardError;
 use spindle_storage::TenantId;
 
 pub use source::SpanSource;
@@ -192,7 +192,10 @@ impl QueryEngine {
         max_rows: usize,
         max_bytes: usize,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        sql_guard::check_sql(sql).await?;
+        spindle_sql_guard::check_sql(sql).await.map_err(|e| match e {
+            e @ (SqlGuardError::Syntax(_) | SqlGuardError::TooDeep) => QueryError::BadRequest(e.to_string()),
+            e => QueryError::Internal(e.to_string()),
+        })?;
         let ctx = self.session(tenant)?;
         let options = datafusion::execution::context::SQLOptions::new()
             .with_allow_ddl(false)

@@ -1,4 +1,4 @@
-//! A check of user SQL before DataFusion plans it: expression trees deeper than
+//! A check of user SQL before it is planned: expression trees deeper than
 //! [`MAX_SQL_EXPR_DEPTH`] are refused. A long flat chain (`1 + 1 + ...`, `a OR b OR ...`) is as
 //! deep as it is long, and walking, evaluating or even dropping such a tree recursively would
 //! overflow a worker thread's stack and abort the process. The check itself parses and drops the
@@ -6,11 +6,32 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use sqlparser::ast::{Expr, Visit, Visitor};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::{Parser, ParserError};
 
-use crate::{QueryError, Result};
+/// Why SQL was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlGuardError {
+    /// The text is not SQL.
+    #[error("SQL error: {0}")]
+    Syntax(#[from] ParserError),
+    /// Expressions nest deeper than [`MAX_SQL_EXPR_DEPTH`].
+    #[error(
+        "the SQL nests expressions more than {MAX_SQL_EXPR_DEPTH} levels deep (a chain of AND, OR or + \
+         counts one level per operator; write long lists as IN (...))"
+    )]
+    TooDeep,
+    /// The checking thread could not run.
+    #[error("running the SQL check: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The checking thread ended without an answer.
+    #[error("the SQL check ended without an answer")]
+    NoAnswer,
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = SqlGuardError> = std::result::Result<T, E>;
 
 /// Deepest expression nesting accepted in user SQL.
 pub const MAX_SQL_EXPR_DEPTH: usize = 256;
@@ -29,19 +50,17 @@ pub async fn check_sql(sql: &str) -> Result<()> {
         .spawn(move || {
             let _ = tx.send(check(&sql));
         })
-        .map_err(|e| QueryError::Internal(format!("starting the SQL check: {e}")))?;
-    rx.await.map_err(|_| QueryError::Internal("the SQL check ended without an answer".into()))?
+        .map_err(SqlGuardError::Thread)?;
+    rx.await.map_err(|_| SqlGuardError::NoAnswer)?
 }
 
-fn check(sql: &str) -> Result<()> {
-    let statements =
-        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| QueryError::BadRequest(format!("SQL error: {e}")))?;
+/// The check itself, on the caller's stack: callers with untrusted input longer than a few
+/// KiB use [`check_sql`], which runs it on a thread with a big stack.
+pub fn check(sql: &str) -> Result<()> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql)?;
     let mut depth = Depth::default();
     if statements.visit(&mut depth).is_break() {
-        return Err(QueryError::BadRequest(format!(
-            "the SQL nests expressions more than {MAX_SQL_EXPR_DEPTH} levels deep (a chain of AND, OR or + \
-             counts one level per operator; write long lists as IN (...))"
-        )));
+        return Err(SqlGuardError::TooDeep);
     }
     Ok(())
 }
