@@ -99,11 +99,9 @@ fn attributes(list: &mut Vec<KeyValue>, dropped: &mut u32, limits: &SpanLimits, 
 fn any_value(v: &mut AnyValue, limits: &SpanLimits, t: &mut Truncated) {
     match v.value.as_mut() {
         Some(Value::StringValue(s)) => string(s, limits, t),
-        Some(Value::BytesValue(b)) => {
-            if b.len() > limits.max_value_bytes {
-                b.truncate(limits.max_value_bytes);
-                t.values += 1;
-            }
+        Some(Value::BytesValue(b)) if b.len() > limits.max_value_bytes => {
+            b.truncate(limits.max_value_bytes);
+            t.values += 1;
         }
         Some(Value::ArrayValue(a)) => {
             if a.values.len() > limits.max_attributes {

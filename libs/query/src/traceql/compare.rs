@@ -176,9 +176,12 @@ fn text(s: &str) -> AnyValue {
     AnyValue { value: Some(any_value::Value::StringValue(s.into())) }
 }
 
+/// Counts per interval of each (type, value) of one attribute, for the baseline and the selection.
+type Sides<'a> = [BTreeMap<(&'a str, &'a str), BTreeMap<i64, u64>>; 2];
+
 fn build(counts: &Counts, grid: &Grid, top_n: usize) -> Vec<Series> {
     // key -> selection? -> (type, value) -> interval -> count
-    let mut by_key: BTreeMap<&str, [BTreeMap<(&str, &str), BTreeMap<i64, u64>>; 2]> = BTreeMap::new();
+    let mut by_key: BTreeMap<&str, Sides<'_>> = BTreeMap::new();
     for ((k, t, v, sel, i), n) in counts {
         if *i < 0 || *i >= grid.intervals {
             continue;
