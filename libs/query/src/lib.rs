@@ -193,7 +193,9 @@ impl QueryEngine {
         max_bytes: usize,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         spindle_sql_guard::check_sql(sql).await.map_err(|e| match e {
-            e @ (SqlGuardError::Syntax(_) | SqlGuardError::TooDeep) => QueryError::BadRequest(e.to_string()),
+            e @ (SqlGuardError::Syntax(_) | SqlGuardError::TooDeep | SqlGuardError::TooManyBrackets) => {
+                QueryError::BadRequest(e.to_string())
+            }
             e => QueryError::Internal(e.to_string()),
         })?;
         let ctx = self.session(tenant)?;
