@@ -12,7 +12,25 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+
+def span_batch(batch_no, n, name, service):
+    """An export request of `n` one-span traces named `name`, with ids unique per `batch_no`."""
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    attr = rs.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", service
+    ss = rs.scope_spans.add()
+    for i in range(n):
+        span = ss.spans.add()
+        span.trace_id = batch_no.to_bytes(8, "big") + (i + 1).to_bytes(8, "big")
+        span.span_id = (i + 1).to_bytes(8, "big")
+        span.name = name
+        span.start_time_unix_nano = 1_700_000_000_000_000_000
+        span.end_time_unix_nano = 1_700_000_000_100_000_000
+    return req
 
 
 def make_trace(service, extra_resource=None):

@@ -3,25 +3,14 @@
 
 import grpc
 import requests
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
+from otlp_util import span_batch
 from spindle_proc import Spindle
 
 
 def request(batch_no, n=400):
-    req = trace_service_pb2.ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    attr = rs.resource.attributes.add()
-    attr.key, attr.value.string_value = "service.name", "pressure"
-    ss = rs.scope_spans.add()
-    for i in range(n):
-        span = ss.spans.add()
-        span.trace_id = batch_no.to_bytes(8, "big") + (i + 1).to_bytes(8, "big")
-        span.span_id = (i + 1).to_bytes(8, "big")
-        span.name = "work " + "x" * 100
-        span.start_time_unix_nano = 1_700_000_000_000_000_000
-        span.end_time_unix_nano = 1_700_000_000_100_000_000
-    return req
+    return span_batch(batch_no, n, "work " + "x" * 100, "pressure")
 
 
 def test_overload_is_refused_with_retry_hints_and_nothing_acked_is_lost():

@@ -12,6 +12,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 import prom_text
+from otlp_util import span_batch
 from spindle_proc import Spindle
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -25,19 +26,7 @@ def write_config(path, text):
 
 
 def request(batch_no, n=100, name_bytes=300):
-    req = trace_service_pb2.ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    attr = rs.resource.attributes.add()
-    attr.key, attr.value.string_value = "service.name", "limits"
-    ss = rs.scope_spans.add()
-    for i in range(n):
-        span = ss.spans.add()
-        span.trace_id = batch_no.to_bytes(8, "big") + (i + 1).to_bytes(8, "big")
-        span.span_id = (i + 1).to_bytes(8, "big")
-        span.name = "n" * name_bytes
-        span.start_time_unix_nano = 1_700_000_000_000_000_000
-        span.end_time_unix_nano = 1_700_000_000_100_000_000
-    return req
+    return span_batch(batch_no, n, "n" * name_bytes, "limits")
 
 
 def metrics(s):
