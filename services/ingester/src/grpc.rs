@@ -68,8 +68,9 @@ impl TraceService for OtlpGrpc {
             status_for(&e)
         })?;
         let request = request.into_inner();
-        metrics.request_bytes.inc_by(request.encoded_len() as u64);
-        match self.ingester.ingest(&tenant, request).await {
+        let size = request.encoded_len();
+        metrics.request_bytes.inc_by(size as u64);
+        match self.ingester.ingest(&tenant, request, size).await {
             Ok(outcome) => {
                 metrics.request("grpc", if outcome.rejected > 0 { "partial" } else { "ok" });
                 let partial_success = (outcome.rejected > 0).then(|| ExportTracePartialSuccess {

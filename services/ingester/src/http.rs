@@ -140,7 +140,13 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
             Format::Json => spindle_otlp::json::decode_export_trace_request(&body)
                 .map_err(|e| IngestError::Invalid(e.to_string()))?,
         };
-        ingester.ingest(&tenant, request).await
+        // A protobuf body is the request's protobuf size; JSON is measured once decoded.
+        let size = match format {
+            Format::Protobuf => body.len(),
+            Format::Json => request.encoded_len(),
+        };
+        drop(body);
+        ingester.ingest(&tenant, request, size).await
     }
     .await;
     match result {

@@ -212,14 +212,19 @@ impl Ingester {
         &self.metrics
     }
 
-    /// Stores the spans of one export request; returns once every shard has committed them.
-    pub async fn ingest(&self, tenant: &TenantId, request: ExportTraceServiceRequest) -> Result<Outcome, IngestError> {
+    /// Stores the spans of one export request (`size`: its protobuf size, which the receivers
+    /// already know); returns once every shard has committed them.
+    pub async fn ingest(
+        &self,
+        tenant: &TenantId,
+        request: ExportTraceServiceRequest,
+        size: usize,
+    ) -> Result<Outcome, IngestError> {
         let spans: u64 = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum();
         let refuse = |reason: &str, e: IngestError| {
             self.metrics.rejected(tenant.as_str(), reason, spans);
             e
         };
-        let size = prost::Message::encoded_len(&request);
         let units = u32::try_from(size.div_ceil(BUDGET_UNIT).clamp(1, self.config.max_inflight_bytes / BUDGET_UNIT))
             .unwrap_or(u32::MAX);
         let _budget = self.inflight.try_acquire_many(units).map_err(|_| {
