@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import socket
 import time
 
 import grpc
@@ -154,6 +155,13 @@ def test_hostile_queries_get_400_and_spindle_keeps_serving(spindle):
         started = time.time()
         r = s.sql("SELECT * FROM spans WHERE " + opener * 30)
         assert r.status_code == 400 and "brackets" in r.text and time.time() - started < 5, r.text
+    # Also found by fuzzing, without brackets: a failed CASE, NOT or INTERVAL is parsed again as a
+    # name, doubling the work per level (20 levels of `NOT +` took 22 s, 30 would take hours);
+    # the parse has a work budget.
+    for pattern in ("NOT + ", "CASE + ", "INTERVAL + "):
+        started = time.time()
+        r = s.sql("SELECT " + pattern * 30)
+        assert r.status_code == 400 and "too complex" in r.text and time.time() - started < 5, r.text
     r = s.sql("SELECT " + "+".join(["1"] * 500_000) + " AS x")
     assert r.status_code == 400 and "levels deep" in r.text, r.text
     r = s.sql("SELECT count(*) FROM spans WHERE " + " OR ".join([f"name = 'n{i}'" for i in range(5_000)]))
@@ -237,3 +245,57 @@ def test_hostile_otlp_gets_4xx_and_spindle_keeps_serving(spindle):
     assert requests.get(f"{s.api}/ready", timeout=5).status_code == 200
     assert s.sql("SELECT count(*) FROM spans WHERE name = 'deep'").json()["rows"] == [[1]]
     channel.close()
+
+
+def closed_within(sock, seconds, trickle=b""):
+    """Whether the server closes `sock` within `seconds` while we send `trickle` a byte at a
+    time, one every 0.25 s (then nothing)."""
+    deadline = time.time() + seconds
+    sock.settimeout(0.25)
+    pending = list(trickle)
+    while time.time() < deadline:
+        if pending:
+            try:
+                sock.sendall(bytes([pending.pop(0)]))
+            except OSError:
+                return True
+        try:
+            data = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+        if data == b"" or b"408" in data:
+            return True
+    return False
+
+
+def test_silent_and_slow_clients_are_cut_off_and_others_are_served():
+    """Slowloris: connections that send nothing, trickle an HTTP/1 request head, or trickle
+    the HTTP/2 preface are closed after --header-read-timeout on every listener (HTTP API,
+    OTLP/HTTP, OTLP/gRPC), while requests on other connections are answered meanwhile."""
+    s = Spindle(extra_args=["--header-read-timeout", "2s"]).start()
+    try:
+        ports = {"HTTP API": s.http_port, "OTLP/HTTP": s.otlp_http_port, "OTLP/gRPC": s.grpc_port}
+        head = b"GET /ready HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 100
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        for name, port in ports.items():
+            cases = {"silent": b"", "HTTP/2 preface trickled": preface[:20]}
+            if name != "OTLP/gRPC":
+                cases["HTTP/1 head trickled"] = head
+            for case, trickle in cases.items():
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    started = time.time()
+                    assert closed_within(sock, 8, trickle), f"{name}: {case} connection still open after 8 s"
+                    took = time.time() - started
+                    assert took >= 1.5, f"{name}: {case} closed after {took:.1f} s, before the 2 s timeout"
+                    # Meanwhile other clients are served.
+                    assert requests.get(s.api + "/ready", timeout=5).status_code == 200
+        # A client that talks promptly keeps its keep-alive connection across requests.
+        session = requests.Session()
+        for _ in range(3):
+            assert session.get(s.api + "/ready", timeout=5).status_code == 200
+            time.sleep(0.5)
+        assert s.proc.poll() is None
+    finally:
+        s.stop()

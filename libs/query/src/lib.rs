@@ -27,7 +27,6 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
 use spindle_schema::col as c;
-use spindle_sql_guard::SqlGuardError;
 use spindle_storage::TenantId;
 
 pub use source::SpanSource;
@@ -192,11 +191,9 @@ impl QueryEngine {
         max_rows: usize,
         max_bytes: usize,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        spindle_sql_guard::check_sql(sql).await.map_err(|e| match e {
-            e @ (SqlGuardError::Syntax(_) | SqlGuardError::TooDeep | SqlGuardError::TooManyBrackets) => {
-                QueryError::BadRequest(e.to_string())
-            }
-            e => QueryError::Internal(e.to_string()),
+        spindle_sql_guard::check_sql(sql).await.map_err(|e| match e.is_bad_input() {
+            true => QueryError::BadRequest(e.to_string()),
+            false => QueryError::Internal(e.to_string()),
         })?;
         let ctx = self.session(tenant)?;
         let options = datafusion::execution::context::SQLOptions::new()
