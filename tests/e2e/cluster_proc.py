@@ -19,25 +19,28 @@ from spindle_proc import Spindle
 
 
 class Cluster:
-    def __init__(self, storage=3, ingesters=1, queriers=1, shards=4, rf=3, storage_args=()):
+    def __init__(self, storage=3, ingesters=1, queriers=1, shards=4, rf=3, storage_args=(), common_args=()):
         self.dir = tempfile.mkdtemp(prefix="spindle-cluster-")
         self.storage_url = (
             "file://" + os.path.join(self.dir, "blocks") if backend().name == "fs" else backend().new_url()
         )
         self.shards, self.rf = shards, rf
         self.storage_args = list(storage_args)
+        # Options of every process (storage nodes, ingesters, queriers).
+        self.common_args = list(common_args)
         self.storage = []
         for i in range(storage):
             self.storage.append(self._storage_node(i + 1, expect=storage))
         seeds = [n.internal for n in self.storage]
         for n in self.storage:
             n.seeds = seeds
-        self.ingesters = [Spindle(role="ingester", seeds=seeds) for _ in range(ingesters)]
-        self.queriers = [Spindle(role="querier", seeds=seeds, storage_url=self.storage_url) for _ in range(queriers)]
+        self.ingesters = [Spindle(role="ingester", seeds=seeds, extra_args=self.common_args) for _ in range(ingesters)]
+        self.queriers = [Spindle(role="querier", seeds=seeds, storage_url=self.storage_url, extra_args=self.common_args)
+                         for _ in range(queriers)]
 
     def _storage_node(self, node_id, expect):
         args = ["--bootstrap-expect", str(expect), "--shards", str(self.shards), "--replication-factor", str(self.rf)]
-        return Spindle(role="storage", node_id=node_id, storage_url=self.storage_url, extra_args=args + self.storage_args)
+        return Spindle(role="storage", node_id=node_id, storage_url=self.storage_url, extra_args=args + self.storage_args + self.common_args)
 
     @property
     def seeds(self):

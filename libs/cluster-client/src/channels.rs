@@ -1,10 +1,12 @@
-//! A pool of gRPC channels, one per node address, each call carrying the cluster secret.
+//! A pool of gRPC channels, one per node address, each call carrying the cluster secret, over
+//! mutual TLS when the cluster has a CA.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use spindle_auth::cluster::InternalChannel;
+use spindle_tls::ClusterTls;
 use tonic::codegen::http::HeaderValue;
 use tonic::transport::Endpoint;
 
@@ -15,6 +17,7 @@ use crate::ClientError;
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, InternalChannel>>>,
     secret: Option<HeaderValue>,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 impl Channels {
@@ -27,7 +30,12 @@ impl Channels {
                 Ok::<_, ClientError>(v)
             })
             .transpose()?;
-        Ok(Self { inner: Arc::default(), secret })
+        Ok(Self { inner: Arc::default(), secret, tls: None })
+    }
+
+    /// These channels, connecting with mutual TLS (`--internal-tls-*`).
+    pub fn with_tls(self, tls: Option<Arc<ClusterTls>>) -> Self {
+        Self { tls, ..self }
     }
 
     /// The channel to `addr`, created on first use (connecting happens on the first call).
@@ -45,7 +53,16 @@ impl Channels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = InternalChannel::new(endpoint.connect_lazy(), self.secret.clone());
+        let channel = match &self.tls {
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let connector =
+                    tls.connector(host).map_err(|source| ClientError::Tls { addr: addr.to_string(), source })?;
+                endpoint.connect_with_connector_lazy(connector)
+            }
+            None => endpoint.connect_lazy(),
+        };
+        let channel = InternalChannel::new(channel, self.secret.clone());
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -30,6 +30,14 @@ pub enum ClientError {
     /// The cluster secret cannot be sent as gRPC metadata.
     #[error("the cluster secret must be printable ASCII")]
     InvalidSecret,
+    /// No TLS connection can be set up for a node address.
+    #[error("TLS to {addr}: {source}")]
+    Tls {
+        /// The node address.
+        addr: String,
+        /// Why.
+        source: spindle_tls::TlsError,
+    },
     /// The call failed.
     #[error("call to {addr} failed: {source}")]
     Rpc {

@@ -33,6 +33,18 @@ pub struct Cli {
     pub options: Options,
 }
 
+/// `spindle certs`: its own arguments, parsed before the roles' options.
+#[derive(Debug, Parser)]
+#[command(name = "spindle certs")]
+pub struct CertsCli {
+    /// Directory of the cluster CA (`ca.pem`, `ca-key.pem`) and the new certificate.
+    pub dir: PathBuf,
+    /// Names the node is called at by other nodes (host names or IP addresses); the first one
+    /// names the files (`<name>.pem`, `<name>-key.pem`).
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
 /// Roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum Command {
@@ -54,6 +66,10 @@ pub enum Command {
     Generator,
     /// Prints a new random API key and the entry for it in the --api-keys-file, then exits.
     Keygen,
+    /// `spindle certs DIR NAME...`: writes a node certificate for the internal API's mutual
+    /// TLS, valid for the NAMEs (host names or IP addresses), signed by the cluster CA in DIR
+    /// (made first when DIR has none), then exits.
+    Certs,
 }
 
 impl Command {
@@ -67,6 +83,7 @@ impl Command {
             Command::Compactor => "compactor",
             Command::Generator => "generator",
             Command::Keygen => "keygen",
+            Command::Certs => "certs",
         }
     }
 }
@@ -211,6 +228,10 @@ pub struct Options {
     /// answered 408, a gRPC call CANCELLED) [2m].
     #[arg(long, env = "SPINDLE_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<String>,
+    /// Longest a client may take, on any listener, to start talking after connecting, and on
+    /// HTTP/1 to send each request head; an idle keep-alive connection is closed after it [30s].
+    #[arg(long, env = "SPINDLE_HEADER_READ_TIMEOUT", global = true)]
+    pub header_read_timeout: Option<String>,
     /// Most rows of one SQL answer (more: 422, add a LIMIT) [1000000].
     #[arg(long, env = "SPINDLE_SQL_MAX_ROWS", global = true)]
     pub sql_max_rows: Option<usize>,
@@ -252,6 +273,21 @@ pub struct Options {
     /// for clients to trust [false].
     #[arg(long, env = "SPINDLE_TLS_SELF_SIGNED", global = true)]
     pub tls_self_signed: Option<bool>,
+    /// PEM certificate(s) of the cluster CA: the internal gRPC API then speaks mutual TLS, and
+    /// only nodes with a certificate from this CA can connect (`spindle certs` makes one) [no TLS].
+    #[arg(long, env = "SPINDLE_INTERNAL_TLS_CA_FILE", global = true)]
+    pub internal_tls_ca_file: Option<PathBuf>,
+    /// This node's PEM certificate from the cluster CA (server and client use); re-read when
+    /// it changes.
+    #[arg(long, env = "SPINDLE_INTERNAL_TLS_CERT_FILE", global = true)]
+    pub internal_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --internal-tls-cert-file.
+    #[arg(long, env = "SPINDLE_INTERNAL_TLS_KEY_FILE", global = true)]
+    pub internal_tls_key_file: Option<PathBuf>,
+    /// The name every member's certificate carries, checked instead of the host each node is
+    /// called at [the host of the address].
+    #[arg(long, env = "SPINDLE_INTERNAL_TLS_SERVER_NAME", global = true)]
+    pub internal_tls_server_name: Option<String>,
 }
 
 /// The YAML file: the same options.
@@ -295,6 +331,7 @@ struct FileConfig {
     ingest_max_concurrent_requests: Option<usize>,
     query_max_concurrent: Option<usize>,
     request_timeout: Option<String>,
+    header_read_timeout: Option<String>,
     sql_max_rows: Option<usize>,
     sql_max_size: Option<String>,
     limits: Option<LimitsFile>,
@@ -307,6 +344,10 @@ struct FileConfig {
     tls_key_file: Option<PathBuf>,
     tls_self_signed: Option<bool>,
     cluster_secret: Option<String>,
+    internal_tls_ca_file: Option<PathBuf>,
+    internal_tls_cert_file: Option<PathBuf>,
+    internal_tls_key_file: Option<PathBuf>,
+    internal_tls_server_name: Option<String>,
 }
 
 /// `generator:` is a boolean (run it in `spindle all`) or the generator's settings.
@@ -408,6 +449,8 @@ pub struct Config {
     pub query_max_concurrent: usize,
     /// Longest external request.
     pub request_timeout: Duration,
+    /// Longest wait for a connection's first bytes and an HTTP/1 request head.
+    pub header_read_timeout: Duration,
     /// Most rows of an SQL answer.
     pub sql_max_rows: usize,
     /// Most bytes of an SQL answer.
@@ -432,6 +475,21 @@ pub struct Config {
     pub tls_self_signed: bool,
     /// The secret internal calls carry.
     pub cluster_secret: Option<String>,
+    /// Mutual TLS on the internal gRPC API.
+    pub internal_tls: Option<InternalTlsFiles>,
+}
+
+/// The files (and name) of mutual TLS among cluster members.
+#[derive(Debug, Clone)]
+pub struct InternalTlsFiles {
+    /// The cluster CA.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The name peers' certificates must carry, if not their host.
+    pub server_name: Option<String>,
 }
 
 impl Config {
@@ -450,6 +508,7 @@ impl Config {
         let storage = role == Command::Storage;
         let retention = retention_policy(o, &file)?;
         let limits = file_limits(&file)?;
+        let internal_tls = internal_tls_files(o, &file)?;
         let data_dir = o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
         let store = match o.storage_url.clone().or(file.storage_url.clone()) {
             None => StoreLocation::Local(data_dir.join("blocks")),
@@ -487,11 +546,12 @@ impl Config {
         let serves_internal = matches!(role, Command::Storage | Command::Generator);
         // `storage --leave` only calls other nodes: it listens on nothing.
         if let Some(addr) = grpc_addr.filter(|a| serves_internal && !o.leave && !a.ip().is_loopback()) {
-            if cluster_secret.is_none() {
+            if cluster_secret.is_none() && internal_tls.is_none() {
                 bail!(
-                    "the internal gRPC API would listen on {addr} with no --cluster-secret, so anyone who reaches it \
-                     could write, read and vote: give every node of the cluster the same --cluster-secret \
-                     (SPINDLE_CLUSTER_SECRET), or listen on 127.0.0.1"
+                    "the internal gRPC API would listen on {addr} with no --cluster-secret and no \
+                     --internal-tls-ca-file, so anyone who reaches it could write, read and vote: give every node \
+                     of the cluster the same --cluster-secret (SPINDLE_CLUSTER_SECRET) or certificates from one CA \
+                     (docs/operations.md, \"TLS\"), or listen on 127.0.0.1"
                 );
             }
         }
@@ -629,6 +689,13 @@ impl Config {
                 .max(1),
             query_max_concurrent: o.query_max_concurrent.or(file.query_max_concurrent).unwrap_or(32).max(1),
             request_timeout: duration("request_timeout", text(&o.request_timeout, &file.request_timeout, "2m"))?,
+            header_read_timeout: match duration(
+                "header_read_timeout",
+                text(&o.header_read_timeout, &file.header_read_timeout, "30s"),
+            )? {
+                Duration::ZERO => bail!("--header-read-timeout must be more than 0"),
+                d => d,
+            },
             sql_max_rows: o.sql_max_rows.or(file.sql_max_rows).unwrap_or(1_000_000),
             sql_max_bytes: size("sql_max_size", text(&o.sql_max_size, &file.sql_max_size, "64MiB"))?,
             limits,
@@ -641,7 +708,25 @@ impl Config {
             tls_key_file,
             tls_self_signed,
             cluster_secret,
+            internal_tls,
         })
+    }
+}
+
+/// `--internal-tls-ca-file`, `--internal-tls-cert-file` and `--internal-tls-key-file`: all
+/// three or none.
+fn internal_tls_files(o: &Options, file: &FileConfig) -> anyhow::Result<Option<InternalTlsFiles>> {
+    let ca = o.internal_tls_ca_file.clone().or(file.internal_tls_ca_file.clone());
+    let cert = o.internal_tls_cert_file.clone().or(file.internal_tls_cert_file.clone());
+    let key = o.internal_tls_key_file.clone().or(file.internal_tls_key_file.clone());
+    let server_name = o.internal_tls_server_name.clone().or(file.internal_tls_server_name.clone());
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(InternalTlsFiles { ca, cert, key, server_name })),
+        (None, None, None) if server_name.is_none() => Ok(None),
+        _ => bail!(
+            "--internal-tls-ca-file, --internal-tls-cert-file and --internal-tls-key-file go together \
+             (--internal-tls-server-name needs them)"
+        ),
     }
 }
 

@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use spindle_cluster::{MetaCommand, MetaError, NodeState};
-use spindle_cluster_client::{Channels, ControlClient};
+use spindle_cluster_client::ControlClient;
 
 use crate::config::Config;
 
 /// Asks the cluster (through the seeds or the node itself) to drain `--node-id`, then reports
 /// progress until the node has left.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let channels = Channels::with_secret(config.cluster_secret.as_deref())?;
+    let channels = crate::listeners::channels(&config, crate::listeners::cluster_tls(&config)?)?;
     let id = config.node_id;
     let mut candidates = config.seeds.clone();
     candidates.push(config.advertise_addr.clone());

@@ -4,6 +4,7 @@ mod config;
 mod generator_config;
 mod leave;
 mod limits_config;
+mod listeners;
 mod ops;
 mod process_metrics;
 mod roles;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::config::{Cli, Command, Config};
+use crate::config::{CertsCli, Cli, Command, Config};
 
 /// mimalloc: the ingest path allocates and frees many short-lived buffers (protobuf decoding,
 /// Arrow building, IPC); with glibc's allocator that was close to half of the CPU at saturation.
@@ -38,7 +39,31 @@ fn keygen() -> ExitCode {
     }
 }
 
+/// `spindle certs DIR NAME...`: a node certificate from the cluster CA (made if missing).
+fn certs(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = CertsCli::parse_from(args);
+    match spindle_tls::write_cluster_certs(&cli.dir, &cli.names) {
+        Ok(files) => {
+            if files.ca_created {
+                println!("new cluster CA: {} (trust it: --internal-tls-ca-file)", files.ca.display());
+                println!("its key: {} (keep it off the nodes; it signs new node certificates)", files.ca_key.display());
+            }
+            println!("node certificate: {} (--internal-tls-cert-file)", files.cert.display());
+            println!("node key: {} (--internal-tls-key-file)", files.key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("spindle certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    // `certs` takes positional arguments the roles do not, so it is parsed on its own.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "certs") {
+        return certs(std::env::args_os().skip(1));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -48,8 +73,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let role = cli.command.unwrap_or(Command::All);
-    if role == Command::Keygen {
-        return keygen();
+    match role {
+        Command::Keygen => return keygen(),
+        // Only reached with options before `certs`.
+        Command::Certs => return certs(std::iter::once("certs".into())),
+        _ => {}
     }
     let config = match Config::resolve(role, &cli.options) {
         Ok(c) => c,

@@ -13,21 +13,17 @@
 //! `all` runs the metrics generator too (unless `--generator false`); ingesters tee to it in
 //! process, or to the `--generators` over gRPC.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use prometheus_client::registry::Registry;
 use spindle_auth::cluster::RequireClusterSecret;
 use spindle_auth::http::protect;
 use spindle_auth::{Access, Auth};
 use spindle_cluster::ClusterConfig;
 use spindle_cluster_client::watch::TopologyWatch;
-use spindle_cluster_client::{Channels, RouterConfig, ShardRouter};
+use spindle_cluster_client::{RouterConfig, ShardRouter};
 use spindle_compactor::{Compactor, CompactorConfig, CompactorMetrics};
 use spindle_generator::service::GeneratorGrpc;
 use spindle_generator::tee::{LocalTee, RemoteTee, SpanTee};
@@ -48,14 +44,12 @@ use spindle_storage_node::log_store::LogOptions;
 use spindle_storage_node::network::RaftService;
 use spindle_storage_node::service::ClusterService;
 use spindle_storage_node::{BootstrapConfig, NodeConfig, ShardConfig, StorageMetrics, StorageNode};
-use spindle_tls::{ServerTls, TlsIncoming};
-use tokio::net::TcpListener;
+use spindle_tls::{Incoming, ServerConfig, ServerTls};
 use tokio::sync::watch;
 
 use crate::config::{reload_policies, Command, Config, Options};
+use crate::listeners::{bind, channels, cluster_tls, grpc_server, serve_http, stopped, Server};
 use crate::ops::{self, Readiness};
-
-type Server = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// How long a querier may go without reaching the metadata and still call itself ready.
 const METADATA_FRESHNESS: Duration = Duration::from_secs(10);
@@ -88,14 +82,6 @@ fn node_config(config: &Config, retention: &Retention) -> NodeConfig {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen for {what} on {addr}"))
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
 /// Runs `role` until SIGTERM or Ctrl-C, then stops cleanly: external listeners first, then the
 /// storage node (which flushes what it leads), then the internal listener it needed for that.
 pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
@@ -106,7 +92,8 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     let generates = config.generator;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-    let channels = Channels::with_secret(config.cluster_secret.as_deref()).context("--cluster-secret")?;
+    let cluster_tls = cluster_tls(&config)?;
+    let channels = channels(&config, cluster_tls.clone())?;
 
     // Bind first so a busy port is reported before any work starts.
     let http_listener = bind(config.http_addr, "the HTTP API").await?;
@@ -292,30 +279,23 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
 
     let (stop_external, external) = watch::channel(false);
     let (stop_internal, internal) = watch::channel(false);
-    let tls = match (&config.tls_cert_file, &config.tls_key_file, config.tls_self_signed) {
-        (Some(cert), Some(key), _) => {
-            let tls = ServerTls::from_files(cert, key).context("loading the TLS certificate")?;
-            tokio::spawn(tls.clone().reload_on_change(Duration::from_secs(10)));
-            Some(tls)
-        }
-        (_, _, true) => {
-            let dir = config.data_dir.join("tls");
-            let tls = ServerTls::self_signed(&dir, std::slice::from_ref(&config.advertise_addr))
-                .context("making a self-signed TLS certificate")?;
-            tracing::warn!(cert = %dir.join("cert.pem").display(), "TLS with a self-signed certificate (development only): clients must trust this file");
-            Some(tls)
-        }
-        _ => None,
+    let tls = external_tls(&config)?.map(|t| t.server_config()).transpose().context("TLS")?;
+    let incoming = |listener, tls: Option<&Arc<ServerConfig>>, what: &str| {
+        Incoming::new(listener, tls.cloned(), config.header_read_timeout).with_context(|| format!("{what} listener"))
     };
-    let mut servers: Vec<Server> = vec![serve_http(http_listener, http, external.clone(), "HTTP API", tls.as_ref())?];
+    let mut servers: Vec<Server> = vec![serve_http(
+        incoming(http_listener, tls.as_ref(), "HTTP API")?,
+        http,
+        external.clone(),
+        config.header_read_timeout,
+    )];
     if let (Some((grpc, http)), Some(ingester)) = (otlp_listeners, &ingester) {
         servers.push(serve_http(
-            http,
+            incoming(http, tls.as_ref(), "OTLP/HTTP")?,
             spindle_ingester::http::router(ingester.clone()),
             external.clone(),
-            "OTLP/HTTP",
-            tls.as_ref(),
-        )?);
+            config.header_read_timeout,
+        ));
         let otlp = grpc_server()
             .timeout(config.request_timeout)
             .layer(tower::util::MapResponseLayer::new(map_codec_errors::<tonic::body::Body>))
@@ -323,34 +303,36 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
                 config.ingest_max_concurrent_requests,
                 busy_response::<tonic::body::Body>(ingester.metrics().clone()),
             ))
-            .add_service(OtlpGrpc::service(ingester.clone()));
-        match &tls {
-            Some(tls) => {
-                let incoming = TlsIncoming::new(grpc, tls).context("OTLP/gRPC listener")?.into_stream();
-                let otlp = otlp.serve_with_incoming_shutdown(incoming, stopped(external.clone()));
-                servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
-            }
-            None => {
-                let otlp = otlp.serve_with_incoming_shutdown(no_delay(grpc), stopped(external.clone()));
-                servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
-            }
-        }
+            .add_service(OtlpGrpc::service(ingester.clone()))
+            .serve_with_incoming_shutdown(
+                incoming(grpc, tls.as_ref(), "OTLP/gRPC")?.into_stream(),
+                stopped(external.clone()),
+            );
+        servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
     }
+    let internal_tls = cluster_tls.as_ref().map(|t| t.server_config()).transpose().context("internal TLS")?;
+    let secret = || tower::util::option_layer(config.cluster_secret.as_deref().map(RequireClusterSecret::new));
     let internal_server = match (grpc_listener, &node, &local_tee) {
         (Some(listener), None, Some(tee)) => {
             let server = grpc_server()
-                .layer(tower::util::option_layer(config.cluster_secret.as_deref().map(RequireClusterSecret::new)))
+                .layer(secret())
                 .add_service(GeneratorGrpc::service(tee.clone()))
-                .serve_with_incoming_shutdown(no_delay(listener), stopped(external.clone()));
+                .serve_with_incoming_shutdown(
+                    incoming(listener, internal_tls.as_ref(), "internal gRPC")?.into_stream(),
+                    stopped(external.clone()),
+                );
             Some(tokio::spawn(async move { server.await.context("internal gRPC API") }))
         }
         (Some(listener), Some(node), _) => {
             let server = grpc_server()
-                .layer(tower::util::option_layer(config.cluster_secret.as_deref().map(RequireClusterSecret::new)))
+                .layer(secret())
                 .add_service(StorageGrpcServer::service(node.clone()))
                 .add_service(ClusterService::service(node.clone()))
                 .add_service(RaftService::service(node.clone()))
-                .serve_with_incoming_shutdown(no_delay(listener), stopped(internal));
+                .serve_with_incoming_shutdown(
+                    incoming(listener, internal_tls.as_ref(), "internal gRPC")?.into_stream(),
+                    stopped(internal),
+                );
             Some(tokio::spawn(async move { server.await.context("internal gRPC API") }))
         }
         _ => None,
@@ -422,42 +404,24 @@ async fn reload_policies_on_change(options: Options, retention: Retention, limit
     }
 }
 
-fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    stop: watch::Receiver<bool>,
-    what: &'static str,
-    tls: Option<&Arc<ServerTls>>,
-) -> anyhow::Result<Server> {
-    if let Some(tls) = tls {
-        let incoming = TlsIncoming::new(listener, tls).with_context(|| format!("{what} listener"))?;
-        return Ok(Box::pin(async move {
-            axum::serve(incoming, router).with_graceful_shutdown(stopped(stop)).await.context(what)
-        }));
-    }
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    Ok(Box::pin(async move { axum::serve(listener, router).with_graceful_shutdown(stopped(stop)).await.context(what) }))
-}
-
-/// Accepted connections with Nagle's algorithm off: a gRPC answer goes out in several small
-/// writes, and Nagle would hold the last one back until the client's delayed ACK (~40 ms).
-fn no_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    use futures::TryStreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).inspect_ok(|tcp| {
-        let _ = tcp.set_nodelay(true);
+/// The certificate of the HTTP API and the OTLP receivers: from files (reloaded when they
+/// change), self-signed for development, or none.
+fn external_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    Ok(match (&config.tls_cert_file, &config.tls_key_file, config.tls_self_signed) {
+        (Some(cert), Some(key), _) => {
+            let tls = ServerTls::from_files(cert, key).context("loading the TLS certificate")?;
+            tokio::spawn(tls.clone().reload_on_change(Duration::from_secs(10)));
+            Some(tls)
+        }
+        (_, _, true) => {
+            let dir = config.data_dir.join("tls");
+            let tls = ServerTls::self_signed(&dir, std::slice::from_ref(&config.advertise_addr))
+                .context("making a self-signed TLS certificate")?;
+            tracing::warn!(cert = %dir.join("cert.pem").display(), "TLS with a self-signed certificate (development only): clients must trust this file");
+            Some(tls)
+        }
+        _ => None,
     })
-}
-
-/// A gRPC server whose HTTP/2 windows let a request of a few megabytes arrive without waiting
-/// for window updates.
-fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(4 * 1024 * 1024))
-        .initial_connection_window_size(Some(16 * 1024 * 1024))
 }
 
 async fn wait_for_signal() {
