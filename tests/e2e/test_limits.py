@@ -1,4 +1,4 @@
-"""Per-tenant limits (ingest rate, span sizes, concurrent queries) from the config file, reloaded
+"""Per-tenant limits (ingest rate, span sizes, concurrent queries, tenants per query) from the config file, reloaded
 without a restart; node-wide admission (concurrent requests, request timeouts, SQL answer caps);
 every refusal counted in /metrics by tenant and reason."""
 
@@ -192,11 +192,21 @@ def start_slow_query(s, tenant):
 
 def test_concurrent_queries_are_limited_per_tenant_and_per_node():
     config = os.path.join(Spindle().data_dir, "spindle.yaml")
-    write_config(config, "tenants:\n  busy:\n    limits: { max_concurrent_queries: 1 }\n")
+    write_config(config, "limits: { max_tenants_per_query: 3 }\n"
+                         "tenants:\n  busy:\n    limits: { max_concurrent_queries: 1, max_tenants_per_query: 1 }\n")
     s = Spindle(extra_args=["--config", config, "--query-timeout", "6s", "--query-max-concurrent", "2"]).start()
     try:
         for tenant in ("busy", "calm", "third"):
             ingest(s, tenant)
+        # Tenants per query: each named tenant's limit holds (busy allows only itself).
+        def search(tenants):
+            return requests.get(s.api + "/api/search", params={"q": "{}"}, headers={"X-Scope-OrgID": tenants}, timeout=10)
+        r = search("calm|third")
+        assert r.status_code == 200 and len(r.json()["traces"]) > 0, r.text
+        r = search("calm|third|a|b")
+        assert r.status_code == 400 and "names 4 tenants" in r.text and "at most 3" in r.text, r.text
+        r = search("calm|busy")
+        assert r.status_code == 400 and "tenant busy allows at most 1" in r.text, r.text
         t, box = start_slow_query(s, "busy")
         r = s.sql("SELECT 1", tenant="busy")
         assert r.status_code == 429 and "1 queries" in r.text and r.headers["Retry-After"] == "1", r.text
@@ -214,6 +224,7 @@ def test_concurrent_queries_are_limited_per_tenant_and_per_node():
         m = metrics(s)
         assert metric(m, "spindle_query_refused_total", tenant="busy", reason="concurrent_queries") == 2
         assert metric(m, "spindle_query_refused_total", tenant="third", reason="node_concurrent_queries") == 1
+        assert metric(m, "spindle_query_refused_total", tenant="busy", reason="tenants_per_query") == 1
     finally:
         s.stop()
 

@@ -94,9 +94,12 @@ render distributed-variants --set mode=distributed --set objectStorage.url=s3://
   --set 'config.tenants.team-a.retention=7d' --set config.retention=14d
 # API keys, TLS and a cluster secret from existing Secrets, three generators.
 render distributed-secured --set mode=distributed --set objectStorage.url=s3://b/p --set auth.apiKeysSecret=spindle-keys \
-  --set tls.secretName=spindle-tls --set cluster.secretName=spindle-cluster --set generator.replicas=3
+  --set tls.secretName=spindle-tls --set cluster.secretName=spindle-cluster --set generator.replicas=3 \
+  --set cluster.internalTls.secretName=spindle-internal-tls --set cluster.internalTls.serverName=spindle-internal
 for want in 'api_keys_file: /etc/spindle-keys/keys.yaml' 'tls_cert_file: /etc/spindle-tls/tls.crt' 'scheme: HTTPS' \
-    'secretName: spindle-keys' 'secretName: spindle-tls' 'name: spindle-cluster' 'spindle-generator-2.spindle-generator-headless'; do
+    'secretName: spindle-keys' 'secretName: spindle-tls' 'name: spindle-cluster' 'spindle-generator-2.spindle-generator-headless' \
+    'internal_tls_ca_file: /etc/spindle-internal-tls/ca.crt' 'internal_tls_server_name: spindle-internal' \
+    'secretName: spindle-internal-tls' 'mountPath: /etc/spindle-internal-tls'; do
   grep -qF -- "$want" "$OUT/distributed-secured.yaml" || die "distributed-secured: no \"$want\" in the rendered manifests"
 done
 if grep -qF 'trust_tenant_header' "$OUT/distributed-secured.yaml"; then die "distributed-secured: trusts the tenant header despite API keys"; fi

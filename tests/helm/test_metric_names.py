@@ -1,8 +1,9 @@
 """The Grafana dashboards and the alert rules in deploy/ query only metrics Spindle exports: the
 metric names in their PromQL must appear on /metrics of a running `spindle all` (started from the
 chart's single-mode manifests, see local_pods.py) after traffic: loadsim with --verify (writes,
-trace-by-id reads), a search, SQL, a rejected span and a compaction round. The services (RED)
-dashboard queries the metrics generator's series: they must appear on its scrape endpoint.
+trace-by-id reads), a search, SQL, a rejected span, a truncated span, a refused query and a
+compaction round. The services (RED) dashboard queries the metrics generator's series: they must
+appear on its scrape endpoint.
 
 SPINDLE_HELM_SINGLE: the rendered single-mode manifests; SPINDLE_BIN: the spindle binary."""
 
@@ -75,6 +76,16 @@ def metrics_text(tmp_path_factory):
         r = requests.post(f"http://127.0.0.1:{pod.port('otlp-http')}/v1/traces", data=json.dumps(bad),
                           headers={"Content-Type": "application/json"}, timeout=10)
         assert r.status_code == 200, r.text  # partial success
+        # A span cut by the span limits, and a query refused (more tenants than the limit).
+        long = dict(bad["resourceSpans"][0]["scopeSpans"][0]["spans"][0], traceId="1" * 32,
+                    attributes=[{"key": "big", "value": {"stringValue": "x" * 100_000}}])
+        r = requests.post(f"http://127.0.0.1:{pod.port('otlp-http')}/v1/traces",
+                          data=json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [long]}]}]}),
+                          headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 200, r.text
+        r = requests.post(f"{api}/api/v1/sql", json={"query": "SELECT 1"}, timeout=30,
+                          headers={"X-Scope-OrgID": "|".join(f"t{i}" for i in range(17))})
+        assert r.status_code == 400, r.text
         deadline = time.time() + 30
         text = ""
         while time.time() < deadline:

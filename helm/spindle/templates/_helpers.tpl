@@ -122,7 +122,7 @@ StatefulSet (numbered from 1), by their stable DNS names under the headless Serv
 
 {{/* The keys of Spindle's config file the chart sets itself. */}}
 {{- define "spindle.managedKeys" -}}
-data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_http_addr grpc_addr advertise_addr node_id seeds bootstrap_expect shards replication_factor shards_per_tenant generators api_keys_file trust_tenant_header tls_cert_file tls_key_file tls_self_signed
+data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_http_addr grpc_addr advertise_addr node_id seeds bootstrap_expect shards replication_factor shards_per_tenant generators api_keys_file trust_tenant_header tls_cert_file tls_key_file tls_self_signed internal_tls_ca_file internal_tls_cert_file internal_tls_key_file internal_tls_server_name
 {{- end }}
 
 {{/* spindle.yaml: the chart's keys and .Values.config. */}}
@@ -145,6 +145,14 @@ data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_ht
 {{- end }}
 {{- with .Values.objectStorage.endpoint }}
 {{- $_ := set $c "storage_endpoint" . }}
+{{- end }}
+{{- if and (eq .Values.mode "distributed") .Values.cluster.internalTls.secretName }}
+{{- $_ := set $c "internal_tls_ca_file" "/etc/spindle-internal-tls/ca.crt" }}
+{{- $_ := set $c "internal_tls_cert_file" "/etc/spindle-internal-tls/tls.crt" }}
+{{- $_ := set $c "internal_tls_key_file" "/etc/spindle-internal-tls/tls.key" }}
+{{- with .Values.cluster.internalTls.serverName }}
+{{- $_ := set $c "internal_tls_server_name" . }}
+{{- end }}
 {{- end }}
 {{- if eq .Values.mode "distributed" }}
 {{- $_ := set $c "grpc_addr" (printf "0.0.0.0:%d" (int .Values.ports.grpc)) }}
@@ -341,6 +349,11 @@ envFrom:
   mountPath: /etc/spindle-tls
   readOnly: true
 {{- end }}
+{{- if and (eq .Values.mode "distributed") .Values.cluster.internalTls.secretName }}
+- name: internal-tls
+  mountPath: /etc/spindle-internal-tls
+  readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -362,6 +375,11 @@ envFrom:
 - name: tls
   secret:
     secretName: {{ . }}
+{{- end }}
+{{- if and (eq .Values.mode "distributed") .Values.cluster.internalTls.secretName }}
+- name: internal-tls
+  secret:
+    secretName: {{ .Values.cluster.internalTls.secretName }}
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}

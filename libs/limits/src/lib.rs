@@ -36,6 +36,9 @@ pub struct TenantLimits {
     pub max_links_per_span: usize,
     /// Queries (searches, metrics, SQL, trace lookups) the tenant may run at once.
     pub max_concurrent_queries: usize,
+    /// Most tenants one query may name (`a|b|...`) when it names this one: a query runs only
+    /// if it names no more tenants than each of its tenants allows.
+    pub max_tenants_per_query: usize,
 }
 
 impl Default for TenantLimits {
@@ -48,6 +51,7 @@ impl Default for TenantLimits {
             max_events_per_span: 1024,
             max_links_per_span: 1024,
             max_concurrent_queries: 16,
+            max_tenants_per_query: 16,
         }
     }
 }

@@ -125,8 +125,8 @@ pub fn router(querier: Querier) -> Router {
         .with_state(querier)
 }
 
-/// Runs a request only while each of its tenants has a free query slot (and only when its
-/// query string is UTF-8).
+/// Runs a request only if it names no more tenants than each of them allows, while each has a
+/// free query slot, and only when its query string is UTF-8.
 async fn tenant_slots(State(q): State<Querier>, request: Request, next: Next) -> Response {
     if let Err(e) = params::check_query_utf8(request.uri().query()) {
         return e.into_response();
@@ -135,6 +135,20 @@ async fn tenant_slots(State(q): State<Querier>, request: Request, next: Next) ->
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    for tenant in &tenants {
+        let most = q.limits.get(tenant.as_str()).max_tenants_per_query;
+        if tenants.len() > most {
+            q.metrics.refused(tenant.as_str(), "tenants_per_query");
+            return ApiError {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                message: format!(
+                    "the query names {} tenants; tenant {tenant} allows at most {most} per query",
+                    tenants.len()
+                ),
+            }
+            .into_response();
+        }
+    }
     let mut held = Vec::with_capacity(tenants.len());
     for tenant in &tenants {
         let limit = q.limits.get(tenant.as_str()).max_concurrent_queries;

@@ -28,6 +28,8 @@ pub struct LimitsFile {
     max_links_per_span: Option<usize>,
     /// Queries a tenant may run at once (more get 429) [16].
     max_concurrent_queries: Option<usize>,
+    /// Most tenants a query naming this tenant may name (`a|b|...`; more get 400) [16].
+    max_tenants_per_query: Option<usize>,
 }
 
 impl LimitsFile {
@@ -53,6 +55,7 @@ impl LimitsFile {
             max_events_per_span: self.max_events_per_span.unwrap_or(base.max_events_per_span),
             max_links_per_span: self.max_links_per_span.unwrap_or(base.max_links_per_span),
             max_concurrent_queries: self.max_concurrent_queries.unwrap_or(base.max_concurrent_queries),
+            max_tenants_per_query: self.max_tenants_per_query.unwrap_or(base.max_tenants_per_query),
         })
     }
 }
