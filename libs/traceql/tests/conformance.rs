@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use spindle_traceql::{parse, ValidationError};
 
 fn corpus() -> BTreeMap<String, Vec<String>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/traceql/test_examples.yaml");
+    // The crate's directory when the test runs (cargo and nextest set it), not where the binary
+    // was built: a cached test binary may come from another checkout.
+    let crate_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    let path = crate_dir.join("../../../shared/conformance/traceql/test_examples.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the conformance corpus must be beside the checkout at {}: {e}", path.display()));
     let raw: BTreeMap<String, Option<Vec<String>>> = serde_yaml::from_str(&text).expect("corpus is YAML");
