@@ -63,6 +63,13 @@ class Node:
         return r.json()["rows"]
 
 
+def is_span_block(path):
+    """Span blocks (`<tenant>/blocks/<cluster>/shard-N/<file>`), not the metrics generator's
+    sample files (`<tenant>/metrics/<file>`), which an all-in-one also writes."""
+    parts = path.replace(os.sep, "/").split("/")
+    return path.endswith(".parquet") and len(parts) >= 4 and parts[-4] == "blocks" and parts[-2].startswith("shard-")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--spans", type=int, default=10_000_000)
@@ -84,7 +91,7 @@ def main():
             prefix = url[len("s3://spindle-test/"):] + "/"
             out = []
             for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket="spindle-test", Prefix=prefix):
-                out += [(o["Key"], o["Size"]) for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
+                out += [(o["Key"], o["Size"]) for o in page.get("Contents", []) if is_span_block(o["Key"])]
             return out
     else:
         blocks = os.path.join(work, "blocks")
@@ -93,7 +100,8 @@ def main():
         def listing():
             out = []
             for root, _, files in os.walk(blocks):
-                out += [(os.path.join(root, f), os.path.getsize(os.path.join(root, f))) for f in files if f.endswith(".parquet")]
+                out += [(os.path.join(root, f), os.path.getsize(os.path.join(root, f)))
+                        for f in files if is_span_block(os.path.join(root, f))]
             return out
     node = Node(args.bin_dir, work, store_args, env)
     try:

@@ -4,6 +4,7 @@ SIGSTOP, added and drained while loadsim writes and then verifies every sampled 
 span; no span may be lost or stored twice."""
 
 import json
+import shutil
 import os
 import subprocess
 import time
@@ -275,5 +276,46 @@ def test_whole_cluster_killed_and_restarted_keeps_everything():
         for trace in sent[::50]:
             r = requests.get(f"{querier.api}/api/v2/traces/{trace}", headers={"X-Scope-OrgID": "power"}, timeout=30)
             assert r.status_code == 200, trace
+    finally:
+        c.stop()
+
+
+def test_node_with_a_wiped_data_dir_stays_out_until_its_old_self_is_drained():
+    """A storage node killed and restarted with an empty data directory under its old id has
+    lost what it acknowledged and voted: it must not take part (not ready, no Raft) while the
+    cluster counts that id as a member. The rest keeps writing; after `storage --leave` drains
+    the old member, the same process joins as a new node. No acknowledged span is lost."""
+    c = Cluster(storage=4, ingesters=1, queriers=1).start()
+    try:
+        querier = c.queriers[0]
+        probe = Probe(c.ingesters[0], interval=0.25).start()
+        time.sleep(4)
+        victim = c.storage[3]
+        victim.kill9()
+        shutil.rmtree(os.path.join(victim.data_dir, "data"))
+        victim.start(wait=False)
+
+        def refused():
+            r = requests.get(victim.api + "/ready", timeout=2)
+            return r.status_code == 503 and "empty data directory" in r.text
+        wait_until(refused, 30, "the wiped node refusing to take part")
+        time.sleep(5)
+        assert refused(), "the wiped node became ready under its old id"
+        assert victim.proc.poll() is None
+        written = time.time()
+        assert probe.resumed_after(written) < 10, "the cluster stopped taking writes"
+
+        leave = subprocess.run(
+            [spindle_binary(), "storage", "--leave", "--node-id", str(victim.node_id), "--seeds", ",".join(c.seeds[:3])],
+            capture_output=True, text=True, timeout=240,
+        )
+        assert leave.returncode == 0, leave.stderr[-3000:] + leave.stdout
+        wait_until(lambda: victim.is_ready(), 90, "the wiped node joining as a new node")
+        state = c.cluster_state()
+        assert state["nodes"][str(victim.node_id)]["state"] == "Active"
+        assert "joining as a new node" in victim.read_log()
+
+        probe.stop()
+        check_no_duplicates_and_all_probes(querier, probe, [])
     finally:
         c.stop()

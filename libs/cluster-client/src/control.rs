@@ -23,6 +23,8 @@ pub struct Hello {
     pub meta_initialized: bool,
     /// The cluster id, once bootstrapped.
     pub cluster_id: String,
+    /// The incarnation of its data directory (0 from nodes of older versions).
+    pub incarnation: u64,
 }
 
 /// Calls the `Cluster` service of one node.
@@ -51,7 +53,13 @@ impl ControlClient {
     /// Who the node is.
     pub async fn hello(&self) -> Result<Hello, ClientError> {
         let r = self.client.clone().hello(Self::request(HelloRequest {})).await.map_err(|s| self.rpc(s))?.into_inner();
-        Ok(Hello { node_id: r.node_id, addr: r.addr, meta_initialized: r.meta_initialized, cluster_id: r.cluster_id })
+        Ok(Hello {
+            node_id: r.node_id,
+            addr: r.addr,
+            meta_initialized: r.meta_initialized,
+            cluster_id: r.cluster_id,
+            incarnation: r.incarnation,
+        })
     }
 
     /// The node's view of the cluster state, if newer than `known_version`.

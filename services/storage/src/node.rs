@@ -88,6 +88,22 @@ pub struct StorageNode {
     leaders: Mutex<HashMap<ShardId, Option<NodeId>>>,
     metrics: StorageMetrics,
     stop: watch::Sender<bool>,
+    identity: Mutex<Identity>,
+    incarnation: u64,
+}
+
+/// Whether this node may take part in the cluster's Raft groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Identity {
+    /// Its data directory is its own history: it may.
+    Known,
+    /// It started with an empty data directory and has not yet asked the cluster whether its
+    /// id belongs to a member with another data directory: not yet.
+    Unchecked,
+    /// It started with an empty data directory under the id of a member whose incarnation is
+    /// another: it lost what that member acknowledged and voted, and may not take part (the
+    /// message says what to do).
+    LostData(String),
 }
 
 /// How many replica moves the controller runs at once.
@@ -130,6 +146,11 @@ impl StorageNode {
             )));
         }
         let meta_dir = config.dir.join("meta");
+        // Nothing on disk yet: a new node, or one whose disk was replaced (see `Identity`).
+        let fresh = !meta_dir.join("log").exists();
+        let other_seeds = config.seeds.iter().any(|s| *s != config.advertise_addr);
+        let identity = if fresh && other_seeds { Identity::Unchecked } else { Identity::Known };
+        let incarnation = load_incarnation(&config.dir)?;
         let log = LogStore::<MetaTypes>::open(&meta_dir.join("log"), config.shard.log.clone())?;
         let sm = MetaStateMachine::open(&meta_dir.join("state"))?;
         let topology = sm.topology();
@@ -170,6 +191,8 @@ impl StorageNode {
             metrics,
             stop: watch::channel(false).0,
             config,
+            identity: Mutex::new(identity),
+            incarnation,
         });
         // Shards on disk rejoin their groups at once, whatever the metadata says yet.
         let shards_dir = node.config.dir.join("shards");
@@ -233,6 +256,7 @@ impl StorageNode {
             addr: self.config.advertise_addr.clone(),
             meta_initialized: self.meta.is_initialized().await.unwrap_or(false),
             cluster_id: self.state().cluster_id.clone(),
+            incarnation: self.incarnation,
         }
     }
 
@@ -306,16 +330,121 @@ impl StorageNode {
         Ok(())
     }
 
+    /// Whether this node may answer Raft calls (see `Identity`).
+    fn takes_part(&self) -> bool {
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) == Identity::Known
+    }
+
+    /// A node that started with an empty data directory asks the seeds whether its id belongs
+    /// to a member with another incarnation (another data directory). If so it lost that
+    /// member's log: acknowledged writes counted it in their quorum and it may have voted in
+    /// current terms, so taking part again under that id could lose acknowledged spans or elect
+    /// two leaders. It stays out (not ready, no Raft) until the old member has been drained,
+    /// then joins as new. A member without an incarnation on record (just bootstrapped with it,
+    /// or from an older version) gets this one recorded. Returns whether the node may go on.
+    async fn check_identity(&self) -> bool {
+        let current = self.identity.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if current == Identity::Known {
+            return true;
+        }
+        for seed in self.config.seeds.iter().filter(|s| **s != self.config.advertise_addr) {
+            let (next, how) = match self.identity_at(seed).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::debug!(seed = %seed, error = %e, "seed did not answer the identity check");
+                    continue;
+                }
+            };
+            if next != current {
+                match &next {
+                    Identity::LostData(why) => tracing::error!("{why}"),
+                    _ => tracing::info!(node = self.id, incarnation = %format!("{:x}", self.incarnation), "{how}"),
+                }
+            }
+            let known = next == Identity::Known;
+            *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = next;
+            return known;
+        }
+        false
+    }
+
+    /// What the cluster, as `seed` knows it, says of this node's identity.
+    async fn identity_at(&self, seed: &str) -> Result<(Identity, &'static str), NodeError> {
+        const NEW: &str = "no member has this node id: joining as a new node";
+        let client = ControlClient::new(&self.channels, seed)?;
+        let Some(state) = client.topology(0).await?.filter(|s| s.is_bootstrapped()) else {
+            return Ok((Identity::Known, NEW));
+        };
+        let Some(member) = state.nodes.get(&self.id).filter(|n| n.state != NodeState::Left) else {
+            return Ok((Identity::Known, NEW));
+        };
+        let verdict = match state.incarnations.get(&self.id) {
+            Some(known) if *known == self.incarnation => {
+                return Ok((Identity::Known, "this data directory is the member's own: joining"))
+            }
+            Some(known) => MetaError::LostData { id: self.id, known: *known, presented: self.incarnation },
+            None => {
+                let record = MetaCommand::RecordIncarnation { id: self.id, incarnation: self.incarnation };
+                match client.propose(&record, 0).await? {
+                    Ok(()) => return Ok((Identity::Known, "this data directory recorded as the member's: joining")),
+                    Err(e @ MetaError::LostData { .. }) => e,
+                    Err(e) => return Err(NodeError::Meta(e.to_string())),
+                }
+            }
+        };
+        let why = format!(
+            "this node started with an empty data directory ({}), but {verdict} ({}). Taking part again \
+             could lose acknowledged spans, so it stays out. Drain the old member (`spindle storage --leave \
+             --node-id {}`, which works while this node waits) and this node joins as new once it has left; \
+             or start it with a --node-id the cluster has never had",
+            self.config.dir.display(),
+            member.addr,
+            self.id
+        );
+        Ok((Identity::LostData(why), "lost data"))
+    }
+
     async fn join_loop(self: Arc<Self>) {
         let mut stop = self.stopped();
+        while !self.check_identity().await {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
         loop {
             match self.try_join().await {
                 Ok(true) => {
                     tracing::info!(node = self.id, cluster = %self.state().cluster_id, "member of the cluster");
+                    self.record_incarnation().await;
                     return;
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "joining the cluster failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Puts this node's incarnation on record if none is (a member from an older version, or
+    /// one that has just joined); retried until it is, or until another one is found there.
+    async fn record_incarnation(&self) {
+        let mut stop = self.stopped();
+        loop {
+            if self.state().incarnations.contains_key(&self.id) {
+                return;
+            }
+            let record = MetaCommand::RecordIncarnation { id: self.id, incarnation: self.incarnation };
+            match self.propose_meta(record, 0).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "this node's incarnation was not recorded");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "recording this node's incarnation failed; retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -395,6 +524,14 @@ impl StorageNode {
             .map(|h| NodeInfo { id: h.node_id, addr: h.addr.clone(), state: NodeState::Active })
             .collect();
         self.bootstrap_cluster(nodes).await?;
+        // The first members' data directories, as they said in their hellos (before any of them
+        // could lose one).
+        for h in peers.values().filter(|h| h.incarnation != 0) {
+            let record = MetaCommand::RecordIncarnation { id: h.node_id, incarnation: h.incarnation };
+            if let Ok(Err(e)) = self.propose_meta(record, 0).await {
+                tracing::warn!(node = h.node_id, error = %e, "incarnation not recorded");
+            }
+        }
         Ok(false)
     }
 
@@ -604,6 +741,11 @@ impl StorageNode {
     /// Whether the node serves: it has joined, and every shard it hosts is open and has a
     /// leader. `Err` says what is missing.
     pub fn ready(&self) -> Result<(), String> {
+        match &*self.identity.lock().unwrap_or_else(|e| e.into_inner()) {
+            Identity::Known => {}
+            Identity::Unchecked => return Err("checking with the seeds whether this node id is in use".into()),
+            Identity::LostData(why) => return Err(why.clone()),
+        }
         let state = self.state();
         if !state.is_bootstrapped() {
             return Err("the cluster is not bootstrapped yet".into());
@@ -758,13 +900,37 @@ pub struct ShardStatus {
     pub log_bytes: u64,
 }
 
+/// The incarnation of this data directory: made once (random, not 0) and kept in
+/// `<dir>/incarnation`.
+fn load_incarnation(dir: &std::path::Path) -> Result<u64, NodeError> {
+    let path = dir.join("incarnation");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(n) = u64::from_str_radix(text.trim(), 16) {
+            return Ok(n);
+        }
+    }
+    let n = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u32(std::process::id());
+        h.finish().max(1)
+    };
+    std::fs::create_dir_all(dir)?;
+    crate::write_atomic(&path, format!("{n:016x}\n").as_bytes())?;
+    Ok(n)
+}
+
 #[async_trait::async_trait]
 impl RaftGroups for StorageNode {
     fn meta(&self) -> Option<Raft<MetaTypes>> {
-        Some(self.meta.clone())
+        self.takes_part().then(|| self.meta.clone())
     }
 
     async fn shard(&self, id: ShardId) -> Option<Raft<ShardTypes>> {
+        if !self.takes_part() {
+            return None;
+        }
         if let Some(s) = StorageNode::shard(self, id) {
             return Some(s.raft().clone());
         }

@@ -39,6 +39,7 @@ impl Cluster for ClusterService {
             addr: h.addr,
             meta_initialized: h.meta_initialized,
             cluster_id: h.cluster_id,
+            incarnation: h.incarnation,
         }))
     }
 
