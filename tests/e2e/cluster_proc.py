@@ -156,6 +156,17 @@ class Probe:
         raise AssertionError(f"no write succeeded within {timeout} s after {t}")
 
 
+def kill_leader(cluster, shard, probe, what=""):
+    """Kills the leader of `shard` with SIGKILL; returns it and the seconds until the probe's
+    writes succeeded again."""
+    victim = cluster.leader_of(shard)
+    killed_at = time.time()
+    victim.kill9()
+    resumed = probe.resumed_after(killed_at)
+    print(f"writes resumed {resumed:.2f} s after the leader of shard {shard} was killed{what}")
+    return victim, resumed
+
+
 def duplicates(querier, tenant):
     """Spans stored more than once (same trace id and span id)."""
     r = querier.sql(

@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from cluster_proc import Cluster, Probe, count_spans, duplicates, probe_request
+from cluster_proc import Cluster, Probe, count_spans, duplicates, kill_leader, probe_request
 from spindle_proc import Spindle, spindle_binary
 from test_loadsim import loadsim_binary
 
@@ -84,11 +84,7 @@ def test_leader_killed_under_load():
         probe = Probe(c.ingesters[0]).start()
         time.sleep(12)
 
-        victim = c.leader_of(0)
-        killed_at = time.time()
-        victim.kill9()
-        resumed = probe.resumed_after(killed_at)
-        print(f"writes resumed {resumed:.2f} s after the leader of shard 0 was killed")
+        victim, resumed = kill_leader(c, 0, probe)
         assert resumed <= 5.0, f"ingest resumed only after {resumed:.2f} s"
 
         time.sleep(5)

@@ -13,7 +13,7 @@ import grpc
 import pytest
 import requests
 
-from cluster_proc import Cluster, Probe, count_spans
+from cluster_proc import Cluster, Probe, count_spans, kill_leader
 from spindle_proc import Spindle, spindle_binary
 
 INTERNAL_METHODS = (
@@ -88,11 +88,7 @@ def test_cluster_over_mutual_tls(certs):
     try:
         probe = Probe(c.ingesters[0], traces=20).start()
         time.sleep(4)
-        victim = c.leader_of(0)
-        killed_at = time.time()
-        victim.kill9()
-        resumed = probe.resumed_after(killed_at)
-        print(f"writes resumed {resumed:.2f} s after the leader of shard 0 was killed (mutual TLS)")
+        victim, _ = kill_leader(c, 0, probe, " (mutual TLS)")
         victim.start(timeout=90)
         time.sleep(3)
         probe.stop()
