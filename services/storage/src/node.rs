@@ -780,8 +780,11 @@ impl StorageNode {
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         let _ = self.stop.send(true);
         let mut first_error = None;
-        for shard in self.all_shards() {
-            if let Err(e) = shard.shutdown().await {
+        // All at once: each final flush may wait for its commit (up to its timeout).
+        let shards = self.all_shards();
+        let results = futures::future::join_all(shards.iter().map(|s| s.shutdown())).await;
+        for (shard, result) in shards.iter().zip(results) {
+            if let Err(e) = result {
                 tracing::error!(shard = shard.id(), error = %e, "shard shutdown failed");
                 first_error.get_or_insert(e);
             }
