@@ -9,6 +9,7 @@
 pub mod block_reader;
 pub mod filter;
 pub mod hints;
+pub mod parent_exec;
 pub mod prune;
 pub mod refresh;
 pub mod source;

@@ -21,11 +21,12 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::StreamExt;
-use spindle_schema::span_schema;
+use spindle_schema::{block_schema, col, span_schema};
 use spindle_storage::TenantId;
 
 use crate::block_reader::PageIndexedReaderFactory;
 use crate::hints::ScanHints;
+use crate::parent_exec::ParentIdExec;
 use crate::source::{SpanSource, UnflushedStream};
 use crate::QueryError;
 
@@ -53,6 +54,92 @@ impl SpansTable {
     /// The spans of `tenant`, read through `source`.
     pub fn new(tenant: TenantId, source: Arc<SpanSource>) -> Self {
         Self { tenant, source, schema: span_schema(), excluded: Arc::default() }
+    }
+
+    /// The Parquet scan of `blocks`, with `parent_span_id` rebuilt from the stored offsets when
+    /// it is projected ([`ParentIdExec`]). Rebuilding needs every earlier row of a trace, so
+    /// then only predicates on `trace_id` alone (which keep or drop whole traces) reach the
+    /// Parquet reader's page and row filters; the others still prune blocks and row groups by
+    /// Bloom filter and are applied above the scan. A predicate on `parent_span_id` never reaches
+    /// the reader: the stored column is not the logical one.
+    async fn scan_blocks(
+        &self,
+        state: &dyn Session,
+        blocks: &[spindle_storage::BlockMeta],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let file_schema = block_schema();
+        let index = |name: &str| file_schema.index_of(name);
+        let parent = index(col::PARENT_SPAN_ID)?;
+        let requested: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let rebuild = requested.contains(&parent);
+        let refers_to = |e: &Expr, name: &str| e.column_refs().iter().any(|c| c.name == name);
+        let pushed: Vec<Expr> = filters
+            .iter()
+            .filter(|e| !refers_to(e, col::PARENT_SPAN_ID) && !refers_to(e, col::PARENT_OFFSET))
+            .filter(|e| !rebuild || e.column_refs().iter().all(|c| c.name == col::TRACE_ID))
+            .cloned()
+            .collect();
+        let mut scanned = requested.clone();
+        if rebuild {
+            for helper in [col::TRACE_ID, col::SPAN_ID, col::PARENT_OFFSET] {
+                let i = index(helper)?;
+                if !scanned.contains(&i) {
+                    scanned.push(i);
+                }
+            }
+        }
+
+        // Footers and page indexes come from the runtime's metadata cache once read.
+        let store = state.runtime_env().object_store(BLOCKS_URL.clone())?;
+        let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut source = ParquetSource::new(file_schema.clone())
+            .with_parquet_file_reader_factory(Arc::new(PageIndexedReaderFactory(CachedParquetFileReaderFactory::new(
+                store.clone(),
+                metadata_cache,
+            ))))
+            .with_bloom_filter_on_read(true)
+            .with_enable_page_index(true)
+            .with_pushdown_filters(true);
+        if let Some(predicate) = conjunction(pushed) {
+            let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        // Map-attribute equalities prune row groups by the blocks' Bloom filters (whole row
+        // groups: safe for the rebuild too).
+        let map_filters = crate::prune::map_value_filters(filters);
+        let mut files = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            let mut file = PartitionedFile::new(b.path.clone(), b.bytes);
+            if let Some(plan) = crate::prune::access_plan(store.clone(), b, &map_filters).await {
+                if plan.row_group_index_iter().next().is_none() {
+                    continue;
+                }
+                file = file.with_extension(plan);
+            }
+            files.push(file);
+        }
+        let partitions = state.config().target_partitions().max(1);
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(files.len()).max(1)];
+        for (i, f) in files.into_iter().enumerate() {
+            let n = groups.len();
+            groups[i % n].push(f);
+        }
+        let config = FileScanConfigBuilder::new(BLOCKS_URL.clone(), Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(Some(scanned))?
+            .with_limit(limit)
+            .build();
+        let scan = DataSourceExec::from_data_source(config);
+        if !rebuild {
+            return Ok(scan);
+        }
+        Ok(Arc::new(ParentIdExec::try_new(scan, (0..requested.len()).collect())?))
     }
 
     /// The same spans without the blocks at `paths` (tag lookups answer those from footers).
@@ -97,48 +184,10 @@ impl TableProvider for SpansTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        let partitions = state.config().target_partitions().max(1);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         if !snapshot.blocks.is_empty() {
-            // Footers and page indexes come from the runtime's metadata cache once read.
-            let store = state.runtime_env().object_store(BLOCKS_URL.clone())?;
-            let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-            let mut source = ParquetSource::new(self.schema.clone())
-                .with_parquet_file_reader_factory(Arc::new(PageIndexedReaderFactory(
-                    CachedParquetFileReaderFactory::new(store.clone(), metadata_cache),
-                )))
-                .with_bloom_filter_on_read(true)
-                .with_enable_page_index(true)
-                .with_pushdown_filters(true);
-            if let Some(predicate) = conjunction(filters.to_vec()) {
-                let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-            }
-            // Map-attribute equalities prune row groups by the blocks' Bloom filters.
-            let map_filters = crate::prune::map_value_filters(filters);
-            let mut files = Vec::with_capacity(snapshot.blocks.len());
-            for b in &snapshot.blocks {
-                let mut file = PartitionedFile::new(b.path.clone(), b.bytes);
-                if let Some(plan) = crate::prune::access_plan(store.clone(), b, &map_filters).await {
-                    if plan.row_group_index_iter().next().is_none() {
-                        continue;
-                    }
-                    file = file.with_extension(plan);
-                }
-                files.push(file);
-            }
-            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(files.len()).max(1)];
-            for (i, f) in files.into_iter().enumerate() {
-                let n = groups.len();
-                groups[i % n].push(f);
-            }
-            let config = FileScanConfigBuilder::new(BLOCKS_URL.clone(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+            inputs.push(self.scan_blocks(state, &snapshot.blocks, projection, filters, limit).await?);
         }
 
         if !snapshot.unflushed.is_empty() {

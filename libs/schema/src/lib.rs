@@ -41,6 +41,10 @@ pub mod col {
     pub const SCOPE_SCHEMA_URL: &str = "scope_schema_url";
     pub const EVENTS: &str = "events";
     pub const LINKS: &str = "links";
+    /// Block-only column (see [`block_schema`](super::block_schema)): how many rows before this
+    /// one its parent span is, within the same trace and row group; 0 when the parent id is
+    /// stored in `parent_span_id` instead (or there is none).
+    pub const PARENT_OFFSET: &str = "parent_offset";
 }
 
 /// Where an attribute lives in OTLP.
@@ -219,6 +223,22 @@ pub fn link_item_field() -> Arc<Field> {
 pub fn span_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA.get_or_init(build_schema).clone()
+}
+
+/// The schema of a Parquet block: the span schema plus [`col::PARENT_OFFSET`]. A block stores a
+/// span's parent as a row offset when the parent is a row of the same trace and row group, and
+/// leaves `parent_span_id` null there (an 8-byte random id costs 8 bytes; a small offset, a
+/// fraction of one). Readers rebuild `parent_span_id` from the two
+/// (`spindle_storage::parent::ParentRebuilder`); blocks of layout 1 have no offset column.
+pub fn block_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = span_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(col::PARENT_OFFSET, DataType::Int32, true));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
 }
 
 fn build_schema() -> SchemaRef {

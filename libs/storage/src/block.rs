@@ -9,7 +9,6 @@ use arrow::compute::{concat, interleave_record_batch, lexsort_to_indices, SortCo
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use object_store::path::Path;
 use object_store::ObjectStore;
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -17,14 +16,16 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use spindle_schema::{col, span_schema};
 
+use crate::block_writer::SpanBlockWriter;
 use crate::bloom::TraceBloom;
-use crate::tags::{TagSummaryBuilder, TAGS_KEY};
 use crate::tenant::TenantId;
 use crate::upload::upload_streaming;
 use crate::Result;
 
-/// Version of the block layout written by this code (the span schema plus writer settings).
-pub const BLOCK_LAYOUT_VERSION: u32 = 1;
+/// Version of the block layout written by this code (the block schema plus writer settings).
+/// 1: the span schema as is. 2: [`spindle_schema::block_schema`], parents as row offsets
+/// ([`crate::parent`]), row groups ending at trace boundaries.
+pub const BLOCK_LAYOUT_VERSION: u32 = 2;
 
 /// Everything a querier needs to decide whether to open a block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +82,7 @@ impl BlockMeta {
 /// Tunables for block writing.
 #[derive(Debug, Clone)]
 pub struct BlockOptions {
-    /// Rows per Parquet row group.
+    /// Rows per Parquet row group (about: groups end at trace boundaries).
     pub row_group_rows: usize,
     /// zstd level.
     pub zstd_level: i32,
@@ -289,17 +290,12 @@ pub fn encode_block_into<W: Write + Send>(
     };
 
     let props = writer_properties(options, distinct_traces.min(options.row_group_rows) as u64, trace_idx, start_idx)?;
-    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
-    let mut tags = TagSummaryBuilder::new();
-    for b in &batches {
-        tags.observe(b);
-    }
+    let mut w = SpanBlockWriter::new(out, props, options.row_group_rows)?;
     for chunk in order.chunks(WRITE_CHUNK_ROWS) {
         let picks: Vec<(usize, usize)> = chunk.iter().map(|&g| locate(g as usize)).collect();
         w.write(&interleave_record_batch(&batches, &picks)?)?;
     }
-    w.append_key_value_metadata(KeyValue::new(TAGS_KEY.to_string(), tags.finish().to_json()));
-    w.close()?;
+    w.finish()?;
     let first = order[0] as usize;
     let last = order[order.len() - 1] as usize;
     Ok(Some(BlockFacts {
@@ -310,6 +306,14 @@ pub fn encode_block_into<W: Write + Send>(
         max_trace_id: hex::encode(trace_ids.value(last)),
         trace_bloom,
     }))
+}
+
+/// All spans of a whole block file (any layout), in block order, in the span schema with
+/// parents rebuilt. For tools and tests; queries read blocks through DataFusion.
+pub fn decode_block(parquet: bytes::Bytes) -> Result<Vec<RecordBatch>> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet)?.build()?;
+    let mut parents = crate::parent::ParentRebuilder::new();
+    reader.map(|batch| parents.to_spans(&batch?)).collect()
 }
 
 /// The Parquet leaf of the values of `span_attrs_str`.
@@ -334,7 +338,8 @@ pub(crate) fn writer_properties(
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(options.zstd_level)?))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        // Row groups are cut by `SpanBlockWriter`, at trace boundaries.
+        .set_max_row_group_row_count(None)
         .set_data_page_row_count_limit(options.page_rows.max(1))
         .set_dictionary_page_size_limit(options.dictionary_page_bytes.max(1))
         .set_write_batch_size(options.page_rows.clamp(1, 1024))

@@ -15,14 +15,15 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
-use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use spindle_schema::{col, span_schema};
 use tokio::sync::mpsc;
 
 use crate::block::{writer_properties, BlockFacts, BlockMeta, BlockOptions};
+use crate::block_writer::SpanBlockWriter;
 use crate::bloom::TraceBloom;
+use crate::parent::ParentRebuilder;
 use crate::reader::BlockReader;
-use crate::tags::{TagSummaryBuilder, TAGS_KEY};
 use crate::upload::upload_streaming;
 use crate::{Result, StorageError};
 
@@ -130,6 +131,8 @@ async fn distinct_traces(store: &Arc<dyn ObjectStore>, inputs: &[BlockMeta]) -> 
 /// One input being merged: its stream and the batch it is at.
 struct Cursor {
     stream: ParquetRecordBatchStream<BlockReader>,
+    /// Rebuilds the parent ids of the input's rows, read in order.
+    parents: ParentRebuilder,
     /// Position of the current batch in the merge's batch pool.
     pooled: usize,
     row: usize,
@@ -162,28 +165,20 @@ pub async fn merge_blocks(
     // `None` ends the output; a merge that fails drops the sender without it, and the upload
     // is aborted instead of completing a partial block.
     let (tx, mut rx) = mpsc::channel::<Option<RecordBatch>>(2);
-    let writer_schema = schema.clone();
+    let row_group_rows = options.row_group_rows;
     let upload = upload_streaming(store.clone(), output, move |w| {
-        let mut writer = ArrowWriter::try_new(w, writer_schema, Some(props))?;
-        let mut tags = TagSummaryBuilder::new();
+        let mut writer = SpanBlockWriter::new(w, props, row_group_rows)?;
         loop {
             match rx.blocking_recv() {
-                Some(Some(batch)) => {
-                    tags.observe(&batch);
-                    writer.write(&batch)?
-                }
+                Some(Some(batch)) => writer.write(&batch)?,
                 Some(None) => break,
                 None => return Err(std::io::Error::other("the merge stopped before its end").into()),
             }
         }
-        writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
-            TAGS_KEY.to_string(),
-            tags.finish().to_json(),
-        ));
-        writer.close()?;
+        writer.finish()?;
         Ok(())
     });
-    let merge = merge_into(store.clone(), inputs, schema, keys, tx);
+    let merge = merge_into(store.clone(), inputs, keys, tx);
     let (uploaded, merged) = futures::join!(upload, merge);
     let mut facts = merged?;
     let ((), size) = uploaded?;
@@ -195,20 +190,19 @@ pub async fn merge_blocks(
 async fn merge_into(
     store: Arc<dyn ObjectStore>,
     inputs: &[BlockMeta],
-    schema: SchemaRef,
     keys: Keys,
     tx: mpsc::Sender<Option<RecordBatch>>,
 ) -> Result<BlockFacts> {
-    let conform = |b: RecordBatch| RecordBatch::try_new(schema.clone(), b.columns().to_vec());
     let mut pool: Vec<RecordBatch> = Vec::new();
     let mut cursors: Vec<Cursor> = Vec::with_capacity(inputs.len());
     let mut heap: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
     for block in inputs {
         let mut stream = open(&store, block, None).await?;
+        let mut parents = ParentRebuilder::new();
         if let Some(batch) = next_batch(&mut stream).await? {
-            let batch = conform(batch)?;
+            let batch = parents.to_spans(&batch)?;
             heap.push(Reverse((keys.row(&batch, 0)?, cursors.len())));
-            cursors.push(Cursor { stream, pooled: pool.len(), row: 0, rows: batch.num_rows() });
+            cursors.push(Cursor { stream, parents, pooled: pool.len(), row: 0, rows: batch.num_rows() });
             pool.push(batch);
         }
     }
@@ -243,7 +237,7 @@ async fn merge_into(
         c.row += 1;
         if c.row == c.rows {
             if let Some(batch) = next_batch(&mut c.stream).await? {
-                let batch = conform(batch)?;
+                let batch = c.parents.to_spans(&batch)?;
                 c.pooled = pool.len();
                 c.row = 0;
                 c.rows = batch.num_rows();

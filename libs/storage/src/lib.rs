@@ -6,12 +6,14 @@
 //! [`tenant`] validates tenant ids, which become path segments; [`store`] opens the object store.
 
 pub mod block;
+pub mod block_writer;
 pub mod bloom;
 pub mod cache;
 pub mod compact;
 pub mod index;
 pub mod instrumented;
 pub mod metric_files;
+pub mod parent;
 pub mod reader;
 pub mod retention;
 pub mod store;

@@ -10,9 +10,9 @@ use object_store::ObjectStoreExt;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spindle_otlp::to_arrow::resource_spans_to_batch;
 use spindle_schema::col;
+use spindle_storage::block::decode_block;
 use spindle_storage::compact::merge_blocks;
 use spindle_storage::store::local_store;
 use spindle_storage::{write_block, BlockOptions, TenantId};
@@ -65,8 +65,7 @@ async fn merged_block_is_sorted_and_holds_each_span_once() {
 
     let bytes = store.get(&output).await.unwrap().bytes().await.unwrap();
     assert_eq!(bytes.len() as u64, size);
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+    let batches = decode_block(bytes).unwrap();
     let mut rows = Vec::new();
     for b in &batches {
         let traces = b.column_by_name(col::TRACE_ID).unwrap().as_fixed_size_binary();

@@ -1,15 +1,13 @@
 //! A trace survives OTLP -> Arrow -> IPC -> Parquet block -> Arrow -> OTLP unchanged.
 
-use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spindle_otlp::from_arrow::batches_to_resource_spans;
 use spindle_otlp::to_arrow::resource_spans_to_batch;
 use spindle_schema::ipc;
-use spindle_storage::block::encode_block;
+use spindle_storage::block::{decode_block, encode_block};
 use spindle_storage::BlockOptions;
 
 fn kv(key: &str, v: Value) -> KeyValue {
@@ -160,9 +158,7 @@ fn otlp_survives_arrow_ipc_and_parquet() {
     let ipc_batches = ipc::decode(&ipc::encode(std::slice::from_ref(&converted.batch)).unwrap()).unwrap();
     let encoded = encode_block(&ipc_batches, &BlockOptions::default()).unwrap().unwrap();
     assert_eq!(encoded.facts.rows, 3);
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(encoded.parquet)).unwrap().build().unwrap();
-    let from_parquet: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+    let from_parquet = decode_block(bytes::Bytes::from(encoded.parquet)).unwrap();
 
     let back = batches_to_resource_spans(&from_parquet).unwrap();
     assert_eq!(back.len(), 2, "spans regroup under their two resources");
