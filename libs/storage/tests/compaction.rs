@@ -1,5 +1,7 @@
 //! Merging blocks: sorted output, duplicates removed, facts and Bloom filter right.
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -7,10 +9,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampNanosecondType;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use spindle_otlp::to_arrow::resource_spans_to_batch;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use spindle_schema::col;
 use spindle_storage::block::decode_block;
 use spindle_storage::compact::merge_blocks;
@@ -30,17 +29,7 @@ fn batch(spans: &[(u8, u8)]) -> RecordBatch {
             ..Default::default()
         })
         .collect();
-    let service = KeyValue {
-        key: "service.name".into(),
-        value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
-        ..Default::default()
-    };
-    let rs = ResourceSpans {
-        resource: Some(Resource { attributes: vec![service], ..Default::default() }),
-        scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-        ..Default::default()
-    };
-    resource_spans_to_batch(&[rs]).unwrap().batch
+    support::spans_batch(spans)
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! comes back as the same id, through whole-file reads, small read batches and compaction,
 //! also when a layout-1 block is merged with layout-2 ones.
 
+mod support;
+
 use std::collections::BTreeSet;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -9,12 +11,9 @@ use arrow::datatypes::Int32Type;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use spindle_otlp::to_arrow::resource_spans_to_batch;
 use spindle_schema::{col, span_schema};
 use spindle_storage::block::{decode_block, encode_block};
 use spindle_storage::compact::merge_blocks;
@@ -76,20 +75,6 @@ fn traces(seed: u64, count: usize, trace_base: u8) -> Vec<Span> {
     spans
 }
 
-fn to_batch(spans: Vec<Span>) -> RecordBatch {
-    let service = KeyValue {
-        key: "service.name".into(),
-        value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
-        ..Default::default()
-    };
-    let rs = ResourceSpans {
-        resource: Some(Resource { attributes: vec![service], ..Default::default() }),
-        scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
-        ..Default::default()
-    };
-    resource_spans_to_batch(&[rs]).unwrap().batch
-}
-
 fn triples(batches: &[RecordBatch]) -> BTreeSet<Triple> {
     let mut out = BTreeSet::new();
     for b in batches {
@@ -110,7 +95,7 @@ fn options() -> BlockOptions {
 
 #[test]
 fn parents_come_back_from_offsets_ids_and_orphans() {
-    let input = to_batch(traces(7, 40, 1));
+    let input = support::spans_batch(traces(7, 40, 1));
     let want = triples(std::slice::from_ref(&input));
     let encoded = encode_block(std::slice::from_ref(&input), &options()).unwrap().unwrap();
     let file = Bytes::from(encoded.parquet);
@@ -164,7 +149,7 @@ fn parents_come_back_from_offsets_ids_and_orphans() {
 
 #[test]
 fn a_scan_that_misses_earlier_rows_of_a_trace_is_an_error_not_a_wrong_parent() {
-    let input = to_batch(traces(11, 5, 1));
+    let input = support::spans_batch(traces(11, 5, 1));
     let encoded = encode_block(std::slice::from_ref(&input), &BlockOptions::default()).unwrap().unwrap();
     let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(encoded.parquet)).unwrap().build().unwrap();
     let whole: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
@@ -203,7 +188,7 @@ async fn compaction_keeps_parents_across_layouts_and_duplicates() {
     let mut blocks = Vec::new();
     let shared = traces(3, 10, 9); // the same spans in two blocks: duplicates to drop
     for (i, spans) in [traces(1, 30, 1), traces(2, 30, 1), shared.clone(), shared].into_iter().enumerate() {
-        let batch = to_batch(spans);
+        let batch = support::spans_batch(spans);
         all.extend(triples(std::slice::from_ref(&batch)));
         let range = (i as u64 * 10 + 1, i as u64 * 10 + 5);
         let mut meta =
