@@ -78,11 +78,16 @@ impl SpansTable {
             None => (0..self.schema.fields().len()).collect(),
         };
         let rebuild = requested.contains(&parent);
-        let refers_to = |e: &Expr, name: &str| e.column_refs().iter().any(|c| c.name == name);
+        // With a rebuild, a pushed filter must keep or drop whole traces: it names trace_id and
+        // nothing else (a filter naming no column, e.g. on random(), would thin traces too).
+        let trace_only = |e: &Expr| {
+            let refs = e.column_refs();
+            !refs.is_empty() && refs.iter().all(|c| c.name == col::TRACE_ID)
+        };
         let pushed: Vec<Expr> = filters
             .iter()
-            .filter(|e| !refers_to(e, col::PARENT_SPAN_ID) && !refers_to(e, col::PARENT_OFFSET))
-            .filter(|e| !rebuild || e.column_refs().iter().all(|c| c.name == col::TRACE_ID))
+            .filter(|e| !e.column_refs().iter().any(|c| c.name == col::PARENT_SPAN_ID))
+            .filter(|e| !rebuild || trace_only(e))
             .cloned()
             .collect();
         let mut scanned = requested.clone();

@@ -154,10 +154,11 @@ impl ParentRebuilder {
     pub fn to_spans(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
         let schema = span_schema();
         let parents = self.rebuild(batch)?;
+        let parents: ArrayRef = Arc::new(parents);
         let mut columns = Vec::with_capacity(schema.fields().len());
         for field in schema.fields() {
             if field.name() == col::PARENT_SPAN_ID {
-                columns.push(Arc::new(parents.clone()) as ArrayRef);
+                columns.push(parents.clone());
             } else {
                 let column = batch
                     .column_by_name(field.name())
