@@ -34,7 +34,16 @@ impl ParquetFileReaderFactory for PageIndexedReaderFactory {
     }
 }
 
-struct PageIndexedReader(Box<dyn AsyncFileReader + Send>);
+impl PageIndexedReaderFactory {
+    /// A reader of one block outside a DataFusion scan (the trace point read).
+    pub fn open(&self, file: PartitionedFile) -> datafusion::error::Result<PageIndexedReader> {
+        let inner = self.0.create_reader(0, file, None, &ExecutionPlanMetricsSet::new())?;
+        Ok(PageIndexedReader(inner))
+    }
+}
+
+/// A block reader whose footer comes with the page indexes (and from the metadata cache).
+pub struct PageIndexedReader(Box<dyn AsyncFileReader + Send>);
 
 impl AsyncFileReader for PageIndexedReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {

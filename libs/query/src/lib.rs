@@ -4,7 +4,8 @@
 //! unflushed spans and committed blocks ([`source::SpanSource`]), prunes blocks by time and trace
 //! id, and unions a Parquet scan of the blocks (bloom filter, page index and predicate pushdown)
 //! with an in-memory scan of the unflushed batches. [`QueryEngine`] builds the Tempo-style
-//! queries (trace by id, search, tags) and user SQL on top of that table.
+//! queries (search, tags) and user SQL on top of that table; trace by id reads the same
+//! snapshot's blocks directly ([`trace_read`]), without planning a query.
 
 pub mod block_reader;
 pub mod filter;
@@ -15,19 +16,20 @@ pub mod refresh;
 pub mod source;
 pub mod table;
 pub mod tags;
+pub mod trace_read;
 pub mod traceql;
 
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
-use spindle_schema::col as c;
+use futures::TryStreamExt;
 use spindle_storage::TenantId;
 
 pub use source::SpanSource;
@@ -157,7 +159,8 @@ impl QueryEngine {
 
     /// The spans of a trace, optionally only those starting within `[start, end]` (unix ns), at
     /// most `max_spans` of them (memory stays bounded for huge traces): a caller that gets
-    /// `max_spans` rows back should treat the trace as possibly partial.
+    /// `max_spans` rows back should treat the trace as possibly partial. Blocks are read by
+    /// [`trace_read::read_trace`], concurrently; unflushed spans come from the shards' leaders.
     pub async fn trace_by_id(
         &self,
         tenant: &TenantId,
@@ -165,12 +168,38 @@ impl QueryEngine {
         range: Option<(i64, i64)>,
         max_spans: usize,
     ) -> Result<Vec<RecordBatch>> {
-        let ctx = self.session(tenant)?;
-        let mut predicate = col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(trace_id.to_vec()))));
-        if let Some((start, end)) = range {
-            predicate = predicate.and(hints::time_filter(start, end));
+        let hints = hints::ScanHints { time_range: range, trace_ids: Some(vec![trace_id]) };
+        let snapshot = self.source.load(tenant, &hints, None).await?;
+        let factory = block_reader::PageIndexedReaderFactory(CachedParquetFileReaderFactory::new(
+            self.source.object_store(),
+            self.runtime.cache_manager.get_file_metadata_cache(),
+        ));
+        let blocks = snapshot.blocks.iter().map(|b| trace_read::read_trace(&factory, b, &trace_id, range, max_spans));
+        let unflushed = snapshot.unflushed.into_iter().map(|s| async move {
+            let batches: Vec<RecordBatch> =
+                s.try_collect().await.map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            let mut out = Vec::with_capacity(batches.len());
+            for b in batches {
+                let b = trace_read::only_trace(&b, &trace_id)?;
+                out.push(match range {
+                    Some((start, end)) => trace_read::starting_within(&b, start, end)?,
+                    None => b,
+                });
+            }
+            Ok::<_, QueryError>(out)
+        });
+        let (blocks, unflushed) =
+            futures::try_join!(futures::future::try_join_all(blocks), futures::future::try_join_all(unflushed))?;
+        let mut out = Vec::new();
+        let mut spans = 0;
+        for batch in blocks.into_iter().chain(unflushed).flatten() {
+            let keep = batch.num_rows().min(max_spans - spans);
+            if keep > 0 {
+                out.push(batch.slice(0, keep));
+            }
+            spans += keep;
         }
-        Ok(ctx.table("spans").await?.filter(predicate)?.limit(0, Some(max_spans))?.collect().await?)
+        Ok(out)
     }
 
     /// Runs `work` within the query time limit.
