@@ -159,8 +159,8 @@ fn columns_with_values(metadata: &ParquetMetaData, row_groups: &[usize]) -> Vec<
             chunk.statistics().and_then(|s| s.null_count_opt()) != Some(chunk.num_values() as u64)
         });
     }
-    let name_of = |root: usize| columns.root_schema().get_fields()[root].name().to_string();
-    (0..roots).filter(|&r| has_values[r] || name_of(r) == col::TRACE_ID).collect()
+    let fields = columns.root_schema().get_fields();
+    (0..roots).filter(|&r| has_values[r] || fields[r].name() == col::TRACE_ID).collect()
 }
 
 /// The rows of `batch` in trace `id`.

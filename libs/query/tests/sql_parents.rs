@@ -24,10 +24,6 @@ fn parents_of(batches: &[RecordBatch]) -> Parents {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn parent_ids_come_back_through_sql() {
     let traces = data::traces(23, 400);
@@ -66,7 +62,8 @@ async fn parent_ids_come_back_through_sql() {
     let parent = parent.expect("some span has a parent");
     let children: Parents = spans.iter().filter(|s| s.parent == Some(parent)).map(|s| (s.span_id, s.parent)).collect();
     let got =
-        sql(format!("SELECT span_id, parent_span_id FROM spans WHERE parent_span_id = X'{}'", hex(&parent))).await;
+        sql(format!("SELECT span_id, parent_span_id FROM spans WHERE parent_span_id = X'{}'", hex::encode(parent)))
+            .await;
     assert_eq!(parents_of(&got), children, "equality on the parent id finds every child");
 
     let roots: BTreeSet<[u8; 8]> = spans.iter().filter(|s| s.parent.is_none()).map(|s| s.span_id).collect();

@@ -25,10 +25,6 @@ fn spans_of(batches: &[RecordBatch]) -> Vec<Vec<u8>> {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn trace_by_id_reads_what_sql_reads() {
     let traces = data::traces(31, 300);
@@ -42,10 +38,10 @@ async fn trace_by_id_reads_what_sql_reads() {
     for trace in &traces {
         let id = trace[0].trace_id;
         let got = t.engine.trace_by_id(&t.tenant, id, None, 100_000).await.expect("trace by id");
-        let want = sql(format!("SELECT * FROM spans WHERE trace_id = X'{}'", hex(&id))).await;
+        let want = sql(format!("SELECT * FROM spans WHERE trace_id = X'{}'", hex::encode(id))).await;
         let got = spans_of(&got);
         assert_eq!(got.len(), trace.len(), "every span of the trace");
-        assert_eq!(got, spans_of(&want), "trace {}", hex(&id));
+        assert_eq!(got, spans_of(&want), "trace {}", hex::encode(id));
         checked += got.len();
     }
     assert!(checked > 1000, "the data has {checked} spans");
@@ -59,7 +55,7 @@ async fn trace_by_id_reads_what_sql_reads() {
     let got = t.engine.trace_by_id(&t.tenant, id, Some((from, to)), 100_000).await.expect("trace by id");
     let want = sql(format!(
         "SELECT * FROM spans WHERE trace_id = X'{}' AND start_time >= to_timestamp_nanos({from}) AND start_time <= to_timestamp_nanos({to})",
-        hex(&id)
+        hex::encode(id)
     ))
     .await;
     assert_eq!(spans_of(&got), spans_of(&want));
