@@ -10,6 +10,7 @@
 pub mod block_reader;
 pub mod filter;
 pub mod hints;
+pub mod page_read;
 pub mod parent_exec;
 pub mod prune;
 pub mod refresh;

@@ -2,35 +2,33 @@
 //!
 //! A lookup touches one trace in a few blocks, so planning a query costs more than the read. This
 //! reads each block the catalog and Bloom filters leave directly: the row groups whose `trace_id`
-//! statistics span the id, within them only the pages whose page-index range holds it (the rows
-//! are sorted by trace id, so that is the whole trace and little else), and only the columns that
-//! hold a value there. A column whose every value in those row groups is null or empty (the
-//! statistics say so) is not read but filled in; each column read costs a page decompression and,
-//! in the Parquet crate, a zstd context. Parents are rebuilt as in every other read
-//! ([`spindle_storage::parent`]): the pages selected hold every row of the trace.
+//! statistics span the id, and within them the pages whose page-index range holds it. Of those
+//! pages it reads `trace_id` first, to find the trace's exact rows (rows are sorted by trace id,
+//! so they are consecutive), then only those rows of the columns that hold a value in the row
+//! group; a column whose every value there is null or empty (the statistics say so) is filled in,
+//! not read. Pages are decoded by [`crate::page_read`]. Parents are rebuilt as in every other read
+//! ([`spindle_storage::parent`]): the rows read are every row of the trace.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, FixedSizeBinaryArray, RecordBatch};
+use arrow::buffer::Buffer;
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
-use datafusion::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
-use futures::TryStreamExt;
 use spindle_schema::{block_schema, col};
 use spindle_storage::parent::ParentRebuilder;
 use spindle_storage::BlockMeta;
 
 use crate::block_reader::PageIndexedReaderFactory;
+use crate::page_read::read_rows;
 use crate::{QueryError, Result};
-
-/// Rows per decoded batch (a trace's selected pages are a few thousand rows).
-const BATCH_ROWS: usize = 8192;
 
 fn read_error(block: &BlockMeta, e: impl std::fmt::Display) -> QueryError {
     QueryError::Internal(format!("reading block {}: {e}", block.path))
@@ -38,6 +36,10 @@ fn read_error(block: &BlockMeta, e: impl std::fmt::Display) -> QueryError {
 
 /// The spans of trace `id` in `block` (span schema, parents rebuilt), starting within `range`
 /// when given, at most `max_spans` of them.
+///
+/// Two reads per row group: first the `trace_id` column of the candidate pages, which gives the
+/// trace's exact rows (a page holds thousands of rows, a trace a few dozen; a Bloom filter false
+/// positive ends here), then the other columns of just those rows.
 pub async fn read_trace(
     factory: &PageIndexedReaderFactory,
     block: &BlockMeta,
@@ -48,64 +50,95 @@ pub async fn read_trace(
     let file = PartitionedFile::new(block.path.clone(), block.bytes);
     let mut reader = factory.open(file).map_err(|e| read_error(block, e))?;
     let metadata = reader.get_metadata(None).await.map_err(|e| read_error(block, e))?;
-    let Some(plan) = plan_read(&metadata, id) else {
+    let groups = plan_read(&metadata, id);
+    if groups.is_empty() {
         return Ok(Vec::new());
-    };
+    }
     let arrow_metadata =
         ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new()).map_err(|e| read_error(block, e))?;
     let file_schema = arrow_metadata.schema().clone();
-    let roots = columns_with_values(&metadata, &plan.row_groups);
-    let mask = ProjectionMask::roots(metadata.file_metadata().schema_descr(), roots.iter().copied());
-    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_metadata)
-        .with_row_groups(plan.row_groups)
-        .with_row_selection(RowSelection::from_consecutive_ranges(plan.rows.into_iter(), plan.total_rows))
-        .with_projection(mask)
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| read_error(block, e))?;
-    let read_schema: SchemaRef = Arc::new(file_schema.project(&roots).map_err(|e| read_error(block, e))?);
+    let columns = metadata.file_metadata().schema_descr();
+    let Some(trace_root) = columns.root_schema().get_fields().iter().position(|f| f.name() == col::TRACE_ID) else {
+        return Err(read_error(block, "the block has no trace_id column"));
+    };
     let mut parents = ParentRebuilder::new();
     let mut out = Vec::new();
     let mut spans = 0;
-    let mut stream = std::pin::pin!(stream);
-    while let Some(batch) = stream.try_next().await.map_err(|e| read_error(block, e))? {
-        let batch = only_trace(&batch, id)?;
-        if batch.num_rows() == 0 {
+    for group in groups {
+        let ids = ProjectionMask::roots(columns, [trace_root]);
+        let ids = read_rows(&mut reader, &metadata, file_schema.fields(), group.row_group, &group.rows, ids)
+            .await
+            .map_err(|e| read_error(block, e))?;
+        let rows = rows_of_trace(&ids, &group.rows, id).map_err(|e| read_error(block, e))?;
+        if rows.is_empty() {
             continue;
         }
-        let batch = parents.to_spans(&complete(&batch, &read_schema)?).map_err(|e| read_error(block, e))?;
-        let batch = match range {
-            Some((start, end)) => starting_within(&batch, start, end)?,
-            None => batch,
-        };
-        let keep = batch.num_rows().min(max_spans - spans);
-        spans += keep;
-        out.push(batch.slice(0, keep));
-        if spans >= max_spans {
-            break;
+        let roots: Vec<usize> =
+            columns_with_values(&metadata, group.row_group).into_iter().filter(|&r| r != trace_root).collect();
+        let read_schema: SchemaRef = Arc::new(file_schema.project(&roots).map_err(|e| read_error(block, e))?);
+        let mask = ProjectionMask::roots(columns, roots.iter().copied());
+        let batches = read_rows(&mut reader, &metadata, file_schema.fields(), group.row_group, &rows, mask)
+            .await
+            .map_err(|e| read_error(block, e))?;
+        for batch in batches {
+            let batch = parents.to_spans(&complete(&batch, &read_schema, id)?).map_err(|e| read_error(block, e))?;
+            let batch = match range {
+                Some((start, end)) => starting_within(&batch, start, end)?,
+                None => batch,
+            };
+            let keep = batch.num_rows().min(max_spans - spans);
+            spans += keep;
+            out.push(batch.slice(0, keep));
+            if spans >= max_spans {
+                return Ok(out);
+            }
         }
     }
     Ok(out)
 }
 
-/// What to read of a block for one trace.
+/// The rows among `candidates` (ranges within a row group, in order) whose trace id is `id`,
+/// given `ids`, the `trace_id` column read at those rows.
+fn rows_of_trace(ids: &[RecordBatch], candidates: &[Range<usize>], id: &[u8; 16]) -> Result<Vec<Range<usize>>> {
+    let mut positions = candidates.iter().cloned().flatten();
+    let mut rows = Vec::new();
+    for batch in ids {
+        let column = batch
+            .columns()
+            .first()
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .ok_or_else(|| QueryError::Internal("trace_id is not a 16-byte id column".into()))?;
+        for value in column.iter() {
+            let row = positions
+                .next()
+                .ok_or_else(|| QueryError::Internal("the trace_id read holds more rows than asked for".into()))?;
+            if value == Some(id.as_slice()) {
+                push_range(&mut rows, row..row + 1);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// What to read of one row group for a trace.
 #[derive(Debug, PartialEq)]
-struct ReadPlan {
-    row_groups: Vec<usize>,
-    /// Row ranges to read, counted over the chosen row groups one after another.
+struct GroupPlan {
+    row_group: usize,
+    /// Candidate rows (within the row group): the pages whose `trace_id` range holds the id.
     rows: Vec<Range<usize>>,
-    total_rows: usize,
 }
 
 /// The row groups and pages of `metadata` whose `trace_id` range holds `id` (all of a row group
-/// or page without statistics); `None` when none can.
-fn plan_read(metadata: &ParquetMetaData, id: &[u8; 16]) -> Option<ReadPlan> {
+/// or page without statistics).
+fn plan_read(metadata: &ParquetMetaData, id: &[u8; 16]) -> Vec<GroupPlan> {
     let columns = metadata.file_metadata().schema_descr();
-    let leaf = (0..columns.num_columns()).find(|&i| columns.column(i).path().string() == col::TRACE_ID)?;
+    let Some(leaf) = (0..columns.num_columns()).find(|&i| columns.column(i).path().string() == col::TRACE_ID) else {
+        return Vec::new();
+    };
     let holds = |min: Option<&[u8]>, max: Option<&[u8]>| {
         min.is_none_or(|m| m <= id.as_slice()) && max.is_none_or(|m| id.as_slice() <= m)
     };
-    let mut plan = ReadPlan { row_groups: Vec::new(), rows: Vec::new(), total_rows: 0 };
+    let mut plan = Vec::new();
     for (rg, group) in metadata.row_groups().iter().enumerate() {
         let stats = group.column(leaf).statistics();
         if !holds(stats.and_then(|s| s.min_bytes_opt()), stats.and_then(|s| s.max_bytes_opt())) {
@@ -114,7 +147,7 @@ fn plan_read(metadata: &ParquetMetaData, id: &[u8; 16]) -> Option<ReadPlan> {
         let rows = group.num_rows() as usize;
         let pages = metadata.offset_index().and_then(|o| o.get(rg)).and_then(|o| o.get(leaf));
         let index = metadata.column_index().and_then(|c| c.get(rg)).and_then(|c| c.get(leaf));
-        let base = plan.total_rows;
+        let mut ranges = Vec::new();
         match (pages, index) {
             (Some(pages), Some(ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(index))) => {
                 let locations = pages.page_locations();
@@ -124,15 +157,16 @@ fn plan_read(metadata: &ParquetMetaData, id: &[u8; 16]) -> Option<ReadPlan> {
                     }
                     let start = location.first_row_index as usize;
                     let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index as usize);
-                    push_range(&mut plan.rows, base + start..base + end.min(rows));
+                    push_range(&mut ranges, start.min(rows)..end.min(rows));
                 }
             }
-            _ => push_range(&mut plan.rows, base..base + rows),
+            _ => push_range(&mut ranges, 0..rows),
         }
-        plan.row_groups.push(rg);
-        plan.total_rows += rows;
+        if !ranges.is_empty() {
+            plan.push(GroupPlan { row_group: rg, rows: ranges });
+        }
     }
-    (!plan.rows.is_empty()).then_some(plan)
+    plan
 }
 
 fn push_range(ranges: &mut Vec<Range<usize>>, range: Range<usize>) {
@@ -143,9 +177,9 @@ fn push_range(ranges: &mut Vec<Range<usize>>, range: Range<usize>) {
     }
 }
 
-/// Top-level columns (by index) with a value in any of `row_groups`: a column is left out only
-/// when the statistics of all its leaves say every value there is null (or an empty list/map).
-fn columns_with_values(metadata: &ParquetMetaData, row_groups: &[usize]) -> Vec<usize> {
+/// Top-level columns (by index) with a value in `row_group`: a column is left out only when the
+/// statistics of all its leaves say every value there is null (or an empty list/map).
+fn columns_with_values(metadata: &ParquetMetaData, row_group: usize) -> Vec<usize> {
     let columns = metadata.file_metadata().schema_descr();
     let roots = columns.root_schema().get_fields().len();
     let mut has_values = vec![false; roots];
@@ -154,13 +188,10 @@ fn columns_with_values(metadata: &ParquetMetaData, row_groups: &[usize]) -> Vec<
         if has_values[root] {
             continue;
         }
-        has_values[root] = row_groups.iter().any(|&rg| {
-            let chunk = metadata.row_group(rg).column(leaf);
-            chunk.statistics().and_then(|s| s.null_count_opt()) != Some(chunk.num_values() as u64)
-        });
+        let chunk = metadata.row_group(row_group).column(leaf);
+        has_values[root] = chunk.statistics().and_then(|s| s.null_count_opt()) != Some(chunk.num_values() as u64);
     }
-    let fields = columns.root_schema().get_fields();
-    (0..roots).filter(|&r| has_values[r] || fields[r].name() == col::TRACE_ID).collect()
+    (0..roots).filter(|&r| has_values[r]).collect()
 }
 
 /// The rows of `batch` in trace `id`.
@@ -177,13 +208,19 @@ pub(crate) fn only_trace(batch: &RecordBatch, id: &[u8; 16]) -> Result<RecordBat
     Ok(filter_record_batch(batch, &mask)?)
 }
 
-/// `batch` (the columns read, as `read` names them) in the block schema: the columns not read
-/// are filled in as null or empty, columns stored with another type are cast.
-fn complete(batch: &RecordBatch, read: &SchemaRef) -> Result<RecordBatch> {
+/// `batch` (the columns read, as `read` names them, of rows of trace `id`) in the block schema:
+/// `trace_id` is `id`, the columns not read are filled in as null or empty, columns stored with
+/// another type are cast.
+fn complete(batch: &RecordBatch, read: &SchemaRef, id: &[u8; 16]) -> Result<RecordBatch> {
     let schema = block_schema();
     let rows = batch.num_rows();
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
+        if field.name() == col::TRACE_ID {
+            let ids = FixedSizeBinaryArray::new(16, Buffer::from(id.repeat(rows)), None);
+            columns.push(Arc::new(ids) as ArrayRef);
+            continue;
+        }
         let column = match read.index_of(field.name()) {
             Ok(i) if batch.column(i).data_type() == field.data_type() => batch.column(i).clone(),
             Ok(i) => cast(batch.column(i), field.data_type())?,

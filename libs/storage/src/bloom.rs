@@ -2,6 +2,8 @@
 //! lookup skips blocks without opening them (the Parquet bloom filters then prune row groups
 //! inside the blocks that remain).
 
+use std::sync::Arc;
+
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
@@ -10,17 +12,18 @@ use xxhash_rust::xxh3::xxh3_128;
 const BITS_PER_KEY: usize = 10;
 const HASHES: u32 = 7;
 
-/// A Bloom filter of trace ids.
+/// A Bloom filter of trace ids. Cloning shares the bits: a block's filter (about a bit per span)
+/// is copied with its block's metadata into every lookup's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceBloom {
-    bits: Vec<u8>,
+    bits: Arc<Vec<u8>>,
 }
 
 impl TraceBloom {
     /// A filter sized for `keys` trace ids.
     pub fn with_capacity(keys: usize) -> Self {
         let bytes = (keys.max(1) * BITS_PER_KEY).div_ceil(8).max(8);
-        Self { bits: vec![0; bytes] }
+        Self { bits: Arc::new(vec![0; bytes]) }
     }
 
     fn positions(&self, trace_id: &[u8]) -> impl Iterator<Item = usize> + '_ {
@@ -33,8 +36,9 @@ impl TraceBloom {
     /// Adds a trace id.
     pub fn insert(&mut self, trace_id: &[u8]) {
         let positions: Vec<usize> = self.positions(trace_id).collect();
+        let bits = Arc::make_mut(&mut self.bits);
         for p in positions {
-            self.bits[p / 8] |= 1 << (p % 8);
+            bits[p / 8] |= 1 << (p % 8);
         }
     }
 
@@ -46,7 +50,7 @@ impl TraceBloom {
 
 impl Serialize for TraceBloom {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.bits))
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.bits.as_slice()))
     }
 }
 
@@ -55,7 +59,7 @@ impl<'de> Deserialize<'de> for TraceBloom {
         let text = String::deserialize(d)?;
         let bits =
             base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)?;
-        Ok(Self { bits })
+        Ok(Self { bits: Arc::new(bits) })
     }
 }
 
