@@ -69,7 +69,11 @@ pub async fn read_trace(
         let ids = read_rows(&mut reader, &metadata, file_schema.fields(), group.row_group, &group.rows, ids)
             .await
             .map_err(|e| read_error(block, e))?;
-        let rows = rows_of_trace(&ids, &group.rows, id).map_err(|e| read_error(block, e))?;
+        let mut rows = rows_of_trace(&ids, &group.rows, id).map_err(|e| read_error(block, e))?;
+        if range.is_none() {
+            // Without a time range every row read is returned: read no more than are wanted.
+            keep_first(&mut rows, max_spans - spans);
+        }
         if rows.is_empty() {
             continue;
         }
@@ -167,6 +171,16 @@ fn plan_read(metadata: &ParquetMetaData, id: &[u8; 16]) -> Vec<GroupPlan> {
         }
     }
     plan
+}
+
+/// Cuts `ranges` down to their first `n` rows.
+fn keep_first(ranges: &mut Vec<Range<usize>>, n: usize) {
+    let mut left = n;
+    ranges.retain_mut(|r| {
+        r.end = r.end.min(r.start + left);
+        left -= r.len();
+        !r.is_empty()
+    });
 }
 
 fn push_range(ranges: &mut Vec<Range<usize>>, range: Range<usize>) {
@@ -273,6 +287,15 @@ mod tests {
         push_range(&mut r, 30..30);
         push_range(&mut r, 40..50);
         assert_eq!(r, vec![0..20, 40..50]);
+    }
+
+    #[test]
+    fn rows_are_cut_to_the_first_n() {
+        let mut r = vec![0..10, 20..30, 40..50];
+        keep_first(&mut r, 15);
+        assert_eq!(r, vec![0..10, 20..25]);
+        keep_first(&mut r, 0);
+        assert!(r.is_empty());
     }
 
     #[test]
