@@ -179,7 +179,7 @@ fn keep_first(ranges: &mut Vec<Range<usize>>, n: usize) {
     ranges.retain_mut(|r| {
         r.end = r.end.min(r.start + left);
         left -= r.len();
-        !r.is_empty()
+        r.start < r.end
     });
 }
 
