@@ -27,7 +27,7 @@ use spindle_storage::parent::ParentRebuilder;
 use spindle_storage::BlockMeta;
 
 use crate::block_reader::PageIndexedReaderFactory;
-use crate::page_read::read_rows;
+use crate::page_read::{page_locations, read_rows};
 use crate::{QueryError, Result};
 
 fn read_error(block: &BlockMeta, e: impl std::fmt::Display) -> QueryError {
@@ -66,9 +66,11 @@ pub async fn read_trace(
     let mut spans = 0;
     for group in groups {
         let ids = ProjectionMask::roots(columns, [trace_root]);
-        let ids = read_rows(&mut reader, &metadata, file_schema.fields(), group.row_group, &group.rows, ids)
-            .await
-            .map_err(|e| read_error(block, e))?;
+        let ids: Vec<RecordBatch> =
+            read_rows(&mut reader, &metadata, file_schema.fields(), group.row_group, &group.rows, ids)
+                .await
+                .and_then(|batches| batches.collect::<std::result::Result<_, _>>().map_err(Into::into))
+                .map_err(|e| read_error(block, e))?;
         let mut rows = rows_of_trace(&ids, &group.rows, id).map_err(|e| read_error(block, e))?;
         if range.is_none() {
             // Without a time range every row read is returned: read no more than are wanted.
@@ -85,6 +87,7 @@ pub async fn read_trace(
             .await
             .map_err(|e| read_error(block, e))?;
         for batch in batches {
+            let batch = batch.map_err(|e| read_error(block, e))?;
             let batch = parents.to_spans(&complete(&batch, &read_schema, id)?).map_err(|e| read_error(block, e))?;
             let batch = match range {
                 Some((start, end)) => starting_within(&batch, start, end)?,
@@ -149,12 +152,13 @@ fn plan_read(metadata: &ParquetMetaData, id: &[u8; 16]) -> Vec<GroupPlan> {
             continue;
         }
         let rows = group.num_rows() as usize;
-        let pages = metadata.offset_index().and_then(|o| o.get(rg)).and_then(|o| o.get(leaf));
+        let pages = page_locations(metadata, rg, leaf);
         let index = metadata.column_index().and_then(|c| c.get(rg)).and_then(|c| c.get(leaf));
         let mut ranges = Vec::new();
         match (pages, index) {
-            (Some(pages), Some(ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(index))) => {
-                let locations = pages.page_locations();
+            (Some(locations), Some(ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(index)))
+                if index.num_pages() == locations.len() as u64 =>
+            {
                 for (page, location) in locations.iter().enumerate() {
                     if !holds(index.min_value(page), index.max_value(page)) {
                         continue;
@@ -185,8 +189,8 @@ fn keep_first(ranges: &mut Vec<Range<usize>>, n: usize) {
 
 fn push_range(ranges: &mut Vec<Range<usize>>, range: Range<usize>) {
     match ranges.last_mut() {
+        _ if range.start >= range.end => {}
         Some(last) if last.end == range.start => last.end = range.end,
-        _ if range.is_empty() => {}
         _ => ranges.push(range),
     }
 }
