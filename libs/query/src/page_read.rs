@@ -2,9 +2,9 @@
 //! one zstd context per thread.
 //!
 //! The Parquet crate's readers build a zstd compressor and decompressor for every column chunk
-//! they open. Each runs `cpuid` several times, which a virtual machine traps: on the machines
-//! Spindle runs on that cost about 25 µs per column chunk, more than decoding the few pages a
-//! point read needs. Here the column chunks are handed to the Parquet page reader as if
+//! they open. Each runs `cpuid` several times, which a virtual machine traps: on the 2-vCPU VM
+//! the benchmarks ran on that cost about 25 µs per column chunk, more than decoding the few pages
+//! a point read needs. Here the column chunks are handed to the Parquet page reader as if
 //! uncompressed, and each page it yields is inflated with this thread's zstd context.
 
 use std::cell::RefCell;
@@ -36,7 +36,7 @@ thread_local! {
 /// is the block's whole Arrow schema (it gives the Arrow types of the columns).
 pub async fn read_rows(
     reader: &mut (dyn AsyncFileReader + Send),
-    metadata: &Arc<ParquetMetaData>,
+    metadata: &ParquetMetaData,
     fields: &Fields,
     row_group: usize,
     rows: &[Range<usize>],

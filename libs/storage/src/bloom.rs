@@ -26,25 +26,26 @@ impl TraceBloom {
         Self { bits: Arc::new(vec![0; bytes]) }
     }
 
-    fn positions(&self, trace_id: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    /// The bits of `trace_id` in a filter of `bytes` bytes.
+    fn positions(bytes: usize, trace_id: &[u8]) -> impl Iterator<Item = usize> {
         let h = xxh3_128(trace_id);
         let (h1, h2) = (h as u64, (h >> 64) as u64 | 1);
-        let m = (self.bits.len() * 8) as u64;
+        let m = (bytes * 8) as u64;
         (0..HASHES).map(move |i| (h1.wrapping_add((i as u64).wrapping_mul(h2)) % m) as usize)
     }
 
     /// Adds a trace id.
     pub fn insert(&mut self, trace_id: &[u8]) {
-        let positions: Vec<usize> = self.positions(trace_id).collect();
         let bits = Arc::make_mut(&mut self.bits);
-        for p in positions {
+        for p in Self::positions(bits.len(), trace_id) {
             bits[p / 8] |= 1 << (p % 8);
         }
     }
 
     /// Whether the trace id may be in the block (false: certainly not).
     pub fn may_contain(&self, trace_id: &[u8]) -> bool {
-        !self.bits.is_empty() && self.positions(trace_id).all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
+        !self.bits.is_empty()
+            && Self::positions(self.bits.len(), trace_id).all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
     }
 }
 
