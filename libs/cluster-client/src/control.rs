@@ -5,7 +5,9 @@ use std::time::Duration;
 use spindle_auth::cluster::InternalChannel;
 use spindle_cluster::{ClusterState, MetaCommand, MetaError, NodeId};
 use spindle_proto::storage::cluster_client::ClusterClient;
-use spindle_proto::storage::{HelloRequest, MetaReadIndexRequest, ProposeMetaRequest, TopologyRequest};
+use spindle_proto::storage::{
+    CampaignRequest, HelloRequest, MetaReadIndexRequest, ProposeMetaRequest, TopologyRequest,
+};
 
 use crate::{Channels, ClientError};
 
@@ -97,6 +99,12 @@ impl ControlClient {
         let refused: MetaError = serde_json::from_str(&r.refused_json)
             .map_err(|source| ClientError::Decode { addr: self.addr.clone(), source })?;
         Ok(Err(refused))
+    }
+
+    /// Asks the node to stand for election as leader of `shard` now (a leadership hand-over).
+    pub async fn campaign(&self, shard: u32) -> Result<(), ClientError> {
+        self.client.clone().campaign(Self::request(CampaignRequest { shard })).await.map_err(|s| self.rpc(s))?;
+        Ok(())
     }
 
     /// The metadata leader's read index (called on the leader).

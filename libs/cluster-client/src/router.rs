@@ -15,7 +15,7 @@ use spindle_cluster::{NodeId, ShardId};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{BlockMeta, TenantId};
 use spindle_storage_api::grpc::GrpcStorageClient;
-use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, ShardRead, ShardReadRequest, StorageApi};
+use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, Push, ShardRead, ShardReadRequest, StorageApi};
 
 use crate::watch::TopologyWatch;
 use crate::Channels;
@@ -89,6 +89,74 @@ impl ShardRouter {
             async move { api.push(shard, &tenant, batch).await }
         })
         .await
+    }
+
+    /// Appends batches to their shards (see [`StorageApi::push`]); the rows stored in all.
+    /// The batches bound for the shards one node leads go to it in one call; a batch that
+    /// call does not store (a leader moved, a node is down) is retried on its own as
+    /// [`ShardRouter::push`] does.
+    pub async fn push_all(&self, tenant: &TenantId, parts: Vec<(ShardId, EncodedBatch)>) -> Result<u64, ApiError> {
+        if parts.len() == 1 {
+            let (shard, batch) = parts.into_iter().next().ok_or_else(|| ApiError::Internal("no part".into()))?;
+            return self.push(shard, tenant, batch).await;
+        }
+        let topology = self.topology.current();
+        let mut by_node: HashMap<NodeId, Vec<Push>> = HashMap::new();
+        let mut unrouted = Vec::new();
+        for (shard, batch) in parts {
+            let replicas: Vec<NodeId> =
+                topology.state.shards.get(&shard).map(|s| s.hosts().collect()).unwrap_or_default();
+            match self.target(shard, &replicas, &mut 0) {
+                Some(node) => by_node.entry(node).or_default().push(Push { shard, tenant: tenant.clone(), batch }),
+                None => unrouted.push((shard, batch)),
+            }
+        }
+        let attempt = self.config.attempt_timeout;
+        let calls = by_node.into_iter().map(|(node, pushes)| async move {
+            let results = match self.api(node) {
+                Ok(api) => match tokio::time::timeout(attempt, api.push_many(pushes.clone())).await {
+                    Ok(results) => results,
+                    Err(_) => {
+                        let e = ApiError::Unreachable(format!("node {node} did not answer within {attempt:?}"));
+                        pushes.iter().map(|_| Err(e.clone())).collect()
+                    }
+                },
+                Err(e) => pushes.iter().map(|_| Err(e.clone())).collect(),
+            };
+            (node, pushes, results)
+        });
+        let mut rows = 0;
+        let mut retries = Vec::new();
+        for (node, pushes, results) in futures::future::join_all(calls).await {
+            for (push, result) in pushes.into_iter().zip(results) {
+                match result {
+                    Ok(n) => {
+                        self.set_leader(push.shard, Some(node));
+                        rows += n;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        // Learn what the call taught, as a single push would, before retrying.
+                        match &e {
+                            ApiError::NotLeader { leader: Some(hint), .. } if *hint != node => {
+                                self.set_leader(push.shard, Some(*hint))
+                            }
+                            ApiError::NotLeader { .. } => self.set_leader(push.shard, None),
+                            ApiError::Unreachable(_) => {
+                                self.set_leader(push.shard, None);
+                                self.suspect(node);
+                            }
+                            _ => {}
+                        }
+                        retries.push((push.shard, push.batch));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        retries.extend(unrouted);
+        let again =
+            futures::future::try_join_all(retries.into_iter().map(|(shard, batch)| self.push(shard, tenant, batch)));
+        Ok(rows + again.await?.into_iter().sum::<u64>())
     }
 
     /// Reads a shard; see [`StorageApi::read`].

@@ -65,36 +65,107 @@ pub fn resource_spans_to_batch_limited(
     max_expanded_bytes: usize,
     span_sizes: bool,
 ) -> Result<Converted> {
+    let split = resource_spans_to_batches(resource_spans, max_expanded_bytes, span_sizes, 1, |_| 0)?;
+    let (batch, sizes) = split
+        .batches
+        .into_iter()
+        .next()
+        .map_or_else(|| (RecordBatch::new_empty(span_schema()), Vec::new()), |p| (p.batch, p.span_sizes));
+    Ok(Converted { batch, rejected: split.rejected, first_error: split.first_error, span_sizes: sizes })
+}
+
+/// One batch of a [`Split`].
+#[derive(Debug)]
+pub struct SplitBatch {
+    /// The slot its spans were put in.
+    pub slot: usize,
+    /// The spans (at least one).
+    pub batch: RecordBatch,
+    /// Protobuf-encoded size of each span, in row order; empty unless asked for.
+    pub span_sizes: Vec<u32>,
+}
+
+/// A request converted into one batch per slot.
+#[derive(Debug)]
+pub struct Split {
+    /// The non-empty batches, by slot.
+    pub batches: Vec<SplitBatch>,
+    /// Spans refused because they are invalid.
+    pub rejected: u64,
+    /// Why the first refused span was refused.
+    pub first_error: Option<String>,
+}
+
+/// Converts a request as [`resource_spans_to_batch_limited`] does, but into `slots` batches:
+/// each valid span goes to the batch of the slot `slot_of` picks for its trace id (a slot past
+/// the last counts as the last). The spans are converted in slot order into one batch, and each
+/// slot's batch is a slice of it: a request is split by shard without copying rows and at the
+/// cost of one conversion.
+pub fn resource_spans_to_batches(
+    resource_spans: &[ResourceSpans],
+    max_expanded_bytes: usize,
+    span_sizes: bool,
+    slots: usize,
+    slot_of: impl Fn(&[u8]) -> usize,
+) -> Result<Split> {
     let expanded = expanded_size(resource_spans);
     if expanded > max_expanded_bytes {
         return Err(crate::ConvertError::TooLarge(format!(
             "request expands to {expanded} bytes of span data (every span repeats its resource and scope); the limit is {max_expanded_bytes} bytes"
         )));
     }
-    let capacity: usize = resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-    let mut b = BatchBuilder::with_capacity(capacity);
+    let slots = slots.max(1);
+    let resources: Vec<ResourceRow> = resource_spans.iter().map(|rs| ResourceRow::new(rs.resource.as_ref())).collect();
+    let default_scope = InstrumentationScope::default();
+    // Where each valid span is, by slot: (resource, scope, span) positions.
+    let mut by_slot: Vec<Vec<(u32, u32, u32)>> = vec![Vec::new(); slots];
     let mut rejected = 0;
     let mut first_error = None;
-    let mut sizes = Vec::with_capacity(if span_sizes { capacity } else { 0 });
-    for rs in resource_spans {
-        let resource = ResourceRow::new(rs.resource.as_ref());
-        for ss in &rs.scope_spans {
-            let default_scope = InstrumentationScope::default();
-            let scope = ss.scope.as_ref().unwrap_or(&default_scope);
-            for span in &ss.spans {
+    for (r, rs) in resource_spans.iter().enumerate() {
+        for (k, ss) in rs.scope_spans.iter().enumerate() {
+            for (n, span) in ss.spans.iter().enumerate() {
                 if let Err(reason) = validate(span) {
                     rejected += 1;
                     first_error.get_or_insert(reason);
                     continue;
                 }
-                b.push(&resource, &rs.schema_url, scope, &ss.schema_url, span)?;
-                if span_sizes {
-                    sizes.push(u32::try_from(prost::Message::encoded_len(span)).unwrap_or(u32::MAX));
-                }
+                let slot = if slots == 1 { 0 } else { slot_of(&span.trace_id).min(slots - 1) };
+                by_slot[slot].push((r as u32, k as u32, n as u32));
             }
         }
     }
-    Ok(Converted { batch: b.finish()?, rejected, first_error, span_sizes: sizes })
+    let total: usize = by_slot.iter().map(Vec::len).sum();
+    let mut b = BatchBuilder::with_capacity(total);
+    let mut sizes = Vec::with_capacity(if span_sizes { total } else { 0 });
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for (slot, spans) in by_slot.iter().enumerate() {
+        if spans.is_empty() {
+            continue;
+        }
+        ranges.push((slot, start, spans.len()));
+        start += spans.len();
+        for &(r, k, n) in spans {
+            let rs = &resource_spans[r as usize];
+            let ss = &rs.scope_spans[k as usize];
+            let span = &ss.spans[n as usize];
+            let scope = ss.scope.as_ref().unwrap_or(&default_scope);
+            b.push(&resources[r as usize], &rs.schema_url, scope, &ss.schema_url, span)?;
+            if span_sizes {
+                sizes.push(u32::try_from(prost::Message::encoded_len(span)).unwrap_or(u32::MAX));
+            }
+        }
+    }
+    let batch = b.finish()?;
+    let batches = ranges
+        .into_iter()
+        .map(|(slot, start, len)| SplitBatch {
+            slot,
+            batch: batch.slice(start, len),
+            span_sizes: if span_sizes { sizes[start..start + len].to_vec() } else { Vec::new() },
+        })
+        .collect();
+    Ok(Split { batches, rejected, first_error })
 }
 
 fn validate(span: &Span) -> Result<(), String> {

@@ -11,14 +11,15 @@ use spindle_proto::storage::read_chunk::Chunk;
 use spindle_proto::storage::storage_client::StorageClient;
 use spindle_proto::storage::storage_server::{Storage, StorageServer};
 use spindle_proto::storage::{
-    CompactionRequest, CompactionResponse, PushRequest, PushResponse, ReadChunk, ReadHeader, ReadRequest,
+    CompactionRequest, CompactionResponse, PushManyRequest, PushManyResponse, PushRequest, PushResponse, PushResult,
+    ReadChunk, ReadHeader, ReadRequest,
 };
 use spindle_schema::ipc::{self, EncodedBatch};
 use spindle_storage::{BlockMeta, TenantId};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
-use crate::{ApiError, CompactionJob, CompactionPolicy, ShardId, ShardRead, ShardReadRequest, StorageApi};
+use crate::{ApiError, CompactionJob, CompactionPolicy, Push, ShardId, ShardRead, ShardReadRequest, StorageApi};
 
 /// Largest internal message: a push of one chunk of an OTLP request, or one slice of a read.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -72,6 +73,33 @@ impl ApiError {
     }
 }
 
+/// The result of one push, as it travels in a `PushMany` answer.
+fn push_result(result: Result<u64, ApiError>) -> PushResult {
+    match result {
+        Ok(rows) => PushResult { rows, ..Default::default() },
+        Err(e) => {
+            let leader = match &e {
+                ApiError::NotLeader { leader, .. } => *leader,
+                _ => None,
+            };
+            let status = Status::from(e);
+            PushResult { rows: 0, error_code: status.code() as i32, error: status.message().to_string(), leader }
+        }
+    }
+}
+
+/// A `PushMany` result back into what a `Push` call would have answered.
+fn from_push_result(r: PushResult, shard: ShardId) -> Result<u64, ApiError> {
+    if r.error_code == 0 {
+        return Ok(r.rows);
+    }
+    let mut metadata = MetadataMap::new();
+    if let Some(l) = r.leader {
+        metadata.insert(LEADER_METADATA, MetadataValue::from(l));
+    }
+    Err(ApiError::from_status(&Status::with_metadata(Code::from_i32(r.error_code), r.error, metadata), shard))
+}
+
 /// Body of a `CommitCompaction` call.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CommitBody {
@@ -114,6 +142,30 @@ impl StorageApi for GrpcStorageClient {
         match self.client.clone().push(request).await {
             Ok(r) => Ok(r.into_inner().rows),
             Err(s) => Err(ApiError::from_status(&s, shard)),
+        }
+    }
+
+    async fn push_many(&self, pushes: Vec<Push>) -> Vec<Result<u64, ApiError>> {
+        let request = PushManyRequest {
+            pushes: pushes
+                .iter()
+                .map(|p| PushRequest { shard: p.shard, tenant: p.tenant.to_string(), arrow_ipc: p.batch.ipc().clone() })
+                .collect(),
+        };
+        match self.client.clone().push_many(request).await {
+            Ok(r) => {
+                let results = r.into_inner().results;
+                if results.len() != pushes.len() {
+                    let e = ApiError::Internal(format!("{} results for {} pushes", results.len(), pushes.len()));
+                    return pushes.iter().map(|_| Err(e.clone())).collect();
+                }
+                results.into_iter().zip(&pushes).map(|(r, p)| from_push_result(r, p.shard)).collect()
+            }
+            // A node of an earlier version: one call per push.
+            Err(s) if s.code() == Code::Unimplemented => {
+                futures::future::join_all(pushes.iter().map(|p| self.push(p.shard, &p.tenant, p.batch.clone()))).await
+            }
+            Err(s) => pushes.iter().map(|p| Err(ApiError::from_status(&s, p.shard))).collect(),
         }
     }
 
@@ -212,6 +264,35 @@ impl Storage for StorageGrpcServer {
         }
         let rows = self.api.push(r.shard, &tenant, batch).await?;
         Ok(Response::new(PushResponse { rows }))
+    }
+
+    async fn push_many(&self, request: Request<PushManyRequest>) -> Result<Response<PushManyResponse>, Status> {
+        let pushes = request.into_inner().pushes;
+        let mut valid = Vec::with_capacity(pushes.len());
+        let mut results: Vec<Option<PushResult>> = Vec::with_capacity(pushes.len());
+        for p in pushes {
+            let decoded = TenantId::new(&p.tenant)
+                .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+                .and_then(|tenant| Ok((tenant, EncodedBatch::decode(p.arrow_ipc).map_err(invalid)?)));
+            match decoded {
+                Ok((_, batch)) if batch.num_rows() == 0 => results.push(Some(push_result(Ok(0)))),
+                Ok((tenant, batch)) => {
+                    results.push(None);
+                    valid.push(Push { shard: p.shard, tenant, batch });
+                }
+                Err(e) => results.push(Some(push_result(Err(e)))),
+            }
+        }
+        let mut stored = self.api.push_many(valid).await.into_iter();
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    push_result(stored.next().unwrap_or(Err(ApiError::Internal("missing result".into()))))
+                })
+            })
+            .collect();
+        Ok(Response::new(PushManyResponse { results }))
     }
 
     type ReadStream = BoxStream<'static, Result<ReadChunk, Status>>;

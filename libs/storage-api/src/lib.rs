@@ -81,6 +81,17 @@ impl ApiError {
     }
 }
 
+/// One batch for one shard, in a [`StorageApi::push_many`] call.
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// The shard.
+    pub shard: ShardId,
+    /// Whose spans.
+    pub tenant: TenantId,
+    /// The spans.
+    pub batch: EncodedBatch,
+}
+
 /// Calls an ingester or querier makes to one storage node.
 #[async_trait::async_trait]
 pub trait StorageApi: Send + Sync + 'static {
@@ -88,6 +99,12 @@ pub trait StorageApi: Send + Sync + 'static {
     /// shard's quorum. Sending the same batch again after an unknown outcome stores it once
     /// (the leader recognises a batch it committed recently by its digest).
     async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError>;
+
+    /// Appends several batches, each to its shard as [`StorageApi::push`] would, in one call to
+    /// the node; the result of each, in order. The pushes are committed concurrently.
+    async fn push_many(&self, pushes: Vec<Push>) -> Vec<Result<u64, ApiError>> {
+        futures::future::join_all(pushes.iter().map(|p| self.push(p.shard, &p.tenant, p.batch.clone()))).await
+    }
 
     /// Reads a shard's committed blocks and unflushed spans (linearizable: everything
     /// acknowledged before the call is included).

@@ -4,10 +4,11 @@
 //! the API key (or `X-Scope-OrgID`) -> [`Ingester::ingest`]: a share of the node's in-flight byte
 //! budget and of the tenant's rate limit (refused at once with a retry hint when there is none)
 //! -> strings, attributes, events and links cut to the tenant's limits (counted) -> convert to
-//! one span batch (invalid spans are counted as rejected, per OTLP partial success) -> split by the ring's shard for each trace id (the
-//! ring of the current topology) -> cut into pushes of at most `max_push_bytes` -> each pushed
-//! to its shard's leader through the `ShardRouter` (which follows leader changes and retries)
-//! -> answer once every shard has committed. A client retry after a partial failure sends the
+//! one span batch per shard, each span put in the batch of the ring's shard for its trace id
+//! (the ring of the current topology; invalid spans are counted as rejected, per OTLP partial
+//! success) -> cut into pushes of at most `max_push_bytes`, each encoded once -> sent to the
+//! shards' leaders, one call per storage node, through the `ShardRouter` (which follows leader
+//! changes and retries) -> answer once every shard has committed. A client retry after a partial failure sends the
 //! same pushes again, which the shards that committed them recognise and do not store twice.
 
 pub mod grpc;
@@ -18,16 +19,14 @@ mod rpc_status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use spindle_auth::{Access, Auth, AuthError};
 use spindle_cluster_client::ShardRouter;
 use spindle_generator::tee::SpanTee;
 use spindle_limits::{LimitsTable, RateLimiter};
 use spindle_otlp::limits::SpanLimits;
-use spindle_otlp::to_arrow::{resource_spans_to_batch_limited, DEFAULT_MAX_EXPANDED_BYTES};
-use spindle_schema::col;
+use spindle_otlp::to_arrow::{resource_spans_to_batches, DEFAULT_MAX_EXPANDED_BYTES};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::TenantId;
 use spindle_storage_api::ApiError;
@@ -266,36 +265,44 @@ impl Ingester {
         if !truncated.is_empty() {
             self.metrics.truncated(tenant.as_str(), &truncated);
         }
-        let converted = resource_spans_to_batch_limited(
+        let topology = self.router.topology().current();
+        let ring = topology.ring.as_ref().ok_or_else(|| {
+            IngestError::Unavailable("the ingester has not reached the cluster metadata yet; retry shortly".into())
+        })?;
+        let shards = ring.tenant_shards(tenant.as_str());
+        // One batch per shard, built as the spans are converted (no rows copied to split them).
+        let slot_of = |trace_id: &[u8]| {
+            let shard = ring.shard_for(&shards, trace_id);
+            shards.iter().position(|s| *s == shard).unwrap_or(0)
+        };
+        let split = resource_spans_to_batches(
             &request.resource_spans,
             self.config.max_expanded_bytes,
             self.tee.is_some(),
+            shards.len(),
+            slot_of,
         )
         .map_err(|e| match e {
             spindle_otlp::ConvertError::TooLarge(m) => refuse("too_large", IngestError::TooLarge(m)),
             other => refuse("invalid", IngestError::Invalid(other.to_string())),
         })?;
         drop(request);
-        if converted.rejected > 0 {
-            self.metrics.rejected(tenant.as_str(), "invalid_span", converted.rejected);
+        if split.rejected > 0 {
+            self.metrics.rejected(tenant.as_str(), "invalid_span", split.rejected);
         }
-        let rows = converted.batch.num_rows() as u64;
+        let rows: u64 = split.batches.iter().map(|b| b.batch.num_rows() as u64).sum();
         if rows > 0 {
-            let topology = self.router.topology().current();
-            let ring = topology.ring.as_ref().ok_or_else(|| {
-                IngestError::Unavailable("the ingester has not reached the cluster metadata yet; retry shortly".into())
-            })?;
-            let shards = ring.tenant_shards(tenant.as_str());
-            let teed = self.tee.as_ref().map(|_| converted.batch.clone());
-            let mut pushes = Vec::new();
-            for (shard, part) in split_by_shard(ring, &shards, converted.batch)? {
-                for chunk in chunks(&part, self.config.max_push_bytes) {
+            let mut parts = Vec::new();
+            for part in &split.batches {
+                let shard = shards.get(part.slot).copied().unwrap_or(0);
+                for chunk in chunks(&part.batch, self.config.max_push_bytes) {
                     let encoded = EncodedBatch::encode(chunk)
                         .map_err(|e| IngestError::Internal(format!("encoding spans: {e}")))?;
-                    pushes.push(self.router.push(shard, tenant, encoded));
+                    parts.push((shard, encoded));
                 }
             }
-            if let Err(e) = futures::future::try_join_all(pushes).await {
+            // One call per storage node for all the shards it leads.
+            if let Err(e) = self.router.push_all(tenant, parts).await {
                 let reason = match &e {
                     ApiError::Overloaded(_) => "overloaded",
                     ApiError::Unavailable(_) | ApiError::Unreachable(_) | ApiError::NotLeader { .. } => "unavailable",
@@ -307,11 +314,13 @@ impl Ingester {
             self.metrics.spans_received.inc_by(rows);
             // Only committed spans are counted by the generator, so a retried request is not
             // counted twice for a failure.
-            if let (Some(tee), Some(batch)) = (&self.tee, teed) {
-                tee.offer(tenant, &batch, &converted.span_sizes);
+            if let Some(tee) = &self.tee {
+                for part in &split.batches {
+                    tee.offer(tenant, &part.batch, &part.span_sizes);
+                }
             }
         }
-        Ok(Outcome { accepted: rows, rejected: converted.rejected, message: converted.first_error })
+        Ok(Outcome { accepted: rows, rejected: split.rejected, message: split.first_error })
     }
 }
 
@@ -325,35 +334,4 @@ fn chunks(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
     }
     let per_chunk = (rows * max_bytes / bytes).max(1);
     (0..rows).step_by(per_chunk).map(|start| batch.slice(start, per_chunk.min(rows - start))).collect()
-}
-
-/// Splits a batch into one batch per shard, by the ring's placement of each trace id.
-fn split_by_shard(
-    ring: &spindle_ring::Ring,
-    shards: &[u32],
-    batch: RecordBatch,
-) -> Result<Vec<(u32, RecordBatch)>, IngestError> {
-    if shards.len() <= 1 {
-        return Ok(vec![(shards.first().copied().unwrap_or(0), batch)]);
-    }
-    let ids = batch
-        .column_by_name(col::TRACE_ID)
-        .ok_or_else(|| IngestError::Internal("batch has no trace_id".into()))?
-        .as_fixed_size_binary();
-    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); shards.len()];
-    for i in 0..batch.num_rows() {
-        let shard = ring.shard_for(shards, ids.value(i));
-        let slot = shards.iter().position(|s| *s == shard).unwrap_or(0);
-        rows[slot].push(i as u32);
-    }
-    let mut out = Vec::new();
-    for (slot, indices) in rows.into_iter().enumerate() {
-        if indices.is_empty() {
-            continue;
-        }
-        let part =
-            take_record_batch(&batch, &UInt32Array::from(indices)).map_err(|e| IngestError::Internal(e.to_string()))?;
-        out.push((shards[slot], part));
-    }
-    Ok(out)
 }
