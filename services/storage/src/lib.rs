@@ -3,7 +3,8 @@
 //! joining) and Raft traffic for all of them over one gRPC server.
 //!
 //! - [`shard::Shard`]: a data shard. Pushes are grouped into one Raft entry per commit
-//!   (group commit); the committed entry is the write-ahead log ([`log_store`]); the state
+//!   (group commit); the committed entry is the write-ahead log (every group of the node
+//!   shares one, `spindle-wal`; [`raft_log`] is a group's view of it); the state
 //!   machine ([`shard_sm`]) buffers spans until the leader flushes them to a Parquet block,
 //!   commits the block through Raft (fenced by log range and term) and snapshots metadata only.
 //! - [`meta_sm`]: the metadata group's state machine: the cluster state of `spindle-cluster`.
@@ -15,11 +16,12 @@
 
 pub mod admin;
 pub mod controller;
-pub mod log_store;
+mod legacy_log;
 pub mod meta_sm;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod raft_log;
 pub mod raft_types;
 pub mod service;
 pub mod shard;
@@ -40,6 +42,9 @@ pub enum NodeError {
     /// Local disk I/O failed.
     #[error("io: {0}")]
     Io(#[from] io::Error),
+    /// The node's write-ahead log failed (or is damaged).
+    #[error(transparent)]
+    Wal(#[from] spindle_wal::WalError),
     /// Block storage failed.
     #[error(transparent)]
     Storage(#[from] spindle_storage::StorageError),
@@ -64,7 +69,8 @@ impl NodeError {
 /// Raft timing of every group on a node.
 #[derive(Debug, Clone)]
 pub struct RaftTiming {
-    /// Leader heartbeat; also how long openraft gives a follower to take one AppendEntries.
+    /// Leader heartbeat (sent for every group of a node at once); also how long openraft gives
+    /// a follower to take one AppendEntries.
     pub heartbeat: Duration,
     /// A follower that hears nothing from its leader for `max` (openraft's leader lease) plus
     /// a random time in `[min, max)` starts an election: with the defaults a dead leader is
@@ -92,6 +98,9 @@ impl RaftTiming {
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             election_timeout_min: self.election_min.as_millis() as u64,
             election_timeout_max: self.election_max.as_millis() as u64,
+            // The node sends every group's heartbeats at once (`StorageNode`), so they share
+            // frames on the Raft streams.
+            enable_heartbeat: false,
             install_snapshot_timeout: 10_000,
             max_payload_entries: 512,
             replication_lag_threshold: 100_000,

@@ -85,7 +85,11 @@ impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
             SnapshotFile { meta, state: inner.state.clone() }
         };
         let bytes = serde_json::to_vec(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let bytes = self
+            .snapshots
+            .save_blocking(file.meta.last_log_id, bytes)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
@@ -144,13 +148,15 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
             serde_json::from_slice(snapshot.get_ref()).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         file.meta = meta.clone();
         let bytes = serde_json::to_vec(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.snapshots.save_blocking(file.meta.last_log_id, bytes).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.restore(file);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<MetaTypes>>, StorageError> {
-        let Some(bytes) = self.snapshots.read().map_err(|e| snap_err(ErrorVerb::Read, e))? else { return Ok(None) };
+        let Some(bytes) = self.snapshots.read_blocking().await.map_err(|e| snap_err(ErrorVerb::Read, e))? else {
+            return Ok(None);
+        };
         let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }

@@ -25,8 +25,16 @@ pub struct StorageMetrics {
     pub blocks: Gauge,
     /// In-memory bytes of unflushed spans.
     pub unflushed_bytes: Gauge,
-    /// Bytes of Raft logs on disk.
+    /// Bytes of Raft logs on disk (the node's shared write-ahead log).
     pub raft_log_bytes: Gauge,
+    /// Segment files of the write-ahead log.
+    pub wal_segments: Gauge,
+    /// Raft entries written to the write-ahead log (all groups).
+    pub wal_appends: Counter,
+    /// Writes of the write-ahead log (each holds the entries of every group waiting then).
+    pub wal_batches: Counter,
+    /// `fdatasync` calls of the write-ahead log.
+    pub wal_syncs: Counter,
     /// Shard replicas hosted here.
     pub shards_hosted: Gauge,
     /// Shards this node leads.
@@ -62,6 +70,14 @@ impl StorageMetrics {
         r.register("blocks", "Committed blocks on this node's shards", m.blocks.clone());
         r.register("unflushed_bytes", "In-memory bytes of spans not yet in a block", m.unflushed_bytes.clone());
         r.register("raft_log_bytes", "Bytes of Raft logs on disk", m.raft_log_bytes.clone());
+        r.register("wal_segments", "Segment files of the node's write-ahead log", m.wal_segments.clone());
+        r.register("wal_appends", "Raft entries written to the write-ahead log, all groups", m.wal_appends.clone());
+        r.register(
+            "wal_batches",
+            "Writes of the write-ahead log (each holds what every group had waiting)",
+            m.wal_batches.clone(),
+        );
+        r.register("wal_syncs", "fdatasync calls of the write-ahead log", m.wal_syncs.clone());
         r.register("shards_hosted", "Shard replicas hosted on this node", m.shards_hosted.clone());
         r.register("shards_leading", "Shards this node leads", m.shards_leading.clone());
         r.register("shards_without_leader", "Hosted shards whose group has no leader", m.shards_without_leader.clone());

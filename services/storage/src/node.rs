@@ -30,12 +30,13 @@ use spindle_cluster_client::{Channels, ControlClient};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{BlockMeta, TenantId};
 use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, ShardRead, ShardReadRequest, StorageApi};
+use spindle_wal::{Wal, WalOptions};
 use tokio::sync::watch;
 
-use crate::log_store::LogStore;
 use crate::meta_sm::MetaStateMachine;
 use crate::metrics::StorageMetrics;
-use crate::network::{GrpcNetwork, RaftGroups};
+use crate::network::{GrpcNetwork, RaftGroups, RaftLinks};
+use crate::raft_log::{self, GroupLog};
 use crate::raft_types::{MetaTypes, ShardTypes};
 use crate::shard::{Shard, ShardConfig, ShardContext};
 use crate::NodeError;
@@ -83,13 +84,14 @@ pub struct StorageNode {
     topology: watch::Receiver<Arc<Topology>>,
     shards: RwLock<BTreeMap<ShardId, Arc<Shard>>>,
     shard_context: ShardContext,
-    opening: tokio::sync::Mutex<()>,
+    opening: Mutex<HashMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
     moves: Mutex<HashSet<ShardId>>,
     leaders: Mutex<HashMap<ShardId, Option<NodeId>>>,
     metrics: StorageMetrics,
     stop: watch::Sender<bool>,
     identity: Mutex<Identity>,
     incarnation: u64,
+    wal: Wal,
 }
 
 /// Whether this node may take part in the cluster's Raft groups.
@@ -105,6 +107,9 @@ enum Identity {
     /// message says what to do).
     LostData(String),
 }
+
+/// How often a node checks that it leads only the shards it is preferred for.
+const BALANCE_EVERY: Duration = Duration::from_secs(5);
 
 /// How many replica moves the controller runs at once.
 pub const MAX_MOVES: usize = 2;
@@ -146,12 +151,16 @@ impl StorageNode {
             )));
         }
         let meta_dir = config.dir.join("meta");
+        let wal_dir = config.dir.join("wal");
         // Nothing on disk yet: a new node, or one whose disk was replaced (see `Identity`).
-        let fresh = !meta_dir.join("log").exists();
+        let fresh = !meta_dir.join("log").exists() && !wal_dir.exists();
         let other_seeds = config.seeds.iter().any(|s| *s != config.advertise_addr);
         let identity = if fresh && other_seeds { Identity::Unchecked } else { Identity::Known };
         let incarnation = load_incarnation(&config.dir)?;
-        let log = LogStore::<MetaTypes>::open(&meta_dir.join("log"), config.shard.log.clone())?;
+        let wal = open_wal(&wal_dir, &config.shard.log).await?;
+        crate::legacy_log::import::<MetaTypes>(&meta_dir.join("log"), &wal, spindle_cluster::META_GROUP).await?;
+        drop_orphaned_groups(&wal, &config.dir.join("shards")).await?;
+        let log = GroupLog::<MetaTypes>::open(&wal, spindle_cluster::META_GROUP, config.shard.log.clone())?;
         let sm = MetaStateMachine::open(&meta_dir.join("state"))?;
         let topology = sm.topology();
         let raft_config = openraft::Config {
@@ -161,10 +170,11 @@ impl StorageNode {
         }
         .validate()
         .map_err(NodeError::raft)?;
+        let links = RaftLinks::new(channels.clone());
         let meta = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            GrpcNetwork::new(spindle_cluster::META_GROUP, channels.clone()),
+            GrpcNetwork::new(spindle_cluster::META_GROUP, links.clone()),
             log,
             sm,
         )
@@ -174,9 +184,10 @@ impl StorageNode {
             config.node_id,
             store.clone(),
             topology.clone(),
-            channels.clone(),
+            links,
             config.shard.clone(),
             metrics.clone(),
+            wal.clone(),
         );
         let node = Arc::new(Self {
             shard_context,
@@ -185,7 +196,7 @@ impl StorageNode {
             meta,
             topology,
             shards: RwLock::new(BTreeMap::new()),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Mutex::new(HashMap::new()),
             moves: Mutex::new(HashSet::new()),
             leaders: Mutex::new(HashMap::new()),
             metrics,
@@ -193,26 +204,18 @@ impl StorageNode {
             config,
             identity: Mutex::new(identity),
             incarnation,
+            wal,
         });
-        // Shards on disk rejoin their groups at once, whatever the metadata says yet.
-        let shards_dir = node.config.dir.join("shards");
-        if let Ok(entries) = std::fs::read_dir(&shards_dir) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_str().is_some_and(|n| n.starts_with("removing-")) {
-                    std::fs::remove_dir_all(entry.path())?;
-                    continue;
-                }
-                if let Some(id) =
-                    entry.file_name().to_str().and_then(|n| n.strip_prefix("shard-")).and_then(|n| n.parse().ok())
-                {
-                    node.open_shard(id).await?;
-                }
-            }
-        }
+        // Shards on disk rejoin their groups at once (all opened together), whatever the
+        // metadata says yet.
+        let on_disk = shard_dirs(&node.config.dir.join("shards")).await?;
+        futures::future::try_join_all(on_disk.into_iter().map(|id| node.open_shard(id))).await?;
         tokio::spawn(node.clone().join_loop());
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(crate::controller::run(node.clone()));
         tokio::spawn(node.clone().metrics_loop());
+        tokio::spawn(node.clone().heartbeat_loop());
+        tokio::spawn(node.clone().balance_loop());
         Ok(node)
     }
 
@@ -268,7 +271,9 @@ impl StorageNode {
     }
 
     async fn open_shard(&self, id: ShardId) -> Result<Arc<Shard>, NodeError> {
-        let _guard = self.opening.lock().await;
+        // One opening per shard id at a time; different shards open concurrently.
+        let lock = self.opening.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default().clone();
+        let _guard = lock.lock().await;
         if let Some(s) = self.shard(id) {
             return Ok(s);
         }
@@ -705,21 +710,87 @@ impl StorageNode {
             .map_err(|e| NodeError::Meta(e.to_string()))
     }
 
+    /// Sends the heartbeats of every group this node leads at the same moment (openraft's own
+    /// per-group timers are off), so the heartbeats of many groups to one peer share a frame.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut stop = self.stopped();
+        let mut tick = tokio::time::interval(self.config.shard.raft.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if self.is_meta_leader() {
+                let _ = self.meta.trigger().heartbeat().await;
+            }
+            for shard in self.all_shards() {
+                if shard.is_leader() {
+                    let _ = shard.raft().trigger().heartbeat().await;
+                }
+            }
+        }
+    }
+
+    /// Keeps shard leadership spread over the nodes: each shard has a preferred replica (the
+    /// one that started it: `replicas[shard % replicas]`, which spreads leaders evenly), and a
+    /// leader that is not it hands leadership over once the preferred replica is a voter that
+    /// has caught up (after a restart, or once moves settle). One hand-over at a time.
+    async fn balance_loop(self: Arc<Self>) {
+        let mut stop = self.stopped();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(BALANCE_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if self.ready().is_err() {
+                continue;
+            }
+            let state = self.state();
+            for info in state.shards_hosted_by(self.id) {
+                let Some(&preferred) = info.replicas.get(info.id as usize % info.replicas.len().max(1)) else {
+                    continue;
+                };
+                let Some(shard) = self.shard(info.id) else { continue };
+                if preferred == self.id || info.moving.is_some() || !shard.is_leader() {
+                    continue;
+                }
+                let Some(addr) =
+                    state.nodes.get(&preferred).filter(|n| n.state == NodeState::Active).map(|n| n.addr.clone())
+                else {
+                    continue;
+                };
+                let caught_up = {
+                    let metrics = shard.raft().metrics();
+                    let m = metrics.borrow();
+                    let voter = m.membership_config.membership().voter_ids().any(|v| v == preferred);
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&preferred).copied().flatten());
+                    // Close behind is enough: it catches up while this leader stops writing.
+                    voter && matched.is_some_and(|l| l.index + 1000 >= m.last_log_index.unwrap_or(0))
+                };
+                if caught_up {
+                    shard.hand_over(preferred, &addr, &self.channels).await;
+                    break;
+                }
+            }
+        }
+    }
+
     async fn metrics_loop(self: Arc<Self>) {
         let mut stop = self.stopped();
+        let mut wal_seen = spindle_wal::WalStats::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let shards = self.all_shards();
-            let (mut unflushed, mut blocks, mut log_bytes, mut leading, mut leaderless) = (0, 0, 0, 0, 0);
+            let (mut unflushed, mut blocks, mut leading, mut leaderless) = (0, 0, 0, 0);
             let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
             for s in &shards {
                 let (u, b) = s.usage();
                 unflushed += u;
                 blocks += b;
-                log_bytes += s.log_bytes();
                 let leader = s.raft().metrics().borrow().current_leader;
                 leading += usize::from(leader == Some(self.id));
                 leaderless += usize::from(leader.is_none());
@@ -731,7 +802,13 @@ impl StorageNode {
             }
             self.metrics.unflushed_bytes.set(unflushed as i64);
             self.metrics.blocks.set(blocks as i64);
-            self.metrics.raft_log_bytes.set(log_bytes as i64);
+            let wal = self.wal.stats();
+            self.metrics.raft_log_bytes.set(wal.bytes as i64);
+            self.metrics.wal_segments.set(wal.segments as i64);
+            self.metrics.wal_appends.inc_by(wal.entries.saturating_sub(wal_seen.entries));
+            self.metrics.wal_batches.inc_by(wal.batches.saturating_sub(wal_seen.batches));
+            self.metrics.wal_syncs.inc_by(wal.syncs.saturating_sub(wal_seen.syncs));
+            wal_seen = wal;
             self.metrics.shards_hosted.set(shards.len() as i64);
             self.metrics.shards_leading.set(leading as i64);
             self.metrics.shards_without_leader.set(leaderless as i64);
@@ -903,6 +980,51 @@ pub struct ShardStatus {
     pub log_bytes: u64,
 }
 
+/// Opens the node's write-ahead log (reading it back is blocking work).
+async fn open_wal(dir: &std::path::Path, options: &raft_log::LogOptions) -> Result<Wal, NodeError> {
+    let (dir, options) = (dir.to_path_buf(), WalOptions { fsync: options.fsync, ..WalOptions::default() });
+    let started = std::time::Instant::now();
+    let wal = tokio::task::spawn_blocking(move || Wal::open(&dir, options))
+        .await
+        .map_err(|e| NodeError::Io(std::io::Error::other(e)))??;
+    let stats = wal.stats();
+    tracing::info!(segments = stats.segments, bytes = stats.bytes, groups = wal.groups().len(), took = ?started.elapsed(), "write-ahead log read back");
+    Ok(wal)
+}
+
+/// Ids of the shard directories under `dir` (deleting what a crash left of removed shards).
+async fn shard_dirs(dir: &std::path::Path) -> Result<Vec<ShardId>, NodeError> {
+    let dir = dir.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<ShardId>> {
+        let mut ids = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(ids) };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("removing-") {
+                std::fs::remove_dir_all(entry.path())?;
+            } else if let Some(id) = name.strip_prefix("shard-").and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    });
+    Ok(found.await.map_err(|e| NodeError::Io(std::io::Error::other(e)))??)
+}
+
+/// Drops from the shared log the shard groups whose directory is gone (a shard removed while
+/// the node stopped half-way through).
+async fn drop_orphaned_groups(wal: &Wal, shards: &std::path::Path) -> Result<(), NodeError> {
+    let hosted = shard_dirs(shards).await?;
+    for group in wal.groups() {
+        if group != spindle_cluster::META_GROUP && !hosted.contains(&group) {
+            tracing::info!(group, "dropping the log of a shard this node no longer hosts");
+            raft_log::drop_group(wal, group).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The incarnation of this data directory: made once (random, not 0) and kept in
 /// `<dir>/incarnation`.
 fn load_incarnation(dir: &std::path::Path) -> Result<u64, NodeError> {
@@ -926,6 +1048,10 @@ fn load_incarnation(dir: &std::path::Path) -> Result<u64, NodeError> {
 
 #[async_trait::async_trait]
 impl RaftGroups for StorageNode {
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopped()
+    }
+
     fn meta(&self) -> Option<Raft<MetaTypes>> {
         self.takes_part().then(|| self.meta.clone())
     }

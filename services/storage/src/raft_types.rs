@@ -42,6 +42,11 @@ impl SpanPayload {
         &self.0.ipc
     }
 
+    /// The spans, if decoded already (by whoever made the payload, or an earlier use).
+    pub fn decoded(&self) -> Option<Result<RecordBatch, String>> {
+        self.0.decoded.get().cloned()
+    }
+
     /// The spans, decoded on first use and kept.
     pub fn batch(&self) -> Result<RecordBatch, String> {
         self.0

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use spindle_cluster::MetaCommand;
 use spindle_proto::storage::cluster_server::{Cluster, ClusterServer};
 use spindle_proto::storage::{
-    HelloRequest, HelloResponse, MetaReadIndexRequest, MetaReadIndexResponse, ProposeMetaRequest, ProposeMetaResponse,
-    TopologyRequest, TopologyResponse,
+    CampaignRequest, CampaignResponse, HelloRequest, HelloResponse, MetaReadIndexRequest, MetaReadIndexResponse,
+    ProposeMetaRequest, ProposeMetaResponse, TopologyRequest, TopologyResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -68,6 +68,13 @@ impl Cluster for ClusterService {
             Err(refused) => serde_json::to_string(&refused).map_err(|e| Status::internal(e.to_string()))?,
         };
         Ok(Response::new(ProposeMetaResponse { refused_json }))
+    }
+
+    async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let shard = request.into_inner().shard;
+        let s = self.node.shard(shard).ok_or_else(|| Status::not_found(format!("shard {shard} is not hosted here")))?;
+        s.raft().trigger().elect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(CampaignResponse {}))
     }
 
     async fn meta_read_index(

@@ -30,12 +30,13 @@ use spindle_schema::col;
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{write_block, BlockMeta, BlockOptions, Retention, TenantId};
 use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest};
+use spindle_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::log_store::{LogOptions, LogStore};
 use crate::metrics::StorageMetrics;
-use crate::network::GrpcNetwork;
+use crate::network::{GrpcNetwork, RaftLinks};
+use crate::raft_log::{self, GroupLog, LogOptions};
 use crate::raft_types::{AppendItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
 use crate::shard_sm::{self, tenant_loads, ShardStateMachine, SharedState};
 use crate::{now_unix_ms, NodeError, RaftTiming};
@@ -112,8 +113,8 @@ pub struct ShardContext {
     pub store: Arc<dyn ObjectStore>,
     /// The cluster's topology (for the cluster id that names block objects).
     pub topology: watch::Receiver<Arc<Topology>>,
-    /// Channels to the other nodes (Raft traffic).
-    pub channels: Channels,
+    /// Streams to the other nodes (Raft traffic).
+    pub links: RaftLinks,
     /// Tunables.
     pub config: ShardConfig,
     /// The node's metrics.
@@ -122,6 +123,8 @@ pub struct ShardContext {
     pub unflushed: Arc<AtomicUsize>,
     /// Kibibytes of pushes waiting for their commit on the node.
     pub pending: Arc<Semaphore>,
+    /// The node's write-ahead log, shared by every group.
+    pub wal: Wal,
 }
 
 impl ShardContext {
@@ -130,12 +133,13 @@ impl ShardContext {
         node_id: NodeId,
         store: Arc<dyn ObjectStore>,
         topology: watch::Receiver<Arc<Topology>>,
-        channels: Channels,
+        links: RaftLinks,
         config: ShardConfig,
         metrics: StorageMetrics,
+        wal: Wal,
     ) -> Self {
         let pending = Arc::new(Semaphore::new((config.max_pending_bytes / 1024).max(1)));
-        Self { node_id, store, topology, channels, config, metrics, unflushed: Arc::default(), pending }
+        Self { node_id, store, topology, links, config, metrics, unflushed: Arc::default(), pending, wal }
     }
 }
 
@@ -157,7 +161,8 @@ pub struct Shard {
     dir: PathBuf,
     raft: Raft<ShardTypes>,
     state: SharedState,
-    log: LogStore<ShardTypes>,
+    log: GroupLog<ShardTypes>,
+    wal: Wal,
     store: Arc<dyn ObjectStore>,
     topology: watch::Receiver<Arc<Topology>>,
     config: ShardConfig,
@@ -172,6 +177,9 @@ pub struct Shard {
     last_lifecycle_ms: AtomicU64,
     stop: watch::Sender<bool>,
     metrics: StorageMetrics,
+    /// The node this leader is handing leadership to: until the hand-over ends, the shard
+    /// writes nothing (so the followers' leader lease runs out) and sends callers there.
+    handover: Mutex<Option<NodeId>>,
 }
 
 impl Shard {
@@ -179,9 +187,15 @@ impl Shard {
     /// shard's group is empty until [`Shard::initialize`] is called on one replica, or its
     /// leader reaches it.
     pub async fn open(id: ShardId, dir: &Path, context: &ShardContext) -> Result<Arc<Self>, NodeError> {
-        let ShardContext { node_id, store, topology, channels, config, metrics, unflushed, pending } = context.clone();
-        let log = LogStore::open(&dir.join("log"), config.log.clone())?;
-        let sm = ShardStateMachine::open(&dir.join("state"), unflushed.clone())?;
+        let ShardContext { node_id, store, topology, links, config, metrics, unflushed, pending, wal } =
+            context.clone();
+        crate::legacy_log::import::<ShardTypes>(&dir.join("log"), &wal, id).await?;
+        let log = GroupLog::open(&wal, id, config.log.clone())?;
+        let state_dir = dir.join("state");
+        let budget = unflushed.clone();
+        let sm = tokio::task::spawn_blocking(move || ShardStateMachine::open(&state_dir, budget))
+            .await
+            .map_err(|e| NodeError::Io(std::io::Error::other(e)))??;
         let state = sm.state();
         let raft_config = openraft::Config {
             snapshot_policy: SnapshotPolicy::Never,
@@ -191,7 +205,7 @@ impl Shard {
         }
         .validate()
         .map_err(NodeError::raft)?;
-        let raft = Raft::new(node_id, Arc::new(raft_config), GrpcNetwork::new(id, channels), log.clone(), sm)
+        let raft = Raft::new(node_id, Arc::new(raft_config), GrpcNetwork::new(id, links), log.clone(), sm)
             .await
             .map_err(NodeError::raft)?;
         let (writes, queue) = mpsc::unbounded_channel();
@@ -202,6 +216,7 @@ impl Shard {
             raft,
             state,
             log,
+            wal,
             store,
             topology,
             pending,
@@ -216,6 +231,7 @@ impl Shard {
             last_lifecycle_ms: AtomicU64::new(0),
             stop: watch::channel(false).0,
             metrics,
+            handover: Mutex::new(None),
         });
         tokio::spawn(write_loop(id, shard.raft.clone(), queue, shard.config.clone()));
         tokio::spawn(shard.clone().maintenance_loop());
@@ -245,8 +261,11 @@ impl Shard {
         }
     }
 
-    /// The leader this node knows of, if this node is not it.
+    /// The leader this node knows of, if this node is not it (or is handing leadership over).
     fn not_leader(&self) -> Option<ApiError> {
+        if let Some(to) = *self.handover.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Some(ApiError::NotLeader { shard: self.id, leader: Some(to) });
+        }
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         (m.current_leader != Some(self.node_id) || m.state != ServerState::Leader)
@@ -256,6 +275,41 @@ impl Shard {
     /// Whether this node leads the shard.
     pub fn is_leader(&self) -> bool {
         self.not_leader().is_none()
+    }
+
+    /// Hands leadership of this shard to `target` (a caught-up voter at `addr`): stops writing
+    /// and heartbeating until the followers' leader lease has run out, asks `target` to stand
+    /// for election, and waits for it to lead. openraft 0.9 has no leadership transfer; this is
+    /// its effect with the protocol's own safety (an election). Returns whether `target` leads
+    /// now; if it does not win, this node goes on leading (or whoever won does).
+    pub async fn hand_over(&self, target: NodeId, addr: &str, channels: &Channels) -> bool {
+        struct Clear<'a>(&'a Mutex<Option<NodeId>>);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+        let _clear = Clear(&self.handover);
+        tracing::info!(shard = self.id, to = target, "handing shard leadership over");
+        // Commits in flight finish, then the followers' lease (openraft: election_max) runs out.
+        tokio::time::sleep(self.config.raft.election_max + self.config.raft.heartbeat).await;
+        let asked = match spindle_cluster_client::ControlClient::new(channels, addr) {
+            Ok(client) => client.campaign(self.id).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = asked {
+            tracing::warn!(shard = self.id, to = target, error = %e, "the new leader could not be asked to stand");
+            return false;
+        }
+        let won = self
+            .raft
+            .wait(Some(self.config.raft.election_max * 3))
+            .metrics(|m| m.current_leader == Some(target), "hand-over")
+            .await
+            .is_ok();
+        tracing::info!(shard = self.id, to = target, won, "shard leadership hand-over ended");
+        won
     }
 
     /// Refuses writes when the leader has not heard from a quorum lately (it may be cut off,
@@ -347,17 +401,21 @@ impl Shard {
                         })
                         .cloned()
                         .collect();
-                    let batches: Vec<RecordBatch> = t
-                        .unflushed
-                        .iter()
-                        .filter(|b| overlaps(b.min_time, b.max_time))
-                        .map(|b| b.batch.clone())
-                        .collect();
-                    (blocks, batches)
+                    (blocks, t.unflushed.clone())
                 }
                 None => (Vec::new(), Vec::new()),
             }
         };
+        // Out of the lock: a new leader may still hold some spans undecoded.
+        let overlaps = |(lo, hi): (i64, i64)| request.time_range.is_none_or(|(start, end)| lo <= end && hi >= start);
+        let mut spans = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let keep = b.bounds().map(overlaps).map_err(ApiError::Internal)?;
+            if keep {
+                spans.push(b.batch().map_err(ApiError::Internal)?);
+            }
+        }
+        let batches = spans;
         let ids: Option<HashSet<[u8; 16]>> = request.trace_ids.as_ref().map(|ids| ids.iter().copied().collect());
         let projection = request.projection.clone();
         let stream = futures::stream::iter(batches)
@@ -390,8 +448,19 @@ impl Shard {
     /// One round of upkeep: coalescing, snapshots, and on the leader flushes, index sync,
     /// retention and the orphan sweep.
     async fn maintain(&self, snapshotted_flushes: &mut u64, was_leader: &mut bool) {
-        if let Err(e) = shard_sm::coalesce_small_batches(&self.state, 4096, 65536) {
-            tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
+        let leader = self.is_leader();
+        if leader {
+            // What this node buffered as a follower is decoded now that it flushes and serves
+            // reads (blocking work: decompression).
+            let state = self.state.clone();
+            let coalesced = tokio::task::spawn_blocking(move || {
+                shard_sm::decode_buffered(&state);
+                shard_sm::coalesce_small_batches(&state, 4096, 65536)
+            })
+            .await;
+            if let Ok(Err(e)) = coalesced {
+                tracing::warn!(shard = self.id, error = %e, "could not coalesce small batches");
+            }
         }
         // Every replica snapshots after a block commits, so its log can be purged.
         let flushes = shard_sm::read(&self.state).flushes;
@@ -401,7 +470,6 @@ impl Shard {
                 tracing::warn!(shard = self.id, error = %e, "could not trigger a snapshot");
             }
         }
-        let leader = self.is_leader();
         if leader && !*was_leader {
             self.index_synced.store(false, Ordering::Relaxed);
         }
@@ -511,8 +579,11 @@ impl Shard {
             let s = shard_sm::read(&self.state);
             let Some(t) = s.tenants.get(tenant_id) else { return Ok(false) };
             let Some(last) = t.unflushed.last().and_then(|b| b.parts.last()) else { return Ok(false) };
-            (t.flushed_through, last.index, t.unflushed.iter().map(|b| b.batch.clone()).collect::<Vec<_>>())
+            (t.flushed_through, last.index, t.unflushed.clone())
         };
+        let batches = batches.iter().map(|b| b.batch()).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            NodeError::Storage(spindle_storage::StorageError::Arrow(arrow::error::ArrowError::IpcError(e)))
+        })?;
         let range = (after_index + 1, through_index);
         let Some(block) =
             write_block(self.store.clone(), &tenant, cluster, self.id, range, batches, &self.config.block).await?
@@ -601,10 +672,17 @@ impl Shard {
         let _ = self.stop.send(true);
         self.raft.shutdown().await.map_err(NodeError::raft)?;
         // Renamed first, so a crash half-way through the deletion leaves no damaged shard
-        // behind (a restarting node deletes what is left of it).
-        let removing = self.dir.with_file_name(format!("removing-{}", self.id));
-        std::fs::rename(&self.dir, &removing)?;
-        std::fs::remove_dir_all(&removing)?;
+        // behind (a restarting node deletes what is left of it, and drops from the shared log
+        // every group whose directory is gone).
+        let (dir, removing) = (self.dir.clone(), self.dir.with_file_name(format!("removing-{}", self.id)));
+        let renamed = removing.clone();
+        tokio::task::spawn_blocking(move || std::fs::rename(dir, renamed))
+            .await
+            .map_err(|e| NodeError::Io(std::io::Error::other(e)))??;
+        raft_log::drop_group(&self.wal, self.id).await?;
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(removing))
+            .await
+            .map_err(|e| NodeError::Io(std::io::Error::other(e)))??;
         Ok(())
     }
 }

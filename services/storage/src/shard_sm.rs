@@ -21,13 +21,14 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+use arrow::error::ArrowError;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use spindle_schema::col;
 use spindle_storage::BlockMeta;
 
-use crate::raft_types::{LogId, Membership, ShardCommand, ShardResponse, ShardTypes, StorageError};
+use crate::raft_types::{LogId, Membership, ShardCommand, ShardResponse, ShardTypes, SpanPayload, StorageError};
 use crate::snapshot_store::{snap_err, SnapshotStore};
 
 /// How long a pushed batch's digest is remembered, so a retried push is recognised.
@@ -35,19 +36,87 @@ pub const RETRY_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Most digests remembered.
 pub const RETRY_WINDOW_ENTRIES: usize = 262_144;
 
-/// A batch waiting to be flushed.
+/// Spans waiting to be flushed. The leader keeps them decoded (it decoded the push to check
+/// it); a follower keeps the IPC bytes as they arrived and decodes them only when it must: when
+/// it leads and flushes, answers a read, or decodes everything on taking over.
 #[derive(Debug, Clone)]
 pub struct Buffered {
-    /// The spans.
-    pub batch: RecordBatch,
+    spans: Spans,
     /// The pushes the batch holds, in log order (several once small batches are coalesced).
     pub parts: Vec<Part>,
-    /// Earliest span start (unix ns).
-    pub min_time: i64,
-    /// Latest span end (unix ns).
-    pub max_time: i64,
+    /// Spans in the batch.
+    pub rows: usize,
+    /// Bytes the spans take decoded (what the node's unflushed budget counts).
+    pub bytes: usize,
     /// When the leader received the oldest part (unix ms).
     pub received_unix_ms: u64,
+}
+
+/// The spans of a [`Buffered`].
+#[derive(Debug, Clone)]
+enum Spans {
+    /// Decoded, with their earliest start and latest end (unix ns).
+    Decoded { batch: RecordBatch, bounds: (i64, i64) },
+    /// The IPC bytes of one push, not decoded here yet.
+    Encoded(SpanPayload),
+}
+
+impl Buffered {
+    /// Buffers one push: decoded if the payload already is, else its bytes as they are (their
+    /// row count and decoded size read from the IPC headers).
+    fn of_payload(payload: &SpanPayload, part: (u64, u32), received_unix_ms: u64) -> Result<Self, String> {
+        let (spans, rows, bytes) = match payload.decoded() {
+            Some(batch) => {
+                let batch = batch?;
+                let bounds = time_bounds(&batch).map_err(|e| e.to_string())?;
+                let (rows, bytes) = (batch.num_rows(), batch_bytes(&batch));
+                (Spans::Decoded { batch, bounds }, rows, bytes)
+            }
+            None => {
+                let summary = spindle_schema::ipc::summary(payload.ipc()).map_err(|e| e.to_string())?;
+                (Spans::Encoded(payload.clone()), summary.rows, summary.data_bytes)
+            }
+        };
+        let parts = vec![Part { index: part.0, item: part.1, rows }];
+        Ok(Self { spans, parts, rows, bytes, received_unix_ms })
+    }
+
+    /// The spans, decoded (a follower's bytes are decoded on first use and kept).
+    pub fn batch(&self) -> Result<RecordBatch, String> {
+        match &self.spans {
+            Spans::Decoded { batch, .. } => Ok(batch.clone()),
+            Spans::Encoded(payload) => payload.batch(),
+        }
+    }
+
+    /// Earliest span start and latest span end (unix ns), decoding the bytes if need be.
+    pub fn bounds(&self) -> Result<(i64, i64), String> {
+        match &self.spans {
+            Spans::Decoded { bounds, .. } => Ok(*bounds),
+            Spans::Encoded(payload) => time_bounds(&payload.batch()?).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Whether the spans are held decoded.
+    pub fn is_decoded(&self) -> bool {
+        matches!(self.spans, Spans::Decoded { .. })
+    }
+
+    /// The same pushes, decoded.
+    fn decoded(&self) -> Result<Self, String> {
+        let batch = self.batch()?;
+        let bounds = time_bounds(&batch).map_err(|e| e.to_string())?;
+        Ok(Self { spans: Spans::Decoded { batch, bounds }, ..self.clone() })
+    }
+
+    fn first_index(&self) -> u64 {
+        self.parts.first().map_or(0, |p| p.index)
+    }
+
+    /// Log index of the newest push the batch holds.
+    pub fn last_index(&self) -> u64 {
+        self.parts.last().map_or(0, |p| p.index)
+    }
 }
 
 /// One push in a [`Buffered`] batch: the log entry and the item within it that brought it, and
@@ -60,17 +129,6 @@ pub struct Part {
     pub item: u32,
     /// Rows it holds.
     pub rows: usize,
-}
-
-impl Buffered {
-    fn first_index(&self) -> u64 {
-        self.parts.first().map_or(0, |p| p.index)
-    }
-
-    /// Log index of the newest push the batch holds.
-    pub fn last_index(&self) -> u64 {
-        self.parts.last().map_or(0, |p| p.index)
-    }
 }
 
 /// One tenant's data on a shard.
@@ -222,40 +280,28 @@ impl ShardState {
             ShardCommand::Append { received_unix_ms, items } => {
                 let mut results = Vec::with_capacity(items.len());
                 for (position, item) in items.iter().enumerate() {
-                    let batch = match item.payload.batch() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::error!(index, error = %e, "undecodable append in the raft log; skipped");
-                            results.push(Err(e));
-                            continue;
-                        }
-                    };
-                    let rows = batch.num_rows() as u64;
+                    let buffered =
+                        match Buffered::of_payload(&item.payload, (index, position as u32), *received_unix_ms) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                tracing::error!(index, error = %e, "unreadable append in the raft log; skipped");
+                                results.push(Err(e));
+                                continue;
+                            }
+                        };
+                    let rows = buffered.rows as u64;
+                    self.recent.insert(item.digest, index, *received_unix_ms);
                     let flushed = self.tenants.get(&item.tenant).is_some_and(|t| index <= t.flushed_through);
                     if flushed || rows == 0 {
                         // Already in a block (applied again after a snapshot), or nothing to keep.
-                        self.recent.insert(item.digest, index, *received_unix_ms);
                         results.push(Ok(rows));
                         continue;
                     }
-                    match time_bounds(&batch) {
-                        Ok((min_time, max_time)) => {
-                            let size = batch_bytes(&batch);
-                            self.grow(size);
-                            self.recent.insert(item.digest, index, *received_unix_ms);
-                            let t = self.tenants.entry(item.tenant.clone()).or_default();
-                            t.unflushed_bytes += size;
-                            t.unflushed.push(Buffered {
-                                parts: vec![Part { index, item: position as u32, rows: batch.num_rows() }],
-                                batch,
-                                min_time,
-                                max_time,
-                                received_unix_ms: *received_unix_ms,
-                            });
-                            results.push(Ok(rows));
-                        }
-                        Err(e) => results.push(Err(e.to_string())),
-                    }
+                    self.grow(buffered.bytes);
+                    let t = self.tenants.entry(item.tenant.clone()).or_default();
+                    t.unflushed_bytes += buffered.bytes;
+                    t.unflushed.push(buffered);
+                    results.push(Ok(rows));
                 }
                 ShardResponse::Appended(results)
             }
@@ -366,15 +412,30 @@ fn drop_through(unflushed: &mut Vec<Buffered>, through: u64) -> usize {
     let mut kept = Vec::with_capacity(unflushed.len());
     for b in unflushed.drain(..) {
         if b.last_index() <= through {
-            freed += batch_bytes(&b.batch);
+            freed += b.bytes;
         } else if b.first_index() > through {
             kept.push(b);
         } else {
+            // Only coalesced batches (decoded) hold pushes on both sides.
             let drop_rows: usize = b.parts.iter().filter(|p| p.index <= through).map(|p| p.rows).sum();
-            let before = batch_bytes(&b.batch);
-            let batch = b.batch.slice(drop_rows, b.batch.num_rows() - drop_rows);
-            freed += before.saturating_sub(batch_bytes(&batch));
-            kept.push(Buffered { batch, parts: b.parts.into_iter().filter(|p| p.index > through).collect(), ..b });
+            let batch = match b.batch() {
+                Ok(batch) => batch.slice(drop_rows, batch.num_rows() - drop_rows),
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable unflushed spans dropped with their flushed neighbours");
+                    freed += b.bytes;
+                    continue;
+                }
+            };
+            let bytes = batch_bytes(&batch);
+            freed += b.bytes.saturating_sub(bytes);
+            let bounds = time_bounds(&batch).unwrap_or((i64::MIN, i64::MAX));
+            kept.push(Buffered {
+                rows: batch.num_rows(),
+                bytes,
+                spans: Spans::Decoded { batch, bounds },
+                parts: b.parts.into_iter().filter(|p| p.index > through).collect(),
+                received_unix_ms: b.received_unix_ms,
+            });
         }
     }
     *unflushed = kept;
@@ -569,7 +630,8 @@ impl ShardStateMachine {
 impl RaftSnapshotBuilder<ShardTypes> for ShardStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ShardTypes>, StorageError> {
         let (meta, bytes) = self.encode_snapshot().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.snapshots.save(meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let bytes =
+            self.snapshots.save_blocking(meta.last_log_id, bytes).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
@@ -588,14 +650,6 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        // Decode followers' batches before taking the lock, so readers are not held up.
-        for e in &entries {
-            if let EntryPayload::Normal(ShardCommand::Append { items, .. }) = &e.payload {
-                for item in items {
-                    let _ = item.payload.batch();
-                }
-            }
-        }
         let mut responses = Vec::with_capacity(entries.len());
         let mut s = write(&self.state);
         for entry in entries {
@@ -635,13 +689,15 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let mut file = decode_snapshot_file(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         file.meta = meta.clone();
         let bytes = encode_snapshot_file(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.snapshots.save(file.meta.last_log_id, &bytes).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.snapshots.save_blocking(file.meta.last_log_id, bytes).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.restore(file);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<ShardTypes>>, StorageError> {
-        let Some(bytes) = self.snapshots.read().map_err(|e| snap_err(ErrorVerb::Read, e))? else { return Ok(None) };
+        let Some(bytes) = self.snapshots.read_blocking().await.map_err(|e| snap_err(ErrorVerb::Read, e))? else {
+            return Ok(None);
+        };
         let file = decode_snapshot_file(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
@@ -699,12 +755,14 @@ pub fn coalesce_small_batches(
                 *rows = 0;
             };
             for b in &t.unflushed {
-                let n = b.batch.num_rows();
-                if n >= small_rows || rows + n > target_rows {
+                // A follower's undecoded bytes stay as they are (decoding them costs more than
+                // the merge saves).
+                let small = b.is_decoded() && b.rows < small_rows;
+                if !small || rows + b.rows > target_rows {
                     close(&mut run, &mut rows);
                 }
-                if n < small_rows {
-                    rows += n;
+                if small {
+                    rows += b.rows;
                     run.push(b.clone());
                 }
             }
@@ -714,47 +772,77 @@ pub fn coalesce_small_batches(
     };
     let mut merged_away = 0;
     for (tenant, run) in runs {
-        let batches: Vec<RecordBatch> = run.iter().map(|b| b.batch.clone()).collect();
+        let batches = run.iter().map(Buffered::batch).collect::<Result<Vec<_>, _>>().map_err(ArrowError::IpcError)?;
         let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
-        let keys: Vec<(u64, u32)> = run.iter().flat_map(|b| b.parts.iter().map(|p| (p.index, p.item))).collect();
+        let bounds = (
+            run.iter().filter_map(|b| b.bounds().ok()).map(|b| b.0).min().unwrap_or(i64::MAX),
+            run.iter().filter_map(|b| b.bounds().ok()).map(|b| b.1).max().unwrap_or(i64::MIN),
+        );
         let replacement = Buffered {
-            batch: merged,
+            rows: merged.num_rows(),
+            bytes: batch_bytes(&merged),
+            spans: Spans::Decoded { batch: merged, bounds },
             parts: run.iter().flat_map(|b| b.parts.iter().copied()).collect(),
-            min_time: run.iter().map(|b| b.min_time).min().unwrap_or(i64::MAX),
-            max_time: run.iter().map(|b| b.max_time).max().unwrap_or(i64::MIN),
             received_unix_ms: run.iter().map(|b| b.received_unix_ms).min().unwrap_or(0),
         };
-        let mut s = write(state);
-        let Some(t) = s.tenants.get_mut(&tenant) else {
-            continue;
-        };
-        // The run may have been flushed or sliced meanwhile: replace it only if the same pushes
-        // (log index and item, unique) are still there in the same batches.
-        let first = (run[0].parts[0].index, run[0].parts[0].item);
-        let Some(pos) = t.unflushed.iter().position(|b| b.parts.first().map(|p| (p.index, p.item)) == Some(first))
-        else {
-            continue;
-        };
-        let end = pos + run.len();
-        let current = t
-            .unflushed
-            .get(pos..end)
-            .map(|bs| bs.iter().flat_map(|b| b.parts.iter().map(|p| (p.index, p.item))).collect::<Vec<_>>());
-        if current.as_ref() != Some(&keys) {
-            continue;
+        if replace_run(state, &tenant, &run, replacement) {
+            merged_away += run.len() - 1;
         }
-        let old: usize = t.unflushed[pos..end].iter().map(|b| batch_bytes(&b.batch)).sum();
-        let new = batch_bytes(&replacement.batch);
-        t.unflushed.splice(pos..end, std::iter::once(replacement));
-        t.unflushed_bytes = t.unflushed_bytes + new - old;
-        if new >= old {
-            s.grow(new - old);
-        } else {
-            s.shrink(old - new);
-        }
-        merged_away += run.len() - 1;
     }
     Ok(merged_away)
+}
+
+/// Decodes every buffered push still held as IPC bytes (a new leader, which will flush and
+/// serve reads of them). Returns how many were decoded.
+pub fn decode_buffered(state: &SharedState) -> usize {
+    let encoded: Vec<(String, Buffered)> = {
+        let s = read(state);
+        s.tenants
+            .iter()
+            .flat_map(|(tenant, t)| t.unflushed.iter().filter(|b| !b.is_decoded()).map(|b| (tenant.clone(), b.clone())))
+            .collect()
+    };
+    let mut decoded = 0;
+    for (tenant, b) in encoded {
+        match b.decoded() {
+            Ok(d) => decoded += usize::from(replace_run(state, &tenant, std::slice::from_ref(&b), d)),
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "unflushed spans in the raft log cannot be decoded")
+            }
+        }
+    }
+    decoded
+}
+
+/// Replaces the buffered batches of `run` with `replacement`, if the same pushes (log index
+/// and item, unique) are still there in the same batches (they may have been flushed or sliced
+/// meanwhile); whether it did.
+fn replace_run(state: &SharedState, tenant: &str, run: &[Buffered], replacement: Buffered) -> bool {
+    let keys: Vec<(u64, u32)> = run.iter().flat_map(|b| b.parts.iter().map(|p| (p.index, p.item))).collect();
+    let Some(first) = keys.first().copied() else { return false };
+    let mut s = write(state);
+    let Some(t) = s.tenants.get_mut(tenant) else { return false };
+    let Some(pos) = t.unflushed.iter().position(|b| b.parts.first().map(|p| (p.index, p.item)) == Some(first)) else {
+        return false;
+    };
+    let end = pos + run.len();
+    let current = t
+        .unflushed
+        .get(pos..end)
+        .map(|bs| bs.iter().flat_map(|b| b.parts.iter().map(|p| (p.index, p.item))).collect::<Vec<_>>());
+    if current.as_ref() != Some(&keys) {
+        return false;
+    }
+    let old: usize = t.unflushed[pos..end].iter().map(|b| b.bytes).sum();
+    let new = replacement.bytes;
+    t.unflushed.splice(pos..end, std::iter::once(replacement));
+    t.unflushed_bytes = t.unflushed_bytes + new - old;
+    if new >= old {
+        s.grow(new - old);
+    } else {
+        s.shrink(old - new);
+    }
+    true
 }
 
 /// A catalog entry for tests.

@@ -56,4 +56,18 @@ impl SnapshotStore {
         *written = last_log_id;
         Ok(true)
     }
+
+    /// [`SnapshotStore::save`] on a blocking thread (it fsyncs); gives the bytes back.
+    pub(crate) async fn save_blocking(&self, last_log_id: Option<LogId>, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.save(last_log_id, &bytes).map(|_| bytes))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
+
+    /// [`SnapshotStore::read`] on a blocking thread.
+    pub(crate) async fn read_blocking(&self) -> io::Result<Option<Vec<u8>>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read()).await.unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
 }

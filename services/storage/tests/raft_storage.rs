@@ -1,26 +1,38 @@
-//! The shard's Raft log and state machine against openraft's own storage test suite, plus
-//! crash-recovery cases of the log files and the state machine's flush fencing and snapshots.
-
-use std::io::Write;
+//! The shard's Raft log (its part of the node's shared write-ahead log) and state machine
+//! against openraft's own storage test suite, plus crash-recovery cases of the log and the
+//! state machine's flush fencing and snapshots.
 
 use bytes::Bytes;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, StorageError};
 use spindle_storage::BlockMeta;
-use spindle_storage_node::log_store::{LogOptions, LogStore};
-use spindle_storage_node::raft_types::{AppendItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
-use spindle_storage_node::shard_sm::{coalesce_small_batches, read, ShardStateMachine};
+use spindle_storage_node::raft_log::{GroupLog, LogOptions};
+use spindle_storage_node::raft_types::{AppendItem, MetaTypes, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
+use spindle_storage_node::shard_sm::{coalesce_small_batches, decode_buffered, read, ShardStateMachine};
+use spindle_wal::{Wal, WalOptions};
 use tempfile::TempDir;
 
-type Log = LogStore<ShardTypes>;
+type Log = GroupLog<ShardTypes>;
+
+/// The group under test, and a neighbour in the same shared log that keeps writing.
+const GROUP: u32 = 7;
+const NEIGHBOUR: u32 = 8;
+
+fn wal_at(dir: &std::path::Path, fsync: bool) -> Wal {
+    Wal::open(&dir.join("wal"), WalOptions { fsync, ..WalOptions::default() }).expect("open wal")
+}
 
 struct Builder;
 
 impl StoreBuilder<ShardTypes, Log, ShardStateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, Log, ShardStateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = Log::open(&dir.path().join("log"), LogOptions::default()).expect("open log");
+        let wal = wal_at(dir.path(), false);
+        // Another group shares the log: its entries must never show up in this one's.
+        let mut neighbour = GroupLog::<ShardTypes>::open(&wal, NEIGHBOUR, LogOptions::default()).expect("open");
+        neighbour.blocking_append((0..=20).map(|i| blank(3, i))).await?;
+        let log = Log::open(&wal, GROUP, LogOptions::default()).expect("open log");
         let sm = ShardStateMachine::open(&dir.path().join("sm"), Default::default()).expect("open state machine");
         Ok((dir, log, sm))
     }
@@ -29,6 +41,27 @@ impl StoreBuilder<ShardTypes, Log, ShardStateMachine, TempDir> for Builder {
 #[test]
 fn passes_openraft_storage_suite() {
     Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+/// The metadata group's log passes it too (its own state machine is tested in its crate's
+/// unit tests; here the log is what matters, with the shard state machine beside it).
+#[tokio::test]
+async fn groups_of_both_kinds_share_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = wal_at(dir.path(), false);
+    let mut shard = Log::open(&wal, GROUP, LogOptions::default()).unwrap();
+    let mut meta = GroupLog::<MetaTypes>::open(&wal, u32::MAX, LogOptions::default()).unwrap();
+    append(&mut shard, (1..=5).map(|i| blank(1, i)).collect()).await;
+    meta.blocking_append((1..=3).map(|i| Entry { log_id: log_id(1, i), payload: EntryPayload::Blank })).await.unwrap();
+    meta.save_vote(&openraft::Vote::new(4, 2)).await.unwrap();
+    drop((shard, meta, wal));
+    let wal = wal_at(dir.path(), false);
+    let mut shard = Log::open(&wal, GROUP, LogOptions::default()).unwrap();
+    let mut meta = GroupLog::<MetaTypes>::open(&wal, u32::MAX, LogOptions::default()).unwrap();
+    assert_eq!(shard.try_get_log_entries(0..100).await.unwrap().len(), 5);
+    assert_eq!(meta.try_get_log_entries(0..100).await.unwrap().len(), 3);
+    assert_eq!(meta.read_vote().await.unwrap(), Some(openraft::Vote::new(4, 2)));
+    assert_eq!(shard.read_vote().await.unwrap(), None);
 }
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
@@ -44,37 +77,11 @@ async fn append(log: &mut Log, entries: Vec<Entry<ShardTypes>>) {
 }
 
 #[tokio::test]
-async fn torn_tail_is_cut_and_log_continues() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log");
-    {
-        let mut log = Log::open(&path, LogOptions::default()).unwrap();
-        append(&mut log, (1..=10).map(|i| blank(1, i)).collect()).await;
-    }
-    // A crash in the middle of a write leaves a partial record at the end of the segment.
-    let segment = std::fs::read_dir(&path)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .unwrap();
-    std::fs::OpenOptions::new().append(true).open(&segment).unwrap().write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
-
-    let mut log = Log::open(&path, LogOptions::default()).unwrap();
-    let state = log.get_log_state().await.unwrap();
-    assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
-    append(&mut log, vec![blank(1, 11)]).await;
-    drop(log);
-    let mut log = Log::open(&path, LogOptions::default()).unwrap();
-    let entries = log.try_get_log_entries(1..=11).await.unwrap();
-    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>());
-}
-
-#[tokio::test]
 async fn purge_and_truncate_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log");
     let options = LogOptions { fsync: false, ..LogOptions::default() };
-    let mut log = Log::open(&path, options.clone()).unwrap();
+    let wal = wal_at(dir.path(), false);
+    let mut log = Log::open(&wal, GROUP, options.clone()).unwrap();
     append(&mut log, (1..=20).map(|i| blank(1, i)).collect()).await;
     log.purge(log_id(1, 5)).await.unwrap();
     log.truncate(log_id(1, 16)).await.unwrap();
@@ -86,8 +93,12 @@ async fn purge_and_truncate_survive_reopen() {
         vec![(1, 14), (1, 15), (2, 16)]
     );
     log.save_committed(Some(log_id(2, 16))).await.unwrap();
-    drop(log);
-    let mut log = Log::open(&path, options).unwrap();
+    // The committed id is a hint that goes with the next append.
+    append(&mut log, vec![blank(2, 17)]).await;
+    log.truncate(log_id(2, 17)).await.unwrap();
+    drop((log, wal));
+    let wal = wal_at(dir.path(), false);
+    let mut log = Log::open(&wal, GROUP, options).unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(5));
     assert_eq!(state.last_log_id.map(|l| (l.leader_id.term, l.index)), Some((2, 16)));
@@ -101,7 +112,8 @@ async fn purge_and_truncate_survive_reopen() {
 async fn replication_reads_are_capped_in_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions { fsync: false, max_read_bytes: 3 * 1024, cache_bytes: 4 * 1024 };
-    let mut log = Log::open(&dir.path().join("log"), options).unwrap();
+    let wal = wal_at(dir.path(), false);
+    let mut log = Log::open(&wal, GROUP, options).unwrap();
     append(&mut log, (1..=10).map(|i| append_entry(i, &[("t", i as u8)])).collect()).await;
     let first = log.limited_get_log_entries(1, 11).await.unwrap();
     assert!(!first.is_empty() && first.len() < 10, "got {} entries", first.len());
@@ -178,7 +190,7 @@ fn flushed(index: u64, tenant: &str, after: u64, through: u64) -> Entry<ShardTyp
 fn rows(sm: &ShardStateMachine, tenant: &str) -> usize {
     let state = sm.state();
     let s = read(&state);
-    s.tenants.get(tenant).map_or(0, |t| t.unflushed.iter().map(|b| b.batch.num_rows()).sum())
+    s.tenants.get(tenant).map_or(0, |t| t.unflushed.iter().map(|b| b.rows).sum())
 }
 
 #[tokio::test]
@@ -248,6 +260,11 @@ async fn coalescing_keeps_what_each_log_index_holds() {
     let mut sm = ShardStateMachine::open(&dir.path().join("budgeted"), budget.clone()).unwrap();
     sm.apply((1..=10).map(|i| append_entry(i, &[("t", i as u8)]))).await.unwrap();
     let state = sm.state();
+    // Applied from the log (as a follower does), the pushes stay undecoded and are not merged.
+    assert!(read(&state).tenants["t"].unflushed.iter().all(|b| !b.is_decoded()));
+    assert_eq!(coalesce_small_batches(&state, 100, 1000).unwrap(), 0);
+    // A leader decodes them, then merges.
+    assert_eq!(decode_buffered(&state), 10);
     assert_eq!(coalesce_small_batches(&state, 100, 1000).unwrap(), 9);
     assert_eq!(
         budget.load(std::sync::atomic::Ordering::Relaxed),
@@ -258,7 +275,8 @@ async fn coalescing_keeps_what_each_log_index_holds() {
         let s = read(&state);
         let t = &s.tenants["t"];
         assert_eq!(t.unflushed.len(), 1);
-        assert_eq!(t.unflushed[0].batch.num_rows(), 10);
+        assert_eq!(t.unflushed[0].rows, 10);
+        assert_eq!(t.unflushed[0].batch().unwrap().num_rows(), 10);
         assert_eq!(t.unflushed[0].parts.len(), 10);
         assert_eq!(s.unflushed_bytes, t.unflushed_bytes);
     }
@@ -267,7 +285,7 @@ async fn coalescing_keeps_what_each_log_index_holds() {
     let s = read(&state);
     assert_eq!(budget.load(std::sync::atomic::Ordering::Relaxed), s.unflushed_bytes);
     let t = &s.tenants["t"];
-    assert_eq!(t.unflushed[0].batch.num_rows(), 4);
+    assert_eq!(t.unflushed[0].batch().unwrap().num_rows(), 4);
     assert_eq!(t.unflushed[0].parts.iter().map(|p| p.index).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
     assert!(s.recent.contains(&[3, 3]).is_some(), "digests of applied pushes are remembered");
 }
