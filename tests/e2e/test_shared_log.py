@@ -124,3 +124,32 @@ def test_a_log_damaged_in_the_middle_stops_the_node_naming_the_file_and_offset()
         assert duplicates(c.queriers[0], "probe") == 0
     finally:
         c.stop()
+
+
+def leaders_per_node(c):
+    counts = {}
+    for n in c.live_storage():
+        counts[n.node_id] = sum(1 for s in n.status()["shards"] if s["role"] == "Leader")
+    return counts
+
+
+def test_leadership_comes_back_to_a_restarted_node():
+    """After a restart a node leads nothing; within a few hand-overs it leads its share again
+    (each shard's preferred replica), while writes go on and nothing acknowledged is lost."""
+    c = Cluster(storage=3, ingesters=1, queriers=1, shards=8).start()
+    try:
+        wait_until(lambda: min(leaders_per_node(c).values()) >= 2, 60, "leaders spread at bootstrap")
+        probe = Probe(c.ingesters[0], interval=0.1).start()
+        victim = max(c.storage, key=lambda n: leaders_per_node(c)[n.node_id])
+        victim.kill9()
+        time.sleep(5)
+        victim.start(timeout=90)
+        assert leaders_per_node(c)[victim.node_id] == 0
+        wait_until(lambda: leaders_per_node(c)[victim.node_id] >= 2 and min(leaders_per_node(c).values()) >= 2, 90,
+                   "leadership coming back to the restarted node")
+        print("leaders per node after the restart:", leaders_per_node(c))
+        time.sleep(2)
+        probe.stop()
+        check_no_duplicates_and_all_probes(c.queriers[0], probe, ["probe"])
+    finally:
+        c.stop()

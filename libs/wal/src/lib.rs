@@ -59,10 +59,13 @@ pub struct WalOptions {
     /// Bytes of requests gathered into one write, at most (one request may exceed it alone).
     pub max_batch_bytes: usize,
     /// Live entries of a group that keep an old segment alive are copied forward if they take
-    /// at most this many bytes (bigger logs are purged by their group soon anyway).
+    /// at most this many bytes: an idle group's few entries. A busy group's log is purged by
+    /// the group itself soon (a shard's after its next flush), and copying it would only write
+    /// it twice.
     pub rewrite_limit: u64,
     /// Old segments are freed by copying small groups forward once there are more segments
-    /// than this.
+    /// than this (a busy node rotates segments every few seconds: only a segment that many
+    /// rotations old is worth copying out of).
     pub compact_after_segments: usize,
 }
 
@@ -72,8 +75,8 @@ impl Default for WalOptions {
             fsync: true,
             segment_bytes: 64 * 1024 * 1024,
             max_batch_bytes: 32 * 1024 * 1024,
-            rewrite_limit: 16 * 1024 * 1024,
-            compact_after_segments: 2,
+            rewrite_limit: 1024 * 1024,
+            compact_after_segments: 4,
         }
     }
 }

@@ -21,7 +21,7 @@ fn payloads(wal: &Wal, group: u32, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn small() -> WalOptions {
-    WalOptions { segment_bytes: 4096, rewrite_limit: 1 << 20, ..WalOptions::default() }
+    WalOptions { segment_bytes: 4096, rewrite_limit: 1 << 20, compact_after_segments: 2, ..WalOptions::default() }
 }
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {

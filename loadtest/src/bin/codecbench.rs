@@ -63,6 +63,7 @@ fn main() {
         out
     });
     println!("ipc schema message alone:    {:.1} us per stream", t * 1e6);
+
     let batches: Vec<RecordBatch> = (0..20)
         .map(|_| spindle_otlp::to_arrow::resource_spans_to_batch(&traffic.request(500)).unwrap().batch)
         .collect();
@@ -104,6 +105,13 @@ fn main() {
             })
             .collect::<Vec<_>>()
     };
+    for (name, ps) in [("500-span batches", batches.clone()), ("8 slices each", parts.clone())] {
+        let (t, enc) = time(rounds, || {
+            ps.iter().map(|p| spindle_schema::ipc::encode(std::slice::from_ref(p)).unwrap()).collect::<Vec<_>>()
+        });
+        let (td, _) = time(rounds, || enc.iter().map(|e| spindle_schema::ipc::decode(e).unwrap()).collect::<Vec<_>>());
+        println!("ipc::encode of {name}: encode {:.2} us/span, decode {:.2} us/span", us(t), us(td));
+    }
     let (t, enc) = time(rounds, || per_buffer(&parts));
     let size: usize = enc.iter().map(|e| e.len()).sum();
     let (td, _) = time(rounds, || enc.iter().map(|e| spindle_schema::ipc::decode(e).unwrap()).collect::<Vec<_>>());

@@ -35,6 +35,12 @@ pub struct StorageMetrics {
     pub wal_batches: Counter,
     /// `fdatasync` calls of the write-ahead log.
     pub wal_syncs: Counter,
+    /// Raft stream frames sent to peers.
+    pub raft_frames: Counter,
+    /// AppendEntries with entries sent.
+    pub raft_appends: Counter,
+    /// AppendEntries without entries sent (heartbeats, commit updates, leadership checks).
+    pub raft_heartbeats: Counter,
     /// Shard replicas hosted here.
     pub shards_hosted: Gauge,
     /// Shards this node leads.
@@ -78,6 +84,13 @@ impl StorageMetrics {
             m.wal_batches.clone(),
         );
         r.register("wal_syncs", "fdatasync calls of the write-ahead log", m.wal_syncs.clone());
+        r.register("raft_frames", "Raft stream frames sent to peers (messages of all groups)", m.raft_frames.clone());
+        r.register("raft_appends", "AppendEntries with entries sent to peers", m.raft_appends.clone());
+        r.register(
+            "raft_heartbeats",
+            "AppendEntries without entries sent (heartbeats, commit updates, leadership checks)",
+            m.raft_heartbeats.clone(),
+        );
         r.register("shards_hosted", "Shard replicas hosted on this node", m.shards_hosted.clone());
         r.register("shards_leading", "Shards this node leads", m.shards_leading.clone());
         r.register("shards_without_leader", "Hosted shards whose group has no leader", m.shards_without_leader.clone());

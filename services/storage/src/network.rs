@@ -122,12 +122,46 @@ struct Outgoing {
 pub struct RaftLinks {
     channels: Channels,
     links: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>>,
+    stats: Arc<LinkCounters>,
+}
+
+/// What the links have sent since start.
+#[derive(Debug, Default)]
+struct LinkCounters {
+    frames: std::sync::atomic::AtomicU64,
+    appends: std::sync::atomic::AtomicU64,
+    heartbeats: std::sync::atomic::AtomicU64,
+    other: std::sync::atomic::AtomicU64,
+}
+
+/// Raft traffic a node has sent since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Frames (each carries every message queued for its peer at the moment).
+    pub frames: u64,
+    /// AppendEntries carrying entries.
+    pub appends: u64,
+    /// AppendEntries without entries (heartbeats, commit updates, leadership checks).
+    pub heartbeats: u64,
+    /// Votes and snapshots.
+    pub other: u64,
 }
 
 impl RaftLinks {
     /// Links over `channels`.
     pub fn new(channels: Channels) -> Self {
-        Self { channels, links: Arc::default() }
+        Self { channels, links: Arc::default(), stats: Arc::default() }
+    }
+
+    /// Raft traffic sent since start.
+    pub fn stats(&self) -> LinkStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        LinkStats {
+            frames: self.stats.frames.load(Relaxed),
+            appends: self.stats.appends.load(Relaxed),
+            heartbeats: self.stats.heartbeats.load(Relaxed),
+            other: self.stats.other.load(Relaxed),
+        }
     }
 
     /// Sends one message to `addr` and waits up to `ttl` for its reply.
@@ -140,6 +174,12 @@ impl RaftLinks {
         heartbeat: bool,
         ttl: Duration,
     ) -> Result<Bytes, TransportError> {
+        let counter = match (kind, heartbeat) {
+            (RaftKind::AppendEntries, false) => &self.stats.appends,
+            (RaftKind::AppendEntries, true) => &self.stats.heartbeats,
+            _ => &self.stats.other,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let mut message = Outgoing { group, kind, body, heartbeat, reply };
         for _ in 0..2 {
@@ -149,7 +189,7 @@ impl RaftLinks {
                     .entry(addr.to_string())
                     .or_insert_with(|| {
                         let (queue, rx) = mpsc::unbounded_channel();
-                        tokio::spawn(run_link(addr.to_string(), self.channels.clone(), rx));
+                        tokio::spawn(run_link(addr.to_string(), self.channels.clone(), rx, self.stats.clone()));
                         queue
                     })
                     .clone()
@@ -210,7 +250,12 @@ fn fail_all(pending: &Pending, addr: &str) {
 }
 
 /// Serves one peer: takes queued messages, packs them into frames, and keeps a stream open.
-async fn run_link(addr: String, channels: Channels, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+async fn run_link(
+    addr: String,
+    channels: Channels,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    stats: Arc<LinkCounters>,
+) {
     let mut mode = Mode::Closed;
     let mut next_id = 0u64;
     while let Some(first) = queue.recv().await {
@@ -280,6 +325,7 @@ async fn run_link(addr: String, channels: Channels, mut queue: mpsc::UnboundedRe
                         });
                     }
                 }
+                stats.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if stream.frames.send(frame).await.is_err() {
                     stream.broken.store(true, std::sync::atomic::Ordering::Relaxed);
                     fail_all(&stream.pending, &addr);

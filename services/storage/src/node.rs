@@ -92,6 +92,7 @@ pub struct StorageNode {
     identity: Mutex<Identity>,
     incarnation: u64,
     wal: Wal,
+    links: RaftLinks,
 }
 
 /// Whether this node may take part in the cluster's Raft groups.
@@ -184,7 +185,7 @@ impl StorageNode {
             config.node_id,
             store.clone(),
             topology.clone(),
-            links,
+            links.clone(),
             config.shard.clone(),
             metrics.clone(),
             wal.clone(),
@@ -205,6 +206,7 @@ impl StorageNode {
             identity: Mutex::new(identity),
             incarnation,
             wal,
+            links: links.clone(),
         });
         // Shards on disk rejoin their groups at once (all opened together), whatever the
         // metadata says yet.
@@ -779,6 +781,7 @@ impl StorageNode {
     async fn metrics_loop(self: Arc<Self>) {
         let mut stop = self.stopped();
         let mut wal_seen = spindle_wal::WalStats::default();
+        let mut sent_seen = crate::network::LinkStats::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -809,6 +812,11 @@ impl StorageNode {
             self.metrics.wal_batches.inc_by(wal.batches.saturating_sub(wal_seen.batches));
             self.metrics.wal_syncs.inc_by(wal.syncs.saturating_sub(wal_seen.syncs));
             wal_seen = wal;
+            let sent = self.links.stats();
+            self.metrics.raft_frames.inc_by(sent.frames.saturating_sub(sent_seen.frames));
+            self.metrics.raft_appends.inc_by(sent.appends.saturating_sub(sent_seen.appends));
+            self.metrics.raft_heartbeats.inc_by(sent.heartbeats.saturating_sub(sent_seen.heartbeats));
+            sent_seen = sent;
             self.metrics.shards_hosted.set(shards.len() as i64);
             self.metrics.shards_leading.set(leading as i64);
             self.metrics.shards_without_leader.set(leaderless as i64);
