@@ -100,10 +100,10 @@ def all_in_one(bins, root, _shards, _extra):
     return s
 
 
-def cluster(bins, root, shards, extra):
+def cluster(bins, root, shards, extra, nodes=3):
     s = Setup()
     blocks = "file://" + os.path.join(root, "blocks")
-    internal = [free_port() for _ in range(3)]
+    internal = [free_port() for _ in range(nodes)]
     seeds = ",".join(f"127.0.0.1:{p}" for p in internal)
     log = open(os.path.join(root, "cluster.log"), "ab")
     for i, port in enumerate(internal):
@@ -111,7 +111,7 @@ def cluster(bins, root, shards, extra):
         s.procs.append(("storage", start([
             f"{bins}/spindle", "storage", "--node-id", str(i + 1), "--data-dir", os.path.join(root, f"node-{i + 1}"),
             "--storage-url", blocks, "--grpc-addr", f"127.0.0.1:{port}", "--advertise-addr", f"127.0.0.1:{port}",
-            "--http-addr", f"127.0.0.1:{http}", "--seeds", seeds, "--bootstrap-expect", "3", "--shards", str(shards),
+            "--http-addr", f"127.0.0.1:{http}", "--seeds", seeds, "--bootstrap-expect", str(nodes), "--shards", str(shards),
             "--replication-factor", "3", *extra], log), http))
     wait_ready([p for _, _, p in s.procs])
     http, grpc, otlp_http = free_port(), free_port(), free_port()

@@ -83,6 +83,35 @@ pub fn drain_blocker(state: &ClusterState, node: NodeId) -> Option<String> {
     })
 }
 
+/// The replica that should lead each shard: every shard to one of its active replicas, the
+/// same answer on every node for the same state, and as even as the placement allows (shards
+/// taken in order, each to the replica that has been given the fewest so far; ties go round by
+/// shard id, so equal placements do not all pick the lowest node id). A shard's group is started
+/// by its preferred replica, and a leader that is not preferred hands leadership over once the
+/// preferred one has caught up: leadership ends up spread after bootstrap, restarts and moves.
+pub fn preferred_leaders(state: &ClusterState) -> BTreeMap<ShardId, NodeId> {
+    let active = |n: &NodeId| state.nodes.get(n).is_some_and(|i| i.state == NodeState::Active);
+    let mut given: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (id, info) in &state.shards {
+        let mut candidates: Vec<NodeId> = info.replicas.iter().copied().filter(active).collect();
+        if candidates.is_empty() {
+            candidates = info.replicas.clone();
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        let turn = *id as usize % candidates.len();
+        candidates.rotate_left(turn);
+        let pick = candidates.iter().copied().min_by_key(|n| given.get(n).copied().unwrap_or(0));
+        if let Some(node) = pick {
+            *given.entry(node).or_default() += 1;
+            out.insert(*id, node);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +181,24 @@ mod tests {
         s.apply(&MetaCommand::SetNodeState { id: 3, state: NodeState::Leaving }).unwrap();
         assert!(next_moves(&s, 4).is_empty());
         assert!(drain_blocker(&s, 3).unwrap().contains("only 2 active nodes"));
+    }
+
+    #[test]
+    fn preferred_leaders_are_even_and_the_same_everywhere() {
+        for (nodes, shards) in [(vec![1, 2, 3], 8), (vec![1, 2, 3, 4, 5, 6], 16), (vec![1, 2, 3, 4], 5)] {
+            let s = initialized(bootstrapped(&nodes, shards, 3));
+            let preferred = preferred_leaders(&s);
+            assert_eq!(preferred.len(), shards as usize);
+            for (shard, node) in &preferred {
+                assert!(s.shards[shard].replicas.contains(node));
+            }
+            let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+            for node in preferred.values() {
+                *counts.entry(*node).or_default() += 1;
+            }
+            let (min, max) = (counts.values().min().unwrap(), counts.values().max().unwrap());
+            assert!(max - min <= 1, "{nodes:?} x {shards}: {counts:?}");
+            assert_eq!(preferred_leaders(&s.clone()), preferred);
+        }
     }
 }

@@ -590,13 +590,13 @@ impl StorageNode {
             return Ok(());
         }
         let mut hosted = HashSet::new();
+        let preferred = spindle_cluster::placement::preferred_leaders(&state);
         for info in state.shards_hosted_by(self.id) {
             hosted.insert(info.id);
             let shard = self.open_shard(info.id).await?;
-            // Each shard is initialized by a different replica in turn, which campaigns first and
-            // so leads it: leadership starts spread over the nodes.
-            let initializer = info.replicas.get(info.id as usize % info.replicas.len().max(1));
-            if !info.initialized && initializer == Some(&self.id) {
+            // Each shard is initialized by its preferred leader, which campaigns first and so
+            // leads it: leadership starts spread over the nodes.
+            if !info.initialized && preferred.get(&info.id) == Some(&self.id) {
                 let members: BTreeMap<NodeId, BasicNode> = info
                     .replicas
                     .iter()
@@ -734,10 +734,10 @@ impl StorageNode {
         }
     }
 
-    /// Keeps shard leadership spread over the nodes: each shard has a preferred replica (the
-    /// one that started it: `replicas[shard % replicas]`, which spreads leaders evenly), and a
-    /// leader that is not it hands leadership over once the preferred replica is a voter that
-    /// has caught up (after a restart, or once moves settle). One hand-over at a time.
+    /// Keeps shard leadership spread over the nodes: each shard has a preferred replica
+    /// (`placement::preferred_leaders`, even over the active nodes), and a leader that is not
+    /// it hands leadership over once the preferred replica is a voter that has caught up (after
+    /// a restart, or once moves settle). One hand-over at a time per node.
     async fn balance_loop(self: Arc<Self>) {
         let mut stop = self.stopped();
         loop {
@@ -749,10 +749,9 @@ impl StorageNode {
                 continue;
             }
             let state = self.state();
+            let leaders = spindle_cluster::placement::preferred_leaders(&state);
             for info in state.shards_hosted_by(self.id) {
-                let Some(&preferred) = info.replicas.get(info.id as usize % info.replicas.len().max(1)) else {
-                    continue;
-                };
+                let Some(&preferred) = leaders.get(&info.id) else { continue };
                 let Some(shard) = self.shard(info.id) else { continue };
                 if preferred == self.id || info.moving.is_some() || !shard.is_leader() {
                     continue;
