@@ -81,6 +81,28 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     Ok(out)
 }
 
+/// Encodes batches as a plain Arrow IPC stream, not compressed: what every earlier version of
+/// Spindle reads (used while a cluster runs mixed versions, and for a shard's unflushed spans
+/// streamed to queriers).
+pub fn encode_plain(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 1024);
+    let mut writer = StreamWriter::try_new(&mut out, first.schema_ref())?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Whether `bytes` are a batch as [`encode`] makes it (not a plain IPC stream).
+pub fn is_compressed(bytes: &[u8]) -> bool {
+    header(bytes).is_some()
+}
+
 /// The header of a compressed batch: rows and IPC stream length.
 fn header(bytes: &[u8]) -> Option<(usize, usize)> {
     let h = bytes.get(..HEADER).filter(|h| h[..4] == MAGIC)?;
@@ -291,6 +313,16 @@ impl EncodedBatch {
             _ => arrow::compute::concat_batches(&schema, &batches)?,
         };
         Ok(Self { ipc, batch })
+    }
+
+    /// The same spans as a plain IPC stream (see [`encode_plain`]): for a peer of an earlier
+    /// version.
+    pub fn to_plain(&self) -> Result<Self, ArrowError> {
+        if !is_compressed(&self.ipc) {
+            return Ok(self.clone());
+        }
+        let ipc = Bytes::from(encode_plain(std::slice::from_ref(&self.batch))?);
+        Ok(Self { ipc, batch: self.batch.clone() })
     }
 
     /// The IPC bytes.

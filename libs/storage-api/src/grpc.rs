@@ -141,6 +141,13 @@ impl StorageApi for GrpcStorageClient {
         let request = PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: batch.ipc().clone() };
         match self.client.clone().push(request).await {
             Ok(r) => Ok(r.into_inner().rows),
+            // A node of an earlier version reads only plain IPC streams: once more in that form.
+            Err(s) if s.code() == Code::InvalidArgument && ipc::is_compressed(batch.ipc()) => {
+                let plain = batch.to_plain().map_err(|e| ApiError::Internal(format!("encoding spans: {e}")))?;
+                let request = PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: plain.ipc().clone() };
+                let r = self.client.clone().push(request).await.map_err(|s| ApiError::from_status(&s, shard))?;
+                Ok(r.into_inner().rows)
+            }
             Err(s) => Err(ApiError::from_status(&s, shard)),
         }
     }
@@ -245,7 +252,8 @@ fn encode_chunks(batch: RecordBatch) -> Vec<Result<ReadChunk, Status>> {
         .step_by(READ_CHUNK_ROWS)
         .map(|offset| {
             let slice = batch.slice(offset, READ_CHUNK_ROWS.min(rows - offset));
-            ipc::encode(&[slice])
+            // Plain IPC: queriers of an earlier version read it too.
+            ipc::encode_plain(&[slice])
                 .map(|bytes| ReadChunk { chunk: Some(Chunk::ArrowIpc(Bytes::from(bytes))) })
                 .map_err(|e| Status::internal(format!("encoding arrow ipc: {e}")))
         })

@@ -123,6 +123,7 @@ pub struct RaftLinks {
     channels: Channels,
     links: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>>,
     stats: Arc<LinkCounters>,
+    streaming: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 /// What the links have sent since start.
@@ -150,7 +151,15 @@ pub struct LinkStats {
 impl RaftLinks {
     /// Links over `channels`.
     pub fn new(channels: Channels) -> Self {
-        Self { channels, links: Arc::default(), stats: Arc::default() }
+        Self { channels, links: Arc::default(), stats: Arc::default(), streaming: Arc::default() }
+    }
+
+    /// Whether every one of `peers` is known to run this version (it served the Raft stream
+    /// when last reached). A peer of an earlier version, or one not reached since this node
+    /// started, is not: it may not read what this version writes.
+    pub fn all_current(&self, peers: impl IntoIterator<Item = impl AsRef<str>>) -> bool {
+        let known = self.streaming.lock().unwrap_or_else(|e| e.into_inner());
+        peers.into_iter().all(|p| known.get(p.as_ref()).copied().unwrap_or(false))
     }
 
     /// Raft traffic sent since start.
@@ -189,7 +198,13 @@ impl RaftLinks {
                     .entry(addr.to_string())
                     .or_insert_with(|| {
                         let (queue, rx) = mpsc::unbounded_channel();
-                        tokio::spawn(run_link(addr.to_string(), self.channels.clone(), rx, self.stats.clone()));
+                        tokio::spawn(run_link(
+                            addr.to_string(),
+                            self.channels.clone(),
+                            rx,
+                            self.stats.clone(),
+                            self.streaming.clone(),
+                        ));
                         queue
                     })
                     .clone()
@@ -255,6 +270,7 @@ async fn run_link(
     channels: Channels,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     stats: Arc<LinkCounters>,
+    streaming: Arc<Mutex<HashMap<String, bool>>>,
 ) {
     let mut mode = Mode::Closed;
     let mut next_id = 0u64;
@@ -295,7 +311,11 @@ async fn run_link(
         };
         if stale {
             mode = match open_stream(&addr, &channels).await {
-                Ok(m) => m,
+                Ok(m) => {
+                    let current = matches!(m, Mode::Stream(_));
+                    streaming.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.clone(), current);
+                    m
+                }
                 Err(e) => {
                     for m in batch {
                         let _ = m.reply.send(Err(e.clone()));

@@ -207,7 +207,7 @@ impl Shard {
         }
         .validate()
         .map_err(NodeError::raft)?;
-        let raft = Raft::new(node_id, Arc::new(raft_config), GrpcNetwork::new(id, links), log.clone(), sm)
+        let raft = Raft::new(node_id, Arc::new(raft_config), GrpcNetwork::new(id, links.clone()), log.clone(), sm)
             .await
             .map_err(NodeError::raft)?;
         let (writes, queue) = mpsc::unbounded_channel();
@@ -235,7 +235,7 @@ impl Shard {
             metrics,
             handover: Mutex::new(None),
         });
-        tokio::spawn(write_loop(id, shard.raft.clone(), queue, shard.config.clone()));
+        tokio::spawn(write_loop(id, node_id, shard.raft.clone(), links, queue, shard.config.clone()));
         tokio::spawn(shard.clone().maintenance_loop());
         Ok(shard)
     }
@@ -743,7 +743,9 @@ fn select(
 /// goes into one entry (up to `max_entry_bytes`).
 async fn write_loop(
     shard: ShardId,
+    node: NodeId,
     raft: Raft<ShardTypes>,
+    links: RaftLinks,
     mut queue: mpsc::UnboundedReceiver<PendingWrite>,
     config: ShardConfig,
 ) {
@@ -768,22 +770,45 @@ async fn write_loop(
         }
         let raft = raft.clone();
         let timeout = config.commit_timeout;
+        // A replica of an earlier version reads only plain IPC: while one may hold this
+        // group, entries carry that form (see `RaftLinks::all_current`).
+        let plain = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            let peers: Vec<String> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != node)
+                .map(|(_, n)| n.addr.clone())
+                .collect();
+            !links.all_current(&peers)
+        };
         tokio::spawn(async move {
-            commit(shard, &raft, group, timeout).await;
+            commit(shard, &raft, group, timeout, plain).await;
             drop(slot);
         });
     }
 }
 
-async fn commit(shard: ShardId, raft: &Raft<ShardTypes>, group: Vec<PendingWrite>, timeout: Duration) {
-    let items = group
-        .iter()
-        .map(|w| AppendItem {
-            tenant: w.tenant.clone(),
-            digest: w.digest,
-            payload: SpanPayload::from_encoded(w.batch.clone()),
-        })
-        .collect();
+async fn commit(shard: ShardId, raft: &Raft<ShardTypes>, group: Vec<PendingWrite>, timeout: Duration, plain: bool) {
+    let mut items = Vec::with_capacity(group.len());
+    for w in &group {
+        let batch = if plain { w.batch.to_plain() } else { Ok(w.batch.clone()) };
+        match batch {
+            Ok(batch) => items.push(AppendItem {
+                tenant: w.tenant.clone(),
+                digest: w.digest,
+                payload: SpanPayload::from_encoded(batch),
+            }),
+            Err(e) => {
+                for w in group {
+                    let _ = w.reply.send(Err(ApiError::Internal(format!("encoding spans: {e}"))));
+                }
+                return;
+            }
+        }
+    }
     let command = ShardCommand::Append { received_unix_ms: now_unix_ms(), items };
     let outcome = tokio::time::timeout(timeout, raft.client_write(command)).await;
     match outcome {
