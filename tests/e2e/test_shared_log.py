@@ -68,13 +68,19 @@ def metric(text, name):
     raise AssertionError(f"{name} not in the metrics")
 
 
+def kill_a_node_under_writes(c):
+    """Starts a probe writing every 50 ms, then kills node 3 with SIGKILL; the probe and node."""
+    probe = Probe(c.ingesters[0], interval=0.05).start()
+    time.sleep(4)
+    victim = c.storage[2]
+    victim.kill9()
+    return probe, victim
+
+
 def test_a_log_cut_short_by_a_crash_is_cut_and_the_node_goes_on():
     c = Cluster(storage=3, ingesters=1, queriers=1).start()
     try:
-        probe = Probe(c.ingesters[0], interval=0.05).start()
-        time.sleep(4)
-        victim = c.storage[2]
-        victim.kill9()
+        probe, victim = kill_a_node_under_writes(c)
         # A batch cut short: its header promises more than the file holds.
         with open(segments(victim)[-1], "ab") as f:
             f.write(struct.pack("<III", 0x42574C53, 4096, 0) + b"\x01" * 100)
@@ -91,10 +97,7 @@ def test_a_log_cut_short_by_a_crash_is_cut_and_the_node_goes_on():
 def test_a_log_damaged_in_the_middle_stops_the_node_naming_the_file_and_offset():
     c = Cluster(storage=3, ingesters=1, queriers=1).start()
     try:
-        probe = Probe(c.ingesters[0], interval=0.05).start()
-        time.sleep(4)
-        victim = c.storage[2]
-        victim.kill9()
+        probe, victim = kill_a_node_under_writes(c)
         segment = segments(victim)[-1]
         batches = batch_offsets(segment)
         assert len(batches) > 3, batches

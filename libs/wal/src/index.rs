@@ -19,6 +19,29 @@ pub(crate) struct Loc {
     pub len: u32,
 }
 
+impl Loc {
+    /// Reads this entry's record back from `file` (segment `path`), checked against its CRC
+    /// and against what the index says it is.
+    pub fn read(
+        &self,
+        file: &std::fs::File,
+        path: &std::path::Path,
+        group: GroupId,
+    ) -> Result<Record, crate::WalError> {
+        use std::os::unix::fs::FileExt;
+        let corrupt =
+            |reason: String| crate::WalError::Corrupt { path: path.to_path_buf(), offset: self.offset, reason };
+        let mut buf = vec![0u8; self.len as usize];
+        file.read_exact_at(&mut buf, self.offset)
+            .map_err(|source| crate::WalError::Io { path: path.to_path_buf(), source })?;
+        let body = crate::format::check_record(Bytes::from(buf)).map_err(corrupt)?;
+        match Record::decode(&body) {
+            Ok(r @ Record::Entry { id, .. }) if r.group() == group && id == self.id => Ok(r),
+            _ => Err(corrupt(format!("expected entry {} of group {group} here", self.id.index))),
+        }
+    }
+}
+
 /// One group's part of the log.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct GroupIndex {

@@ -25,7 +25,6 @@ mod writer;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
@@ -308,23 +307,10 @@ impl Wal {
         };
         let mut out = Vec::with_capacity(plan.len());
         for (loc, file) in plan {
-            let path = || recover::segment_path(&self.shared.dir, loc.segment);
-            let mut buf = vec![0u8; loc.len as usize];
-            file.read_exact_at(&mut buf, loc.offset).map_err(|source| WalError::Io { path: path(), source })?;
-            let body = format::check_record(Bytes::from(buf)).map_err(|reason| WalError::Corrupt {
-                path: path(),
-                offset: loc.offset,
-                reason,
-            })?;
-            match Record::decode(&body) {
-                Ok(Record::Entry { group: g, id, payload }) if g == group && id == loc.id => out.push((id, payload)),
-                _ => {
-                    return Err(WalError::Corrupt {
-                        path: path(),
-                        offset: loc.offset,
-                        reason: format!("expected entry {} of group {group} here", loc.id.index),
-                    })
-                }
+            if let Record::Entry { id, payload, .. } =
+                loc.read(&file, &recover::segment_path(&self.shared.dir, loc.segment), group)?
+            {
+                out.push((id, payload));
             }
         }
         Ok(out)

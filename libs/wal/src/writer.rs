@@ -4,8 +4,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc};
 
-use bytes::Bytes;
-
 use crate::format::{self, Record, BATCH_HEADER, FILE_HEADER};
 use crate::index::Loc;
 use crate::recover::segment_path;
@@ -219,24 +217,7 @@ impl Writer {
         let mut out = Vec::new();
         for (group, locs) in groups {
             for (loc, file) in locs {
-                let path = || segment_path(&self.shared.dir, loc.segment);
-                let mut buf = vec![0u8; loc.len as usize];
-                file.read_exact_at(&mut buf, loc.offset).map_err(|source| WalError::Io { path: path(), source })?;
-                let body = format::check_record(Bytes::from(buf)).map_err(|reason| WalError::Corrupt {
-                    path: path(),
-                    offset: loc.offset,
-                    reason,
-                })?;
-                match Record::decode(&body) {
-                    Ok(r @ Record::Entry { .. }) if r.group() == *group => out.push(r),
-                    _ => {
-                        return Err(WalError::Corrupt {
-                            path: path(),
-                            offset: loc.offset,
-                            reason: format!("expected entry {} of group {group} here", loc.id.index),
-                        })
-                    }
-                }
+                out.push(loc.read(file, &segment_path(&self.shared.dir, loc.segment), *group)?);
             }
         }
         Ok(out)
