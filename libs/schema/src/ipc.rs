@@ -123,11 +123,12 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
     if len > MAX_DECODED_BYTES {
         return Err(ArrowError::IpcError(format!("a span batch claims {len} bytes (at most {MAX_DECODED_BYTES})")));
     }
-    let mut ipc = vec![0u8; len];
-    let n = lz4_flex::block::decompress_into(&bytes[HEADER..], &mut ipc)
+    // Decompressed into fresh capacity, not a zeroed buffer (zeroing cost a page fault per
+    // page); the decoder checks every write against `len` and fails on more.
+    let ipc = lz4_flex::block::decompress(&bytes[HEADER..], len)
         .map_err(|e| ArrowError::IpcError(format!("decompressing spans: {e}")))?;
-    if n != len {
-        return Err(ArrowError::IpcError(format!("a span batch holds {n} bytes, its header says {len}")));
+    if ipc.len() != len {
+        return Err(ArrowError::IpcError(format!("a span batch holds {} bytes, its header says {len}", ipc.len())));
     }
     if ipc.starts_with(span_schema_message()) {
         return read_span_messages(Buffer::from_vec(ipc));

@@ -72,6 +72,19 @@ impl std::fmt::Display for CachedStore {
     }
 }
 
+/// Removes everything inside `dir`, keeping `dir`.
+fn clear_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl CachedStore {
     /// Caches reads of `inner` as `options` say.
     pub fn new(inner: Arc<dyn ObjectStore>, options: &CacheOptions) -> std::io::Result<Self> {
@@ -81,11 +94,11 @@ impl CachedStore {
             .build();
         let disk = match &options.disk_dir {
             Some(dir) => {
-                // Whatever a previous process left is not trusted (it may be half-written).
-                if dir.exists() {
-                    std::fs::remove_dir_all(dir)?;
-                }
+                // Whatever a previous process left is not trusted (it may be half-written). The
+                // directory itself stays: it is often a mount point (a Kubernetes emptyDir) that
+                // cannot be removed, under a read-only root filesystem.
                 std::fs::create_dir_all(dir)?;
+                clear_dir(dir)?;
                 let files = moka::future::Cache::builder()
                     .max_capacity(options.disk_bytes / 1024)
                     .weigher(|_k: &Path, v: &Arc<DiskEntry>| (v.meta.size / 1024).try_into().unwrap_or(u32::MAX))
@@ -296,5 +309,28 @@ impl ObjectStore for CachedStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_are_removed_and_the_directory_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        std::fs::create_dir_all(dir.join("blocks/t1")).unwrap();
+        std::fs::write(dir.join("blocks/t1/half-written"), b"x").unwrap();
+        std::fs::write(dir.join("stray"), b"y").unwrap();
+        // Held open, so a removed directory's inode number cannot be reused by a new one.
+        let held = std::fs::File::open(&dir).unwrap();
+        let options = CacheOptions { memory_bytes: 0, disk_dir: Some(dir.clone()), disk_bytes: 1 << 20 };
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        CachedStore::new(inner, &options).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "leftovers remain");
+        // The same directory (inode), not a new one: a mount point cannot be removed.
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().ino(), held.metadata().unwrap().ino());
     }
 }
