@@ -69,5 +69,11 @@ WORKDIR /home/nonroot
 EXPOSE 3200 4317 4318 7400
 ENTRYPOINT ["/usr/local/bin/spindle"]
 CONTAINERFILE
+previous=$("${engine[@]}" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 "${engine[@]}" build --quiet -t "$tag" "$ctx" >/dev/null
+# The image this tag named before is left untagged by the build: remove it (unless in use).
+current=$("${engine[@]}" image inspect --format '{{.Id}}' "$tag")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  "${engine[@]}" rmi "$previous" >/dev/null 2>&1 || true
+fi
 echo "$tag"
