@@ -32,10 +32,10 @@ struct Args {
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
     /// How long to send (e.g. 60s, 2m, 500ms, or seconds).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = spindle_types::parse_std_duration)]
     duration: Duration,
     /// Sending before measuring starts (not counted in rates and latencies).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = spindle_types::parse_std_duration)]
     warmup: Duration,
     /// Spread traffic over this many tenants (tenant-0 .. tenant-N-1).
     #[arg(long, default_value_t = 0)]
@@ -73,21 +73,6 @@ struct Args {
     /// Tempo query API for --verify, host:port.
     #[arg(long, default_value = "127.0.0.1:3200")]
     query_endpoint: String,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: f64 = n.parse().map_err(|_| format!("invalid duration {text:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {text:?}")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Default)]

@@ -828,7 +828,7 @@ impl fmt::Display for Static {
                 }
             }
             Static::Bool(b) => write!(f, "{b}"),
-            Static::Duration(ns) => f.write_str(&crate::duration::format_duration(*ns)),
+            Static::Duration(ns) => f.write_str(&spindle_types::format_duration(*ns)),
             Static::Status(s) => f.write_str(s.name()),
             Static::Kind(k) => f.write_str(k.name()),
             Static::Nil => f.write_str("nil"),

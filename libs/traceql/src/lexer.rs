@@ -3,8 +3,8 @@
 //! numbers followed by a unit are durations; `//` and `/* */` comments are skipped.
 
 use crate::ast::{Attribute, AttributeScope};
-use crate::duration::parse_duration;
 use crate::ParseError;
+use spindle_types::parse_duration;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Tok {
@@ -63,7 +63,7 @@ impl Tok {
             Tok::Str(s) => format!("string {s:?}"),
             Tok::Int(i) => format!("number {i}"),
             Tok::Float(f) => format!("number {f}"),
-            Tok::Duration(d) => format!("duration {}", crate::duration::format_duration(*d)),
+            Tok::Duration(d) => format!("duration {}", spindle_types::format_duration(*d)),
             Tok::Ident(w) => format!("'{w}'"),
             Tok::Attribute(a) => format!("attribute {a}"),
             Tok::Colon(s) => format!("'{s}:'"),

@@ -21,14 +21,13 @@
 //! constant scalar filters (`3 = 2`).
 
 mod ast;
-mod duration;
 mod lexer;
 mod parser;
 mod validate;
 
 pub use ast::*;
-pub use duration::{format_duration, parse_duration};
 pub use parser::{parse, MAX_NESTING, MAX_OPERATORS, MAX_QUERY_BYTES};
+pub use spindle_types::{format_duration, parse_duration};
 pub use validate::ValueType;
 
 /// Why a query could not be parsed.

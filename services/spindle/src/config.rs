@@ -17,6 +17,7 @@ use spindle_generator::GeneratorSettings;
 use spindle_limits::LimitsPolicy;
 use spindle_storage::store::{StoreLocation, StoreOptions};
 use spindle_storage::RetentionPolicy;
+use spindle_types::parse_std_duration;
 
 use crate::generator_config::{generator_settings, GeneratorFile};
 use crate::limits_config::{limits_policy, LimitsFile};
@@ -504,7 +505,7 @@ impl Config {
         };
         let size = |name: &str, value: String| parse_size(&value).with_context(|| format!("invalid {name} {value:?}"));
         let duration =
-            |name: &str, value: String| parse_duration(&value).with_context(|| format!("invalid {name} {value:?}"));
+            |name: &str, value: String| parse_std_duration(&value).with_context(|| format!("invalid {name} {value:?}"));
         let storage = role == Command::Storage;
         let retention = retention_policy(o, &file)?;
         let limits = file_limits(&file)?;
@@ -733,7 +734,7 @@ fn internal_tls_files(o: &Options, file: &FileConfig) -> anyhow::Result<Option<I
 /// The retention windows: `--retention` (or the file's `retention`) as the default, and the
 /// file's per-tenant `tenants.<id>.retention`.
 fn retention_policy(o: &Options, file: &FileConfig) -> anyhow::Result<RetentionPolicy> {
-    let window = |what: &str, text: &str| parse_duration(text).with_context(|| format!("invalid {what} {text:?}"));
+    let window = |what: &str, text: &str| parse_std_duration(text).with_context(|| format!("invalid {what} {text:?}"));
     let default = match o.retention.clone().or(file.retention.clone()) {
         Some(t) => Some(window("retention", &t)?),
         None => None,
@@ -800,22 +801,6 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
     n.checked_mul(scale).filter(|v| *v > 0).context("size must be positive and fit in memory")
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().context("expected a duration like 30s")?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        other => bail!("unknown duration unit {other:?}"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,9 +811,9 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("0").is_err());
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_std_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_std_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_std_duration("soon").is_err());
     }
 
     #[test]

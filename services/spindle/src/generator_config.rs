@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use spindle_generator::{GeneratorSettings, RemoteWriteTarget, TenantSettings};
 
-use crate::config::{parse_duration, parse_size};
+use crate::config::parse_size;
+use spindle_types::parse_std_duration;
 
 /// `generator:` in the config file. Every key is optional.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -68,7 +69,7 @@ fn apply(base: &TenantSettings, file: &GeneratorFile, what: &str) -> anyhow::Res
     let mut s = base.clone();
     if let Some(t) = &file.collection_interval {
         s.collection_interval =
-            parse_duration(t).with_context(|| format!("invalid {what}.collection_interval {t:?}"))?;
+            parse_std_duration(t).with_context(|| format!("invalid {what}.collection_interval {t:?}"))?;
         if s.collection_interval.is_zero() {
             bail!("{what}.collection_interval must be positive");
         }
@@ -92,7 +93,7 @@ fn apply(base: &TenantSettings, file: &GeneratorFile, what: &str) -> anyhow::Res
             s.service_graphs = b;
         }
         if let Some(w) = &g.wait {
-            s.wait = parse_duration(w).with_context(|| format!("invalid {what}.service_graphs.wait {w:?}"))?;
+            s.wait = parse_std_duration(w).with_context(|| format!("invalid {what}.service_graphs.wait {w:?}"))?;
         }
         if let Some(n) = g.max_items {
             s.max_items = n;
@@ -126,7 +127,7 @@ pub fn generator_settings(
     let top = top.unwrap_or(&empty);
     let duration = |name: &str, v: &Option<String>, default| -> anyhow::Result<_> {
         match v {
-            Some(t) => parse_duration(t).with_context(|| format!("invalid generator.{name} {t:?}")),
+            Some(t) => parse_std_duration(t).with_context(|| format!("invalid generator.{name} {t:?}")),
             None => Ok(default),
         }
     };

@@ -1,5 +1,29 @@
-//! Durations as TraceQL, Tempo's HTTP parameters and Go write them: `150ms`, `1.5s`, `1h30m`,
-//! `2d`, `1w`. The one duration parser of Spindle's query side.
+//! Durations as TraceQL, Tempo's HTTP parameters, Go and Prometheus write them: `150ms`, `1.5s`,
+//! `1h30m`, `2d`, `1w`. The one duration grammar of Spindle: queries, flags, config files and
+//! loadsim all read durations with it.
+
+use std::time::Duration;
+
+/// A duration that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a duration in the grammar of [`parse_duration`] (nor a bare number of seconds).
+    #[error("{0:?} is not a duration (e.g. 500ms, 30s, 1.5h, 1h30m, 2d)")]
+    Invalid(String),
+    /// A negative duration where only non-negative ones make sense.
+    #[error("{0:?} is negative")]
+    Negative(String),
+}
+
+/// Parses a setting's duration: the grammar of [`parse_duration`], or a bare number of seconds
+/// (`30`, `0.5`), never negative.
+pub fn parse_std_duration(text: &str) -> Result<Duration, DurationError> {
+    let t = text.trim();
+    let bare = !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit() || c == b'.');
+    let ns = if bare { parse_duration(&format!("{t}s")) } else { parse_duration(t) }
+        .ok_or_else(|| DurationError::Invalid(text.to_string()))?;
+    u64::try_from(ns).map(Duration::from_nanos).map_err(|_| DurationError::Negative(text.to_string()))
+}
 
 /// Parses a duration into nanoseconds: a sequence of number + unit (`ns`, `us`/`µs`, `ms`, `s`,
 /// `m`, `h`, and Prometheus' `d`, `w`, `y`), with an optional sign. `0` alone is zero. `None` for
@@ -118,6 +142,20 @@ mod tests {
         assert_eq!(parse_duration("0"), Some(0));
         for bad in ["10", "5x", "", "s", "1..5s", "99999999999999999999h", "1e3s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_take_the_same_grammar_and_bare_seconds() {
+        assert_eq!(parse_std_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_std_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_std_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_std_duration(" 30 "), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_std_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_std_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_std_duration("-1s"), Err(DurationError::Negative("-1s".into())));
+        for bad in ["soon", "", "5x", "1..5", "s"] {
+            assert_eq!(parse_std_duration(bad), Err(DurationError::Invalid(bad.into())), "{bad}");
         }
     }
 

@@ -1,0 +1,6 @@
+//! Small types every part of Spindle shares, and their text forms. A leaf crate: it depends on
+//! no other Spindle crate, so anything may use it.
+
+pub mod duration;
+
+pub use duration::{format_duration, parse_duration, parse_std_duration, DurationError};
