@@ -661,8 +661,11 @@ fn with_exemplar_labels(
     let exemplars = ex
         .into_iter()
         .map(|(id, start, value)| {
-            let mut l =
-                vec![KeyValue { key: "trace:id".into(), value: Some(string(&trace_hex(&id))), ..Default::default() }];
+            let mut l = vec![KeyValue {
+                key: "trace:id".into(),
+                value: Some(string(&spindle_types::trace_id_hex(&id))),
+                ..Default::default()
+            }];
             l.extend(labels.iter().filter(|(k, _)| !k.starts_with("__") && k != "p").map(|(k, v)| KeyValue {
                 key: k.clone(),
                 value: Some(v.clone()),
@@ -672,16 +675,6 @@ fn with_exemplar_labels(
         })
         .collect();
     Series { labels, samples, exemplars }
-}
-
-fn trace_hex(id: &[u8; 16]) -> String {
-    let h = hex::encode(id);
-    let t = h.trim_start_matches('0');
-    if t.is_empty() {
-        "0".into()
-    } else {
-        t.into()
-    }
 }
 
 /// At most `limit` exemplars, spread over time: `limit / 2` time buckets with up to two each.

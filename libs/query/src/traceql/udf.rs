@@ -138,15 +138,8 @@ impl ScalarUDFImpl for HexId {
         let mut b = StringBuilder::new();
         let mut push = |v: Option<&[u8]>| match v {
             None => b.append_null(),
-            Some(bytes) => {
-                let h = hex::encode(bytes);
-                if self.strip_leading_zeros {
-                    let t = h.trim_start_matches('0');
-                    b.append_value(if t.is_empty() { "0" } else { t });
-                } else {
-                    b.append_value(h);
-                }
-            }
+            Some(bytes) if self.strip_leading_zeros => b.append_value(spindle_types::trace_id_hex(bytes)),
+            Some(bytes) => b.append_value(hex::encode(bytes)),
         };
         if let Some(a) = input.as_fixed_size_binary_opt() {
             (0..a.len()).for_each(|i| push(a.is_valid(i).then(|| a.value(i))));

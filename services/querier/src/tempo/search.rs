@@ -165,17 +165,6 @@ fn attributes(kvs: &[KeyValue]) -> Option<Value> {
     (!kvs.is_empty()).then(|| tempo_json::attributes(kvs))
 }
 
-/// Tempo prints trace ids in hex without leading zeros.
-pub fn trace_id_hex(id: &[u8; 16]) -> String {
-    let hex_id = hex::encode(id);
-    let trimmed = hex_id.trim_start_matches('0');
-    if trimmed.is_empty() {
-        "0".into()
-    } else {
-        trimmed.into()
-    }
-}
-
 fn spanset_json(s: &SpansetHit) -> SpansetJson {
     SpansetJson {
         spans: s
@@ -197,7 +186,7 @@ fn spanset_json(s: &SpansetHit) -> SpansetJson {
 fn trace_json(t: &TraceHit) -> TraceJson {
     let span_sets: Vec<SpansetJson> = t.spansets.iter().map(spanset_json).collect();
     TraceJson {
-        trace_id: trace_id_hex(&t.trace_id),
+        trace_id: spindle_types::trace_id_hex(&t.trace_id),
         root_service_name: t.root_service_name.clone().unwrap_or_else(|| "<root span not yet received>".into()),
         root_trace_name: t.root_trace_name.clone(),
         start_time_unix_nano: t.start_ns.to_string(),
