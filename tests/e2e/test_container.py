@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from container import image, podman
 from otlp_util import assert_same_trace, get_trace_all_ways, make_trace
 from spindle_proc import free_port
+from test_lifecycle import wait_flushes
 from test_sdk_roundtrip import export_grpc, export_http
 
 
@@ -118,10 +119,7 @@ def test_killed_container_restarted_on_its_volume_keeps_acknowledged_spans():
         c.start()
         flushed, flushed_id = make_trace("container-flushed")
         assert export_http(c, flushed) == SpanExportResult.SUCCESS
-        deadline = time.time() + 30
-        while "spindle_storage_flushes_total 0" in requests.get(f"{c.api}/metrics").text:
-            assert time.time() < deadline, "no flush within 30 s"
-            time.sleep(0.2)
+        wait_flushes(c, 1, timeout=30)
         unflushed = []
         for i in range(5):
             spans, trace_id = make_trace(f"container-acked-{i}")

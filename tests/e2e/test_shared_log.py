@@ -147,7 +147,6 @@ def test_leadership_comes_back_to_a_restarted_node():
         victim.kill9()
         time.sleep(5)
         victim.start(timeout=90)
-        assert leaders_per_node(c)[victim.node_id] == 0
         wait_until(lambda: leaders_per_node(c)[victim.node_id] >= 2 and min(leaders_per_node(c).values()) >= 2, 90,
                    "leadership coming back to the restarted node")
         print("leaders per node after the restart:", leaders_per_node(c))

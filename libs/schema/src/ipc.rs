@@ -35,9 +35,9 @@ pub const MAX_DECODED_BYTES: usize = 256 * 1024 * 1024;
 
 /// Encodes batches as one Arrow IPC stream compressed into one LZ4 block (see the module doc).
 pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
-    let Some(first) = batches.first() else {
+    if batches.is_empty() {
         return Ok(Vec::new());
-    };
+    }
     let capacity = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 1024;
     let ipc = if batches.iter().all(|b| is_span_schema(b.schema_ref())) {
         // The span schema's message is encoded once per process, not once per batch.
@@ -59,14 +59,7 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
         ipc.extend_from_slice(&END_OF_STREAM);
         ipc
     } else {
-        let mut ipc = Vec::with_capacity(capacity);
-        let mut writer = StreamWriter::try_new(&mut ipc, first.schema_ref())?;
-        for b in batches {
-            writer.write(b)?;
-        }
-        writer.finish()?;
-        drop(writer);
-        ipc
+        encode_plain(batches)?
     };
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let too_big = |what: &str| ArrowError::IpcError(format!("span batch {what} exceeds 4 GiB"));

@@ -132,7 +132,6 @@ struct LinkCounters {
     frames: std::sync::atomic::AtomicU64,
     appends: std::sync::atomic::AtomicU64,
     heartbeats: std::sync::atomic::AtomicU64,
-    other: std::sync::atomic::AtomicU64,
 }
 
 /// Raft traffic a node has sent since start.
@@ -144,8 +143,6 @@ pub struct LinkStats {
     pub appends: u64,
     /// AppendEntries without entries (heartbeats, commit updates, leadership checks).
     pub heartbeats: u64,
-    /// Votes and snapshots.
-    pub other: u64,
 }
 
 impl RaftLinks {
@@ -169,7 +166,6 @@ impl RaftLinks {
             frames: self.stats.frames.load(Relaxed),
             appends: self.stats.appends.load(Relaxed),
             heartbeats: self.stats.heartbeats.load(Relaxed),
-            other: self.stats.other.load(Relaxed),
         }
     }
 
@@ -183,12 +179,10 @@ impl RaftLinks {
         heartbeat: bool,
         ttl: Duration,
     ) -> Result<Bytes, TransportError> {
-        let counter = match (kind, heartbeat) {
-            (RaftKind::AppendEntries, false) => &self.stats.appends,
-            (RaftKind::AppendEntries, true) => &self.stats.heartbeats,
-            _ => &self.stats.other,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if kind == RaftKind::AppendEntries {
+            let counter = if heartbeat { &self.stats.heartbeats } else { &self.stats.appends };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let (reply, answer) = oneshot::channel();
         let mut message = Outgoing { group, kind, body, heartbeat, reply };
         for _ in 0..2 {

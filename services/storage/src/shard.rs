@@ -775,14 +775,8 @@ async fn write_loop(
         let plain = {
             let metrics = raft.metrics();
             let m = metrics.borrow();
-            let peers: Vec<String> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != node)
-                .map(|(_, n)| n.addr.clone())
-                .collect();
-            !links.all_current(&peers)
+            let peers = m.membership_config.membership().nodes();
+            !links.all_current(peers.filter(|(id, _)| **id != node).map(|(_, n)| n.addr.as_str()))
         };
         tokio::spawn(async move {
             commit(shard, &raft, group, timeout, plain).await;
