@@ -66,7 +66,7 @@ LABEL org.opencontainers.image.title="spindle" \\
 ENV PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
 WORKDIR /home/nonroot
-EXPOSE 3200 4317 4318 7400
+EXPOSE 3200 4317 4318 7400 9411
 ENTRYPOINT ["/usr/local/bin/spindle"]
 CONTAINERFILE
 previous=$("${engine[@]}" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)

@@ -51,7 +51,7 @@ class Spindle:
         # Environment over the backend's (a value of None removes the variable).
         self.env = dict(env or {})
         self.http_port, self.grpc_port, self.otlp_http_port = free_port(), free_port(), free_port()
-        self.internal_port = free_port()
+        self.internal_port, self.zipkin_port = free_port(), free_port()
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "spindle.log")
         # TLS with the self-signed certificate spindle writes to <data>/tls/cert.pem.
@@ -75,6 +75,11 @@ class Spindle:
         return f"{self.scheme}://127.0.0.1:{self.otlp_http_port}"
 
     @property
+    def zipkin(self):
+        """Base URL of the Zipkin receiver (POST /api/v2/spans)."""
+        return f"{self.scheme}://127.0.0.1:{self.zipkin_port}"
+
+    @property
     def otlp_grpc(self):
         return f"127.0.0.1:{self.grpc_port}"
 
@@ -95,7 +100,8 @@ class Spindle:
             if not self.storage_url.startswith("file://"):
                 args += backend().args(self.store_via)
         if self.role in ("all", "ingester"):
-            args += ["--otlp-grpc-addr", self.otlp_grpc, "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}"]
+            args += ["--otlp-grpc-addr", self.otlp_grpc, "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}",
+                     "--zipkin-addr", f"127.0.0.1:{self.zipkin_port}"]
         if self.role == "storage":
             args += ["--grpc-addr", self.internal, "--advertise-addr", self.internal, "--node-id", str(self.node_id)]
         if self.role == "generator":

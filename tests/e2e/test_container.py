@@ -36,6 +36,7 @@ class Container:
                "-v", f"{self.volume}:/var/lib/spindle", image(),
                "all", "--data-dir", "/var/lib/spindle", "--http-addr", f"127.0.0.1:{self.http_port}",
                "--otlp-grpc-addr", self.otlp_grpc, "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}",
+               "--zipkin-addr", f"127.0.0.1:{free_port()}",
                *self.extra_args)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -98,7 +99,7 @@ def test_image_runs_non_root_read_only_and_serves_otlp():
         config = json.loads(podman("image", "inspect", image()))[0]["Config"]
         assert config["User"] == "65532:65532"
         assert config["Entrypoint"] == ["/usr/local/bin/spindle"]
-        assert {"3200/tcp", "4317/tcp", "4318/tcp", "7400/tcp"} <= set(config["ExposedPorts"])
+        assert {"3200/tcp", "4317/tcp", "4318/tcp", "7400/tcp", "9411/tcp"} <= set(config["ExposedPorts"])
         sent = []
         for i, export in enumerate([export_grpc, export_http]):
             spans, trace_id = make_trace(f"container-{i}")

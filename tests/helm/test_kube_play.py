@@ -38,9 +38,9 @@ def render(release, ports):
             "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
             "--set", "image.pullPolicy=Never",
             "--set", f"ports.http={ports['http']}", "--set", f"ports.otlpGrpc={ports['grpc']}",
-            "--set", f"ports.otlpHttp={ports['otlp_http']}"]
+            "--set", f"ports.otlpHttp={ports['otlp_http']}", "--set", f"ports.zipkin={ports['zipkin']}"]
     for i, (flag, port) in enumerate([("--http-addr", ports["http"]), ("--otlp-grpc-addr", ports["grpc"]),
-                                      ("--otlp-http-addr", ports["otlp_http"])]):
+                                      ("--otlp-http-addr", ports["otlp_http"]), ("--zipkin-addr", ports["zipkin"])]):
         args += ["--set", f"single.extraArgs[{2 * i}]={flag}", "--set", f"single.extraArgs[{2 * i + 1}]=127.0.0.1:{port}"]
     if not os.path.exists(HELM):
         raise RuntimeError(f"no Helm at {HELM}: tests/helm/check.sh installs it (or set SPINDLE_HELM)")
@@ -83,7 +83,7 @@ def otlp_json_trace(trace_id, span_id, service):
 
 
 def test_single_mode_pod_plays_and_serves(tmp_path):
-    ports = {"http": free_port(), "grpc": free_port(), "otlp_http": free_port()}
+    ports = {"http": free_port(), "grpc": free_port(), "otlp_http": free_port(), "zipkin": free_port()}
     release = f"kp{uuid.uuid4().hex[:8]}"
     docs = as_pods(render(release, ports))
     manifest = tmp_path / "play.yaml"
@@ -119,6 +119,16 @@ def test_single_mode_pod_plays_and_serves(tmp_path):
         r = requests.get(f"{api}/api/v2/traces/{trace_id}", headers={"Accept": "application/json"}, timeout=30)
         assert r.status_code == 200, r.text
         assert "kube-play-span" in r.text and "kube-play" in r.text
+
+        # The chart's Zipkin port: a Zipkin v2 span in, read back through the Tempo API.
+        zipkin_trace = uuid.uuid4().hex
+        now_us = int(time.time() * 1e6)
+        r = requests.post(f"http://127.0.0.1:{ports['zipkin']}/api/v2/spans", timeout=30, json=[
+            {"traceId": zipkin_trace, "id": span_id, "name": "kube-play-zipkin", "timestamp": now_us - 5000,
+             "duration": 5000, "kind": "SERVER", "localEndpoint": {"serviceName": "kube-play-zipkin-svc"}}])
+        assert r.status_code == 202, r.text
+        r = requests.get(f"{api}/api/v2/traces/{zipkin_trace}", headers={"Accept": "application/json"}, timeout=30)
+        assert r.status_code == 200 and "kube-play-zipkin-svc" in r.text, r.text
     finally:
         podman("kube", "down", str(manifest), check=False)
         for v in volumes:

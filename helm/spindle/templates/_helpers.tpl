@@ -122,7 +122,7 @@ StatefulSet (numbered from 1), by their stable DNS names under the headless Serv
 
 {{/* The keys of Spindle's config file the chart sets itself. */}}
 {{- define "spindle.managedKeys" -}}
-data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_http_addr grpc_addr advertise_addr node_id seeds bootstrap_expect shards replication_factor shards_per_tenant generators api_keys_file trust_tenant_header tls_cert_file tls_key_file tls_self_signed internal_tls_ca_file internal_tls_cert_file internal_tls_key_file internal_tls_server_name
+data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_http_addr zipkin_addr grpc_addr advertise_addr node_id seeds bootstrap_expect shards replication_factor shards_per_tenant generators api_keys_file trust_tenant_header tls_cert_file tls_key_file tls_self_signed internal_tls_ca_file internal_tls_cert_file internal_tls_key_file internal_tls_server_name
 {{- end }}
 
 {{/* spindle.yaml: the chart's keys and .Values.config. */}}
@@ -131,6 +131,7 @@ data_dir storage_url storage_endpoint cache_dir http_addr otlp_grpc_addr otlp_ht
 {{- $_ := set $c "http_addr" (printf "0.0.0.0:%d" (int .Values.ports.http)) }}
 {{- $_ := set $c "otlp_grpc_addr" (printf "0.0.0.0:%d" (int .Values.ports.otlpGrpc)) }}
 {{- $_ := set $c "otlp_http_addr" (printf "0.0.0.0:%d" (int .Values.ports.otlpHttp)) }}
+{{- $_ := set $c "zipkin_addr" (ternary (printf "0.0.0.0:%d" (int .Values.ports.zipkin)) "" (gt (int .Values.ports.zipkin) 0)) }}
 {{- with .Values.objectStorage.url }}
 {{- $_ := set $c "storage_url" . }}
 {{- end }}

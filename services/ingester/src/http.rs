@@ -178,14 +178,14 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
 }
 
 /// A header as text; present but not visible ASCII is an error (not "absent").
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, IngestError> {
+pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, IngestError> {
     headers
         .get(name)
         .map(|v| v.to_str().map_err(|_| IngestError::Invalid(format!("header {name} is not valid ASCII text"))))
         .transpose()
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
+pub(crate) fn is_length_limit(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.to_string().contains("length limit exceeded") {
@@ -196,21 +196,28 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
-/// Undoes `Content-Encoding`, refusing anything that inflates past `limit` bytes.
-fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestError> {
-    match encoding.trim().to_ascii_lowercase().as_str() {
-        "" | "identity" => Ok(raw),
-        "gzip" | "x-gzip" => {
-            let mut out = Vec::new();
-            let mut decoder = flate2::read::MultiGzDecoder::new(raw.as_ref()).take(limit as u64 + 1);
-            decoder.read_to_end(&mut out).map_err(|e| IngestError::Invalid(format!("invalid gzip body: {e}")))?;
-            if out.len() > limit {
-                return Err(IngestError::TooLarge(format!(
-                    "decompressed request body exceeds the limit of {limit} bytes"
-                )));
-            }
-            Ok(Bytes::from(out))
+/// Undoes `Content-Encoding` (gzip, or deflate: zlib), refusing anything that inflates past
+/// `limit` bytes.
+pub(crate) fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+    let encoding = encoding.trim().to_ascii_lowercase();
+    let mut decoder: Box<dyn Read + '_> = match encoding.as_str() {
+        "" | "identity" => return Ok(raw),
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(raw.as_ref())),
+        "deflate" | "zlib" => Box::new(flate2::read::ZlibDecoder::new(raw.as_ref())),
+        other => {
+            return Err(IngestError::Invalid(format!(
+                "unsupported content encoding {other:?}: use gzip, deflate or none"
+            )))
         }
-        other => Err(IngestError::Invalid(format!("unsupported content encoding {other:?}: use gzip or none"))),
+    };
+    let mut out = Vec::new();
+    decoder
+        .by_ref()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| IngestError::Invalid(format!("invalid {encoding} body: {e}")))?;
+    if out.len() > limit {
+        return Err(IngestError::TooLarge(format!("decompressed request body exceeds the limit of {limit} bytes")));
     }
+    Ok(Bytes::from(out))
 }

@@ -1,6 +1,7 @@
 //! The ingester: accepts OTLP traces, turns them into Arrow and routes them to storage shards.
 //!
-//! Data path: [`grpc`] (OTLP/gRPC) or [`http`] (OTLP/HTTP, protobuf or JSON, gzip) -> tenant from
+//! Data path: [`grpc`] (OTLP/gRPC), [`http`] (OTLP/HTTP, protobuf or JSON, gzip) or [`zipkin`]
+//! (Zipkin v2 JSON or protobuf, mapped to OTLP) -> tenant from
 //! the API key (or `X-Scope-OrgID`) -> [`Ingester::ingest`]: a share of the node's in-flight byte
 //! budget and of the tenant's rate limit (refused at once with a retry hint when there is none)
 //! -> strings, attributes, events and links cut to the tenant's limits (counted) -> convert to
@@ -15,6 +16,7 @@ pub mod grpc;
 pub mod http;
 mod metrics;
 mod rpc_status;
+pub mod zipkin;
 
 use std::sync::Arc;
 use std::time::Duration;

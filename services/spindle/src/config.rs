@@ -156,6 +156,10 @@ pub struct Options {
     /// Address of the OTLP/HTTP receiver [127.0.0.1:4318].
     #[arg(long, env = "SPINDLE_OTLP_HTTP_ADDR", global = true)]
     pub otlp_http_addr: Option<SocketAddr>,
+    /// Address of the Zipkin receiver (`POST /api/v2/spans`, JSON or protobuf); empty turns it
+    /// off [127.0.0.1:9411].
+    #[arg(long, env = "SPINDLE_ZIPKIN_ADDR", global = true)]
+    pub zipkin_addr: Option<String>,
     /// Storage nodes: listen address of the internal gRPC API (push, read, metadata, Raft)
     /// [storage: 0.0.0.0:7400; all: not served].
     #[arg(long, env = "SPINDLE_GRPC_ADDR", global = true)]
@@ -313,6 +317,7 @@ struct FileConfig {
     http_addr: Option<SocketAddr>,
     otlp_grpc_addr: Option<SocketAddr>,
     otlp_http_addr: Option<SocketAddr>,
+    zipkin_addr: Option<String>,
     grpc_addr: Option<SocketAddr>,
     advertise_addr: Option<String>,
     node_id: Option<u64>,
@@ -410,6 +415,8 @@ pub struct Config {
     pub otlp_grpc_addr: SocketAddr,
     /// OTLP/HTTP address.
     pub otlp_http_addr: SocketAddr,
+    /// Zipkin receiver address (`None`: off).
+    pub zipkin_addr: Option<SocketAddr>,
     /// Internal gRPC address (`None`: not served).
     pub grpc_addr: Option<SocketAddr>,
     /// Internal address other nodes use.
@@ -523,11 +530,19 @@ impl Config {
         let http_addr = o.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 3200).into());
         let otlp_grpc_addr = o.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([127, 0, 0, 1], 4317).into());
         let otlp_http_addr = o.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([127, 0, 0, 1], 4318).into());
+        let zipkin_addr = match o.zipkin_addr.clone().or(file.zipkin_addr.clone()) {
+            None => Some(([127, 0, 0, 1], 9411).into()),
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => Some(text.trim().parse::<SocketAddr>().with_context(|| {
+                format!("invalid --zipkin-addr {text:?}: expected host:port (e.g. 127.0.0.1:9411), or empty for off")
+            })?),
+        };
         let api_keys_file = o.api_keys_file.clone().or(file.api_keys_file.clone());
         let trust_tenant_header = o.trust_tenant_header.or(file.trust_tenant_header).unwrap_or(false);
         let mut external = vec![http_addr];
         if matches!(role, Command::All | Command::Ingester) {
             external.extend([otlp_grpc_addr, otlp_http_addr]);
+            external.extend(zipkin_addr);
         }
         if let Some(open) = external.iter().find(|a| !a.ip().is_loopback()) {
             if api_keys_file.is_none() && !trust_tenant_header {
@@ -657,6 +672,7 @@ impl Config {
             http_addr,
             otlp_grpc_addr,
             otlp_http_addr,
+            zipkin_addr,
             grpc_addr,
             advertise_addr,
             node_id,
@@ -814,6 +830,23 @@ mod tests {
         assert_eq!(parse_std_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_std_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_std_duration("soon").is_err());
+    }
+
+    #[test]
+    fn zipkin_receiver_is_on_by_default_and_off_when_empty() {
+        let resolve = |args: &[&str]| {
+            let cli = Cli::parse_from([&["spindle"], args].concat());
+            Config::resolve(Command::All, &cli.options)
+        };
+        assert_eq!(resolve(&[]).unwrap().zipkin_addr, Some("127.0.0.1:9411".parse().unwrap()));
+        assert_eq!(resolve(&["--zipkin-addr", ""]).unwrap().zipkin_addr, None);
+        assert_eq!(
+            resolve(&["--zipkin-addr", "127.0.0.1:19411"]).unwrap().zipkin_addr,
+            Some("127.0.0.1:19411".parse().unwrap())
+        );
+        assert!(resolve(&["--zipkin-addr", "nine"]).unwrap_err().to_string().contains("--zipkin-addr"));
+        // Beyond loopback it needs API keys like the other receivers.
+        assert!(resolve(&["--zipkin-addr", "0.0.0.0:9411"]).unwrap_err().to_string().contains("--api-keys-file"));
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let zipkin_listener = match config.zipkin_addr.filter(|_| ingests) {
+        Some(addr) => Some(bind(addr, "the Zipkin receiver (--zipkin-addr; empty turns it off)").await?),
+        None => None,
+    };
     let grpc_listener = match config.grpc_addr.filter(|_| stores || role == Command::Generator) {
         Some(addr) => Some(bind(addr, "the internal gRPC API").await?),
         None => None,
@@ -310,6 +314,14 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
             );
         servers.push(Box::pin(async move { otlp.await.context("OTLP/gRPC") }));
     }
+    if let (Some(listener), Some(ingester)) = (zipkin_listener, &ingester) {
+        servers.push(serve_http(
+            incoming(listener, tls.as_ref(), "Zipkin")?,
+            spindle_ingester::zipkin::router(ingester.clone()),
+            external.clone(),
+            config.header_read_timeout,
+        ));
+    }
     let internal_tls = cluster_tls.as_ref().map(|t| t.server_config()).transpose().context("internal TLS")?;
     let secret = || tower::util::option_layer(config.cluster_secret.as_deref().map(RequireClusterSecret::new));
     let internal_server = match (grpc_listener, &node, &local_tee) {
@@ -353,6 +365,7 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         http = %config.http_addr,
         otlp_grpc = ?ingests.then_some(config.otlp_grpc_addr),
         otlp_http = ?ingests.then_some(config.otlp_http_addr),
+        zipkin = ?config.zipkin_addr.filter(|_| ingests),
         internal_grpc = %config.grpc_addr.filter(|_| stores || role == Command::Generator).map(|a| a.to_string()).unwrap_or_default(),
         node_id = %node.as_ref().map(|n| n.id().to_string()).unwrap_or_default(),
         data_dir = %config.data_dir.display(),
