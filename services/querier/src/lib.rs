@@ -1,5 +1,6 @@
 //! The querier's HTTP API: Tempo's query endpoints (so Grafana's Tempo datasource works
-//! unchanged) and `POST /api/v1/sql`.
+//! unchanged), Jaeger's query APIs ([`jaeger`]: the Jaeger UI and Grafana's Jaeger datasource)
+//! and `POST /api/v1/sql`.
 //!
 //! Every request first takes one of its tenants' query slots (`max_concurrent_queries`; none
 //! free: 429 with `Retry-After`). Handlers parse and validate parameters ([`params`]), call the `spindle_query::QueryEngine`
@@ -7,10 +8,12 @@
 //! Tempo does ([`tempo`]) or as JSON/CSV/Arrow/JSONL ([`sql`]).
 
 mod error;
+mod jaeger;
 mod metrics;
 mod params;
 mod sql;
 mod tempo;
+mod traces;
 
 use std::sync::Arc;
 
@@ -103,6 +106,7 @@ pub fn router(querier: Querier) -> Router {
     let Admission { max_concurrent, timeout } = querier.admission;
     let metrics = querier.metrics.clone();
     tempo::routes()
+        .merge(jaeger::routes())
         .merge(sql::routes())
         .layer(axum::middleware::from_fn_with_state(querier.clone(), tenant_slots))
         .layer(DeadlineLayer::new(timeout, move || {
