@@ -183,18 +183,47 @@ def test_protobuf_and_compressed_bodies(shared_spindle):
 def test_tenants_and_retries(shared_spindle):
     s = shared_spindle
     trace_id = uuid.uuid4().hex
-    body = json.dumps([zipkin_json(trace_id, "tenant-zipkin", name=f"op-{i}") for i in range(3)])
+    # Several services and resources, tags and both annotation forms: the retry must convert to
+    # the very same pushes for the storage layer to recognise it.
+    body = json.dumps([
+        zipkin_json(trace_id, f"tenant-zipkin-{i % 2}", name=f"op-{i}",
+                    tags={"host.name": f"h{i % 3}", "k": str(i), "otel.scope.name": "lib", "z": "1", "a": "2"},
+                    annotations=[{"timestamp": int(time.time() * 1e6), "value": json.dumps({"ev": {"n": i}})},
+                                 {"timestamp": int(time.time() * 1e6), "value": "plain|{\"x\":1}|0"}])
+        for i in range(3)])
     for _ in range(2):  # a client retry stores nothing twice
         r = requests.post(s.zipkin + "/api/v2/spans", data=body, timeout=30,
                           headers={"Content-Type": "application/json", "X-Scope-OrgID": "zipkin-a"})
         assert r.status_code == 202, r.text
-    assert set(read_trace(s, trace_id, tenant="zipkin-a")) == {"op-0", "op-1", "op-2"}
+    got = read_trace(s, trace_id, tenant="zipkin-a")
+    assert set(got) == {"op-0", "op-1", "op-2"}
+    assert got["op-1"][1]["host.name"] == "h1" and got["op-1"][1]["service.name"] == "tenant-zipkin-1"
+    assert [e["name"] for e in got["op-2"][0]["events"]] == ["ev", "plain"]
     assert read_trace(s, trace_id, tenant="zipkin-b") == {}
     assert read_trace(s, trace_id) == {}
     r = s.sql(f"SELECT count(*) FROM spans WHERE trace_id = X'{trace_id}'", tenant="zipkin-a")
     assert r.json()["rows"] == [[3]], r.text
     r = requests.post(s.zipkin + "/api/v2/spans", data=body, headers={"X-Scope-OrgID": "bad tenant!"}, timeout=30)
     assert r.status_code == 400, r.text
+
+
+def test_shared_spans_keep_both_halves_and_far_future_times_are_refused(shared_spindle):
+    s = shared_spindle
+    trace_id, shared_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    body = [zipkin_json(trace_id, "brave-client", name="call", span_id=shared_id, kind="CLIENT"),
+            zipkin_json(trace_id, "brave-server", name="serve", span_id=shared_id, kind="SERVER", shared=True)]
+    r = requests.post(s.zipkin + "/api/v2/spans", json=body, timeout=30)
+    assert r.status_code == 202, r.text
+    got = read_trace(s, trace_id)
+    client, server = got["call"][0], got["serve"][0]
+    assert hex_id(client["spanId"]) == shared_id and hex_id(server["parentSpanId"]) == shared_id
+    assert hex_id(server["spanId"]) != shared_id
+
+    far = uuid.uuid4().hex
+    body = [zipkin_json(far, "far", name="ok"), zipkin_json(far, "far", name="late", timestamp=9_300_000_000_000_000)]
+    r = requests.post(s.zipkin + "/api/v2/spans", json=body, timeout=30)
+    assert r.status_code == 400 and "span 1" in r.text and "2262" in r.text, r.text
+    assert read_trace(s, far) == {}, "nothing of a refused body is stored"
 
 
 def test_hostile_bodies_get_4xx(shared_spindle):
@@ -214,7 +243,7 @@ def test_hostile_bodies_get_4xx(shared_spindle):
         (json.dumps([{**good, "localEndpoint": {"port": 70000}}]).encode(), "application/json", 400, "invalid Zipkin JSON"),
         (b"\x0a\xff\xff\xff\xff\x0f", "application/x-protobuf", 400, "invalid Zipkin protobuf"),
         (field(1, 2, field(1, 2, b"\x01\x02")), "application/x-protobuf", 400, "span 0: trace_id has 2 bytes"),
-        (b"[]", "application/xml", 400, "unsupported content type"),
+        (b"[]", "application/xml", 415, "unsupported content type"),
         (b"x" * (17 * 1024 * 1024), "application/json", 413, "exceeds the limit"),
     ]
     for body, content_type, status, text in cases:

@@ -14,12 +14,23 @@
 //!   `net.peer.port`, and `server.address`/`server.port` on client and producer spans;
 //! - annotations to events; other tags to string attributes.
 //!
-//! Where Spindle keeps more than the Collector: the resource is taken from every span's own tags
-//! (the Collector takes it from the first span of each service and drops it on the others);
-//! `otel.status_code` is read in any case (`OK` from OpenTelemetry's exporters is Ok, not Unset);
-//! the `error` tag's text becomes the status message; an annotation in the form OpenTelemetry's
-//! exporters write (`{"name": {attributes}}` or `name|{attributes}|dropped`) becomes a named event
-//! with its attributes, and any other text is kept whole as the event name.
+//! Where Spindle differs from the Collector, keeping more of what was sent:
+//! - the resource is taken from every span's own tags (the Collector takes it from the first
+//!   span of each service and drops it on the others);
+//! - the server half of a shared span (`shared: true`, the same id as its client half, as Brave
+//!   and zipkin-go send) gets its own id, derived from the shared one (the same every time), with
+//!   the client half as its parent: one trace cannot hold two spans with one id (Jaeger's query
+//!   service does the same);
+//! - `otel.status_code` is read in any case (`OK` from OpenTelemetry's exporters is Ok, not
+//!   Unset); an unknown value is kept as an attribute; the `error` tag's text becomes the status
+//!   message;
+//! - a `span.kind` tag is read in any case and for every kind, when `kind` is absent;
+//! - the scope comes from one family of tags, `otel.scope.*` when it has a name, else
+//!   `otel.library.*`;
+//! - an annotation in the form OpenTelemetry's exporters write (`{"name": {attributes}}` or
+//!   `name|{attributes}|dropped`) becomes a named event with its attributes, and any other text
+//!   is kept whole as the event name;
+//! - a timestamp of 0 counts as absent in protobuf as in JSON.
 
 use std::collections::BTreeMap;
 
@@ -158,7 +169,12 @@ fn convert(span: Span) -> (ResourceKey, ScopeKey, OtlpSpan) {
         remote_endpoint,
         annotations,
         mut tags,
+        shared,
     } = span;
+    let (id, parent_id) = match (shared, kind) {
+        (true, Some(Kind::Server)) => (shared_server_id(&trace_id, &id), Some(id)),
+        _ => (id, parent_id),
+    };
     let mut resource: BTreeMap<String, String> = BTreeMap::new();
     if let Some(service) = local_endpoint.as_ref().map(|e| &e.service_name).filter(|s| !s.is_empty()) {
         resource.insert("service.name".into(), service.clone());
@@ -168,12 +184,13 @@ fn convert(span: Span) -> (ResourceKey, ScopeKey, OtlpSpan) {
             resource.insert((*key).to_string(), v);
         }
     }
-    let scope_name = tags.remove("otel.scope.name");
-    let scope_version = tags.remove("otel.scope.version");
-    let library_name = tags.remove("otel.library.name");
-    let library_version = tags.remove("otel.library.version");
-    let scope =
-        (scope_name.or(library_name).unwrap_or_default(), scope_version.or(library_version).unwrap_or_default());
+    let scope_tags = (tags.remove("otel.scope.name"), tags.remove("otel.scope.version"));
+    let library_tags = (tags.remove("otel.library.name"), tags.remove("otel.library.version"));
+    let (scope_name, scope_version) = match scope_tags {
+        (Some(n), v) if !n.is_empty() => (Some(n), v),
+        _ => library_tags,
+    };
+    let scope = (scope_name.unwrap_or_default(), scope_version.unwrap_or_default());
     let trace_state = tags.remove("w3c.tracestate").unwrap_or_default();
     let kind = match kind {
         Some(Kind::Client) => SpanKind::Client,
@@ -244,6 +261,16 @@ fn convert(span: Span) -> (ResourceKey, ScopeKey, OtlpSpan) {
         ..Default::default()
     };
     (resource.into_iter().collect(), scope, otlp)
+}
+
+/// The id of the server half of a shared span: a hash of the trace and the shared id (never
+/// zero), so a retried body gets the same one.
+fn shared_server_id(trace_id: &[u8; 16], id: &[u8; 8]) -> [u8; 8] {
+    let mut input = [0u8; 24];
+    input[..16].copy_from_slice(trace_id);
+    input[16..].copy_from_slice(id);
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&input, 0x5a1b_5e72);
+    hash.max(1).to_be_bytes()
 }
 
 /// The status the tags give (`otel.status_code`, `otel.status_description`, `error`), consuming them.
@@ -426,6 +453,19 @@ mod tests {
         assert_eq!(x.status, Some(Status { code: StatusCode::Error as i32, message: String::new() }));
         assert_eq!(attr(&x.attributes, "otel.status_code"), Some(&string("weird")), "an unknown status is kept");
         assert!(rs[2].scope_spans[0].scope.is_none());
+    }
+
+    #[test]
+    fn a_shared_server_span_gets_its_own_id_under_the_client() {
+        let body = br#"[{"traceId":"1","id":"a","name":"call","kind":"CLIENT","timestamp":5,"localEndpoint":{"serviceName":"c"}},
+                        {"traceId":"1","id":"a","name":"serve","kind":"SERVER","shared":true,"timestamp":6,"localEndpoint":{"serviceName":"s"}}]"#;
+        let rs = to_resource_spans(decode_json(body).unwrap());
+        let span = |i: usize| &rs[i].scope_spans[0].spans[0];
+        let (client, server) = (span(0), span(1));
+        assert_eq!((client.name.as_str(), server.name.as_str()), ("call", "serve"));
+        assert_eq!(server.parent_span_id, client.span_id);
+        assert_ne!(server.span_id, client.span_id);
+        assert_eq!(to_resource_spans(decode_json(body).unwrap()), rs, "the same id every time");
     }
 
     #[test]

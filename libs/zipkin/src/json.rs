@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::{kind_of, non_empty, Annotation, Endpoint, Span, ZipkinError};
+use crate::{check_times, excerpt, kind_of, non_empty, Annotation, Endpoint, Span, SpanError, ZipkinError};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -20,6 +20,7 @@ struct RawSpan {
     remote_endpoint: Option<RawEndpoint>,
     annotations: Option<Vec<Option<RawAnnotation>>>,
     tags: Option<BTreeMap<String, Option<String>>>,
+    shared: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -44,36 +45,36 @@ pub fn decode_json(body: &[u8]) -> Result<Vec<Span>, ZipkinError> {
         .into_iter()
         .enumerate()
         .filter_map(|(index, span)| span.map(|s| (index, s)))
-        .map(|(index, span)| span_of(span).map_err(|reason| ZipkinError::Span { index, reason }))
+        .map(|(index, span)| span_of(span).map_err(|error| ZipkinError::Span { index, error }))
         .collect()
 }
 
-fn span_of(raw: RawSpan) -> Result<Span, String> {
+fn span_of(raw: RawSpan) -> Result<Span, SpanError> {
     let trace_id = match raw.trace_id.as_deref() {
-        None | Some("") => return Err("traceId is required".into()),
-        Some(t) => hex_id::<16>(t).map_err(|e| format!("traceId {t:?}: {e}"))?,
+        None | Some("") => return Err(SpanError::Missing { field: "traceId" }),
+        Some(t) => hex_id::<16>("traceId", t)?,
     };
     if trace_id == [0; 16] {
-        return Err("traceId is all zeros".into());
+        return Err(SpanError::Zero { field: "traceId" });
     }
     let id = match raw.id.as_deref() {
-        None | Some("") => return Err("id is required".into()),
-        Some(t) => hex_id::<8>(t).map_err(|e| format!("id {t:?}: {e}"))?,
+        None | Some("") => return Err(SpanError::Missing { field: "id" }),
+        Some(t) => hex_id::<8>("id", t)?,
     };
     if id == [0; 8] {
-        return Err("id is all zeros".into());
+        return Err(SpanError::Zero { field: "id" });
     }
     let parent_id = match raw.parent_id.as_deref() {
         None | Some("") => None,
-        Some(t) => Some(hex_id::<8>(t).map_err(|e| format!("parentId {t:?}: {e}"))?),
+        Some(t) => Some(hex_id::<8>("parentId", t)?),
     }
     .filter(|p| *p != [0; 8] && *p != id);
     let mut annotations = Vec::new();
     for a in raw.annotations.unwrap_or_default().into_iter().flatten() {
-        let timestamp_us = a.timestamp.filter(|t| *t > 0).ok_or("an annotation has no timestamp")?;
+        let timestamp_us = a.timestamp.filter(|t| *t > 0).ok_or(SpanError::AnnotationWithoutTimestamp)?;
         annotations.push(Annotation { timestamp_us, value: a.value.unwrap_or_default() });
     }
-    Ok(Span {
+    let span = Span {
         trace_id,
         id,
         parent_id,
@@ -85,29 +86,34 @@ fn span_of(raw: RawSpan) -> Result<Span, String> {
         remote_endpoint: raw.remote_endpoint.map(endpoint).transpose()?.and_then(non_empty),
         annotations,
         tags: raw.tags.unwrap_or_default().into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect(),
-    })
+        shared: raw.shared.unwrap_or(false),
+    };
+    check_times(&span)?;
+    Ok(span)
 }
 
-fn endpoint(raw: RawEndpoint) -> Result<Endpoint, String> {
+fn endpoint(raw: RawEndpoint) -> Result<Endpoint, SpanError> {
+    let bad = |field, value: &str, family| SpanError::BadAddress { field, value: excerpt(value), family };
     let ipv4 = match raw.ipv4.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(t) => Some(t.parse().map_err(|_| format!("ipv4 {t:?} is not an IPv4 address"))?),
+        Some(t) => Some(t.parse().map_err(|_| bad("ipv4", t, "IPv4"))?),
     };
     let ipv6 = match raw.ipv6.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(t) => Some(t.parse().map_err(|_| format!("ipv6 {t:?} is not an IPv6 address"))?),
+        Some(t) => Some(t.parse().map_err(|_| bad("ipv6", t, "IPv6"))?),
     };
     Ok(Endpoint { service_name: raw.service_name.unwrap_or_default(), ipv4, ipv6, port: raw.port.unwrap_or(0) })
 }
 
 /// Parses 1 to `2 * N` hex digits into `N` big-endian bytes, left-padded with zeros.
-fn hex_id<const N: usize>(text: &str) -> Result<[u8; N], String> {
+fn hex_id<const N: usize>(field: &'static str, text: &str) -> Result<[u8; N], SpanError> {
+    let bad = || SpanError::BadHex { field, value: excerpt(text), max: 2 * N };
     if text.len() > 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("expected 1 to {} hexadecimal digits", 2 * N));
+        return Err(bad());
     }
     let padded = format!("{text:0>width$}", width = 2 * N);
     let mut out = [0u8; N];
-    hex::decode_to_slice(padded, &mut out).map_err(|e| e.to_string())?;
+    hex::decode_to_slice(padded, &mut out).map_err(|_| bad())?;
     Ok(out)
 }
 
@@ -160,6 +166,15 @@ mod tests {
             (r#"[{"traceId":"1","id":"12345678901234567"}]"#, "expected 1 to 16"),
             (r#"[{"traceId":"1","id":"1","localEndpoint":{"ipv4":"300.1.1.1"}}]"#, "not an IPv4"),
             (r#"[{"traceId":"1","id":"1","annotations":[{"value":"x"}]}]"#, "no timestamp"),
+            (r#"[{"traceId":"1","id":"1","timestamp":9300000000000000000}]"#, "after the year 2262"),
+            (
+                r#"[{"traceId":"1","id":"1","timestamp":9000000000000000,"duration":300000000000000}]"#,
+                "after the year 2262",
+            ),
+            (
+                r#"[{"traceId":"1","id":"1","annotations":[{"timestamp":18446744073709551615,"value":"x"}]}]"#,
+                "annotation timestamp",
+            ),
         ] {
             let e = decode_json(body.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(want), "{body}: {e}");

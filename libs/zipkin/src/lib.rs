@@ -30,13 +30,93 @@ pub enum ZipkinError {
     #[error("invalid Zipkin protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
     /// One span of the body is unusable.
-    #[error("span {index}: {reason}")]
+    #[error("span {index}: {error}")]
     Span {
         /// Position of the span in the body (0-based).
         index: usize,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        error: SpanError,
     },
+}
+
+/// What makes one span unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpanError {
+    /// A required id is absent or empty.
+    #[error("{field} is required")]
+    Missing {
+        /// `traceId`, `id`, ...
+        field: &'static str,
+    },
+    /// A JSON id is not 1 to `max` hex digits.
+    #[error("{field} {value:?}: expected 1 to {max} hexadecimal digits")]
+    BadHex {
+        /// Which id.
+        field: &'static str,
+        /// The text sent (at most 64 characters of it).
+        value: String,
+        /// Most digits.
+        max: usize,
+    },
+    /// A protobuf id or address has the wrong length.
+    #[error("{field} has {len} bytes; expected {expected}")]
+    BadLength {
+        /// Which field.
+        field: &'static str,
+        /// Bytes sent.
+        len: usize,
+        /// The lengths allowed.
+        expected: &'static str,
+    },
+    /// An id is all zeros (invalid in Zipkin and OTLP).
+    #[error("{field} is all zeros")]
+    Zero {
+        /// Which id.
+        field: &'static str,
+    },
+    /// An endpoint address does not parse.
+    #[error("{field} {value:?} is not an {family} address")]
+    BadAddress {
+        /// `ipv4` or `ipv6`.
+        field: &'static str,
+        /// The text sent (at most 64 characters of it).
+        value: String,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+    /// An endpoint port is not 0-65535.
+    #[error("an endpoint's port {0} is out of range")]
+    BadPort(i32),
+    /// A JSON annotation without a timestamp.
+    #[error("an annotation has no timestamp")]
+    AnnotationWithoutTimestamp,
+    /// A time past what unix nanoseconds in 64 bits hold (the year 2262).
+    #[error("{field} ends after the year 2262 (its unix nanoseconds do not fit in 64 bits)")]
+    TimeOutOfRange {
+        /// `timestamp + duration` or `annotation timestamp`.
+        field: &'static str,
+    },
+}
+
+/// At most 64 characters of a value, for an error message.
+fn excerpt(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// Microseconds that, as nanoseconds, still fit in an `i64`.
+const MAX_MICROS: u64 = (i64::MAX as u64) / 1000;
+
+/// Refuses times that do not fit OTLP's nanoseconds as Spindle stores them (signed 64 bits).
+fn check_times(span: &Span) -> Result<(), SpanError> {
+    let end = span.timestamp_us.unwrap_or(0).checked_add(span.duration_us);
+    if end.is_none_or(|e| e > MAX_MICROS) {
+        return Err(SpanError::TimeOutOfRange { field: "timestamp + duration" });
+    }
+    if span.annotations.iter().any(|a| a.timestamp_us > MAX_MICROS) {
+        return Err(SpanError::TimeOutOfRange { field: "annotation timestamp" });
+    }
+    Ok(())
 }
 
 /// The kind of a Zipkin span, as sent.
@@ -99,6 +179,9 @@ pub struct Span {
     pub annotations: Vec<Annotation>,
     /// String tags, ordered by key.
     pub tags: BTreeMap<String, String>,
+    /// Whether the span is the server side of a call whose client side has the same id
+    /// (Brave, zipkin-go and B3 propagation do that).
+    pub shared: bool,
 }
 
 fn kind_of(text: &str) -> Option<Kind> {

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use prost::Message;
 
-use crate::{non_empty, Annotation, Endpoint, Kind, Span, ZipkinError};
+use crate::{check_times, non_empty, Annotation, Endpoint, Kind, Span, SpanError, ZipkinError};
 
 /// `zipkin.proto3.ListOfSpans`.
 #[derive(Clone, PartialEq, Message)]
@@ -93,28 +93,29 @@ pub fn decode_protobuf(body: &[u8]) -> Result<Vec<Span>, ZipkinError> {
     list.spans
         .into_iter()
         .enumerate()
-        .map(|(index, span)| span_of(span).map_err(|reason| ZipkinError::Span { index, reason }))
+        .map(|(index, span)| span_of(span).map_err(|error| ZipkinError::Span { index, error }))
         .collect()
 }
 
-fn span_of(p: ProtoSpan) -> Result<Span, String> {
+fn span_of(p: ProtoSpan) -> Result<Span, SpanError> {
     let mut trace_id = [0u8; 16];
     match p.trace_id.len() {
         16 => trace_id.copy_from_slice(&p.trace_id),
         8 => trace_id[8..].copy_from_slice(&p.trace_id),
-        n => return Err(format!("trace_id has {n} bytes; expected 8 or 16")),
+        len => return Err(SpanError::BadLength { field: "trace_id", len, expected: "8 or 16" }),
     }
     if trace_id == [0; 16] {
-        return Err("trace_id is all zeros".into());
+        return Err(SpanError::Zero { field: "trace_id" });
     }
-    let id: [u8; 8] = p.id.as_slice().try_into().map_err(|_| format!("id has {} bytes; expected 8", p.id.len()))?;
+    let id: [u8; 8] =
+        p.id.as_slice().try_into().map_err(|_| SpanError::BadLength { field: "id", len: p.id.len(), expected: "8" })?;
     if id == [0; 8] {
-        return Err("id is all zeros".into());
+        return Err(SpanError::Zero { field: "id" });
     }
     let parent_id = match p.parent_id.len() {
         0 => None,
         8 => p.parent_id.as_slice().try_into().ok(),
-        n => return Err(format!("parent_id has {n} bytes; expected 8")),
+        len => return Err(SpanError::BadLength { field: "parent_id", len, expected: "8" }),
     }
     .filter(|parent: &[u8; 8]| *parent != [0; 8] && *parent != id);
     let kind = match p.kind {
@@ -124,7 +125,7 @@ fn span_of(p: ProtoSpan) -> Result<Span, String> {
         4 => Some(Kind::Consumer),
         _ => None,
     };
-    Ok(Span {
+    let span = Span {
         trace_id,
         id,
         parent_id,
@@ -140,21 +141,24 @@ fn span_of(p: ProtoSpan) -> Result<Span, String> {
             .map(|a| Annotation { timestamp_us: a.timestamp, value: a.value })
             .collect(),
         tags: p.tags,
-    })
+        shared: p.shared,
+    };
+    check_times(&span)?;
+    Ok(span)
 }
 
-fn endpoint(p: ProtoEndpoint) -> Result<Endpoint, String> {
+fn endpoint(p: ProtoEndpoint) -> Result<Endpoint, SpanError> {
     let ipv4 = match p.ipv4.len() {
         0 => None,
         4 => Some(Ipv4Addr::new(p.ipv4[0], p.ipv4[1], p.ipv4[2], p.ipv4[3])),
-        n => return Err(format!("an endpoint's ipv4 has {n} bytes; expected 4")),
+        len => return Err(SpanError::BadLength { field: "ipv4", len, expected: "4" }),
     };
     let ipv6 = match <[u8; 16]>::try_from(p.ipv6.as_slice()) {
         _ if p.ipv6.is_empty() => None,
         Ok(b) => Some(Ipv6Addr::from(b)),
-        Err(_) => return Err(format!("an endpoint's ipv6 has {} bytes; expected 16", p.ipv6.len())),
+        Err(_) => return Err(SpanError::BadLength { field: "ipv6", len: p.ipv6.len(), expected: "16" }),
     };
-    let port = u16::try_from(p.port).map_err(|_| format!("an endpoint's port {} is out of range", p.port))?;
+    let port = u16::try_from(p.port).map_err(|_| SpanError::BadPort(p.port))?;
     Ok(Endpoint { service_name: p.service_name, ipv4, ipv6, port })
 }
 
@@ -201,11 +205,12 @@ mod tests {
     #[test]
     fn bad_ids_and_endpoints_are_refused() {
         type Change = fn(&mut ProtoSpan);
-        let cases: [(Change, &str); 4] = [
+        let cases: [(Change, &str); 5] = [
             (|s| s.trace_id = vec![1; 5], "trace_id has 5 bytes"),
             (|s| s.id = vec![], "id has 0 bytes"),
             (|s| s.local_endpoint.as_mut().unwrap().ipv4 = vec![1, 2], "ipv4 has 2 bytes"),
             (|s| s.local_endpoint.as_mut().unwrap().port = 70000, "port 70000"),
+            (|s| s.timestamp = u64::MAX, "after the year 2262"),
         ];
         for (change, want) in cases {
             let mut s = span();

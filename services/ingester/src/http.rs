@@ -85,22 +85,19 @@ fn error_response_retry(
     };
     let mut response = (status, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        let seconds = (retry.as_secs_f64().ceil() as u64).max(1);
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        set_retry_after(&mut response, retry);
     }
     response
 }
 
+/// Sets `Retry-After` to `retry`, in whole seconds (at least 1).
+pub(crate) fn set_retry_after(response: &mut Response, retry: std::time::Duration) {
+    let seconds = (retry.as_secs_f64().ceil() as u64).max(1);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+}
+
 fn ingest_error_response(format: Format, e: &IngestError) -> Response {
-    let (status, code) = match e {
-        IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, 3),
-        IngestError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 16),
-        IngestError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
-        IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
-        IngestError::Overloaded(_) | IngestError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, 8),
-        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
-        IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
-    };
+    let (status, code) = e.http_status();
     let retry = e.retry_after().unwrap_or(std::time::Duration::from_secs(1));
     error_response_retry(format, status, code, &e.to_string(), retry)
 }
@@ -123,17 +120,7 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
     let result = async {
         let tenant =
             ingester.authorize(header_text(&headers, "authorization")?, header_text(&headers, "x-scope-orgid")?)?;
-        let limit = ingester.config().max_request_bytes;
-        let raw = to_bytes(body, limit).await.map_err(|e| {
-            if is_length_limit(&e) {
-                IngestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
-            } else {
-                IngestError::Invalid(format!("reading request body: {e}"))
-            }
-        })?;
-        metrics.request_bytes.inc_by(raw.len() as u64);
-        let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
-        let body = decompress(encoding, raw, limit)?;
+        let body = read_body(&ingester, &headers, body).await?;
         let request = match format {
             Format::Protobuf => ExportTraceServiceRequest::decode(body.as_ref())
                 .map_err(|e| IngestError::Invalid(format!("invalid OTLP protobuf: {e}")))?,
@@ -177,6 +164,22 @@ async fn export_traces(State(ingester): State<Arc<Ingester>>, headers: HeaderMap
     }
 }
 
+/// The request body, read up to the request size limit (counted in the received bytes) and
+/// decompressed as its `Content-Encoding` says, within the same limit.
+pub(crate) async fn read_body(ingester: &Ingester, headers: &HeaderMap, body: Body) -> Result<Bytes, IngestError> {
+    let limit = ingester.config().max_request_bytes;
+    let raw = to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            IngestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
+        } else {
+            IngestError::Invalid(format!("reading request body: {e}"))
+        }
+    })?;
+    ingester.metrics().request_bytes.inc_by(raw.len() as u64);
+    let encoding = header_text(headers, header::CONTENT_ENCODING.as_str())?.unwrap_or("identity");
+    decompress(encoding, raw, limit)
+}
+
 /// A header as text; present but not visible ASCII is an error (not "absent").
 pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, IngestError> {
     headers
@@ -185,7 +188,7 @@ pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Opti
         .transpose()
 }
 
-pub(crate) fn is_length_limit(e: &axum::Error) -> bool {
+fn is_length_limit(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.to_string().contains("length limit exceeded") {
@@ -198,7 +201,7 @@ pub(crate) fn is_length_limit(e: &axum::Error) -> bool {
 
 /// Undoes `Content-Encoding` (gzip, or deflate: zlib), refusing anything that inflates past
 /// `limit` bytes.
-pub(crate) fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestError> {
+fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, IngestError> {
     let encoding = encoding.trim().to_ascii_lowercase();
     let mut decoder: Box<dyn Read + '_> = match encoding.as_str() {
         "" | "identity" => return Ok(raw),

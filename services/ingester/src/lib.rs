@@ -103,6 +103,20 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// The HTTP status of this error, and the gRPC code an OTLP/HTTP error body carries.
+    pub fn http_status(&self) -> (::http::StatusCode, i32) {
+        use ::http::StatusCode as S;
+        match self {
+            IngestError::Invalid(_) => (S::BAD_REQUEST, 3),
+            IngestError::Unauthenticated(_) => (S::UNAUTHORIZED, 16),
+            IngestError::Forbidden(_) => (S::FORBIDDEN, 7),
+            IngestError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, 8),
+            IngestError::Overloaded(_) | IngestError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8),
+            IngestError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, 14),
+            IngestError::Internal(_) => (S::INTERNAL_SERVER_ERROR, 13),
+        }
+    }
+
     /// How long a client should wait before retrying, for the errors worth retrying.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -4,21 +4,22 @@
 //! is: same tenant rules (API key or `X-Scope-OrgID`), limits, backpressure and retry safety.
 //!
 //! Answers as a Zipkin server does: 202 with an empty body once stored; errors as text with
-//! the OTLP receiver's statuses (400 for a bad body, naming the span; 413, 429 or 503 with
-//! `Retry-After`). Zipkin has no partial success, so one unusable span refuses the body.
+//! the OTLP receiver's statuses (400 for a bad body, naming the span; 415 for a content type
+//! other than JSON or protobuf; 413, 429 or 503 with `Retry-After`). Zipkin has no partial success, so one unusable span refuses the body.
 
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use spindle_limits::shed::{DeadlineLayer, ShedLayer};
 
-use crate::http::{decompress, header_text, is_length_limit};
+use crate::http::{header_text, read_body, set_retry_after};
 use crate::{IngestError, Ingester};
 
 /// The metrics label of this receiver's requests.
@@ -44,7 +45,7 @@ pub fn router(ingester: Arc<Ingester>) -> Router {
                 StatusCode::TOO_MANY_REQUESTS,
                 "the receiver is at its limit of concurrent requests; retry shortly",
             );
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            set_retry_after(&mut response, std::time::Duration::from_secs(1));
             response
         }))
         .with_state(ingester)
@@ -55,30 +56,32 @@ fn text(status: StatusCode, message: &str) -> Response {
 }
 
 fn error_response(e: &IngestError) -> Response {
-    let status = match e {
-        IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
-        IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
-        IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        IngestError::Overloaded(_) | IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let mut response = text(status, &e.to_string());
+    let mut response = text(e.http_status().0, &e.to_string());
     if let Some(retry) = e.retry_after() {
-        let seconds = (retry.as_secs_f64().ceil() as u64).max(1);
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        set_retry_after(&mut response, retry);
     }
     response
 }
 
+/// Why a request was refused: an ingest error, or a content type Zipkin does not send (415).
+enum Refusal {
+    Ingest(IngestError),
+    MediaType(String),
+}
+
+impl From<IngestError> for Refusal {
+    fn from(e: IngestError) -> Self {
+        Refusal::Ingest(e)
+    }
+}
+
 /// Whether the body is protobuf (else JSON, Zipkin's default even without a content type).
-fn is_protobuf(headers: &HeaderMap) -> Result<bool, IngestError> {
+fn is_protobuf(headers: &HeaderMap) -> Result<bool, Refusal> {
     let content_type = header_text(headers, header::CONTENT_TYPE.as_str())?.unwrap_or("");
     match content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(true),
         "" | "application/json" | "text/plain" => Ok(false),
-        other => Err(IngestError::Invalid(format!(
+        other => Err(Refusal::MediaType(format!(
             "unsupported content type {other:?}: use application/json or application/x-protobuf"
         ))),
     }
@@ -87,28 +90,19 @@ fn is_protobuf(headers: &HeaderMap) -> Result<bool, IngestError> {
 async fn post_spans(State(ingester): State<Arc<Ingester>>, headers: HeaderMap, body: Body) -> Response {
     let metrics = ingester.metrics();
     let result = async {
-        let protobuf = is_protobuf(&headers)?;
         let tenant =
             ingester.authorize(header_text(&headers, "authorization")?, header_text(&headers, "x-scope-orgid")?)?;
-        let limit = ingester.config().max_request_bytes;
-        let raw = to_bytes(body, limit).await.map_err(|e| {
-            if is_length_limit(&e) {
-                IngestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
-            } else {
-                IngestError::Invalid(format!("reading request body: {e}"))
-            }
-        })?;
-        metrics.request_bytes.inc_by(raw.len() as u64);
-        let encoding = header_text(&headers, header::CONTENT_ENCODING.as_str())?.unwrap_or("identity");
-        let body = decompress(encoding, raw, limit)?;
+        let protobuf = is_protobuf(&headers)?;
+        let body = read_body(&ingester, &headers, body).await?;
         let spans = match protobuf {
             true => spindle_zipkin::decode_protobuf(&body),
             false => spindle_zipkin::decode_json(&body),
         }
         .map_err(|e| IngestError::Invalid(e.to_string()))?;
-        let size = body.len();
         drop(body);
         let request = ExportTraceServiceRequest { resource_spans: spindle_zipkin::to_resource_spans(spans) };
+        // Budgets and rate limits count OTLP protobuf bytes, whatever the receiver.
+        let size = request.encoded_len();
         let outcome = ingester.ingest(&tenant, request, size).await?;
         // Every span is checked while decoding, so none should be refused here; if one is, the
         // client must hear of it (Zipkin has no partial success). A retry stores no duplicates.
@@ -120,6 +114,7 @@ async fn post_spans(State(ingester): State<Arc<Ingester>>, headers: HeaderMap, b
             ))),
             _ => Ok(()),
         }
+        .map_err(Refusal::from)
     }
     .await;
     match result {
@@ -127,7 +122,11 @@ async fn post_spans(State(ingester): State<Arc<Ingester>>, headers: HeaderMap, b
             metrics.request(PROTOCOL, "ok");
             StatusCode::ACCEPTED.into_response()
         }
-        Err(e) => {
+        Err(Refusal::MediaType(message)) => {
+            metrics.request(PROTOCOL, "error");
+            text(StatusCode::UNSUPPORTED_MEDIA_TYPE, &message)
+        }
+        Err(Refusal::Ingest(e)) => {
             metrics.request(PROTOCOL, if matches!(e, IngestError::TooLarge(_)) { "too_large" } else { "error" });
             error_response(&e)
         }

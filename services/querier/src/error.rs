@@ -33,14 +33,20 @@ impl From<QueryError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response =
-            (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.message))
-                .into_response();
+impl ApiError {
+    /// An answer with this error's status and `body` (of `content_type`), and `Retry-After`
+    /// when retrying is worth it (429, 503).
+    pub fn response_with(&self, content_type: &'static str, body: Vec<u8>) -> Response {
+        let mut response = (self.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
         if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.response_with("text/plain; charset=utf-8", format!("{}\n", self.message).into_bytes())
     }
 }

@@ -9,6 +9,7 @@
 
 mod error;
 mod jaeger;
+mod mcp;
 mod metrics;
 mod params;
 mod sql;
@@ -37,6 +38,7 @@ pub struct Querier {
     slots: Arc<TenantSlots>,
     sql: SqlLimits,
     admission: Admission,
+    mcp_any_host: bool,
 }
 
 /// How much the query API takes on at once, and for how long.
@@ -79,7 +81,16 @@ impl Querier {
             slots: Arc::default(),
             sql: SqlLimits::default(),
             admission: Admission::default(),
+            mcp_any_host: false,
         }
+    }
+
+    /// Lets MCP clients reach `/api/mcp` under any host name (when the API listens beyond
+    /// loopback, behind API keys); by default only loopback names are accepted, so a web page
+    /// cannot reach a local Spindle through DNS rebinding.
+    pub fn with_mcp_any_host(mut self, any_host: bool) -> Self {
+        self.mcp_any_host = any_host;
+        self
     }
 
     /// How many requests at once, and for how long.
@@ -101,14 +112,19 @@ impl Querier {
     }
 }
 
-/// All querier routes, behind the node's admission limits and then the tenants' query slots.
+/// All querier routes, behind the node's admission limits and then the tenants' query slots;
+/// `/api/mcp` (the MCP server) calls the other routes in process, so its tools take query
+/// slots as the HTTP API does.
 pub fn router(querier: Querier) -> Router {
     let Admission { max_concurrent, timeout } = querier.admission;
     let metrics = querier.metrics.clone();
-    tempo::routes()
+    let api = tempo::routes()
         .merge(jaeger::routes())
         .merge(sql::routes())
         .layer(axum::middleware::from_fn_with_state(querier.clone(), tenant_slots))
+        .with_state(querier.clone());
+    let mcp = mcp::service(api.clone(), querier.mcp_any_host);
+    api.route_service("/api/mcp", mcp)
         .layer(DeadlineLayer::new(timeout, move || {
             ApiError {
                 status: axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -126,7 +142,6 @@ pub fn router(querier: Querier) -> Router {
             }
             .into_response()
         }))
-        .with_state(querier)
 }
 
 /// Runs a request only if it names no more tenants than each of them allows, while each has a

@@ -417,6 +417,9 @@ pub struct Config {
     pub otlp_http_addr: SocketAddr,
     /// Zipkin receiver address (`None`: off).
     pub zipkin_addr: Option<SocketAddr>,
+    /// Whether `zipkin_addr` is the default, not asked for (then a taken port is skipped with a
+    /// warning instead of stopping the start: another Zipkin server may hold 9411).
+    pub zipkin_addr_is_default: bool,
     /// Internal gRPC address (`None`: not served).
     pub grpc_addr: Option<SocketAddr>,
     /// Internal address other nodes use.
@@ -530,6 +533,7 @@ impl Config {
         let http_addr = o.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 3200).into());
         let otlp_grpc_addr = o.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([127, 0, 0, 1], 4317).into());
         let otlp_http_addr = o.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([127, 0, 0, 1], 4318).into());
+        let zipkin_addr_is_default = o.zipkin_addr.is_none() && file.zipkin_addr.is_none();
         let zipkin_addr = match o.zipkin_addr.clone().or(file.zipkin_addr.clone()) {
             None => Some(([127, 0, 0, 1], 9411).into()),
             Some(text) if text.trim().is_empty() => None,
@@ -673,6 +677,7 @@ impl Config {
             otlp_grpc_addr,
             otlp_http_addr,
             zipkin_addr,
+            zipkin_addr_is_default,
             grpc_addr,
             advertise_addr,
             node_id,
@@ -839,6 +844,8 @@ mod tests {
             Config::resolve(Command::All, &cli.options)
         };
         assert_eq!(resolve(&[]).unwrap().zipkin_addr, Some("127.0.0.1:9411".parse().unwrap()));
+        assert!(resolve(&[]).unwrap().zipkin_addr_is_default);
+        assert!(!resolve(&["--zipkin-addr", "127.0.0.1:9411"]).unwrap().zipkin_addr_is_default);
         assert_eq!(resolve(&["--zipkin-addr", ""]).unwrap().zipkin_addr, None);
         assert_eq!(
             resolve(&["--zipkin-addr", "127.0.0.1:19411"]).unwrap().zipkin_addr,

@@ -103,7 +103,15 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
         None
     };
     let zipkin_listener = match config.zipkin_addr.filter(|_| ingests) {
-        Some(addr) => Some(bind(addr, "the Zipkin receiver (--zipkin-addr; empty turns it off)").await?),
+        Some(addr) => match bind(addr, "the Zipkin receiver (--zipkin-addr; empty turns it off)").await {
+            Ok(listener) => Some(listener),
+            // Only the default address: another Zipkin server on this host must not stop Spindle.
+            Err(e) if config.zipkin_addr_is_default => {
+                tracing::warn!(error = format!("{e:#}"), "the Zipkin receiver is off: its default port is taken");
+                None
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     let grpc_listener = match config.grpc_addr.filter(|_| stores || role == Command::Generator) {
@@ -219,7 +227,8 @@ pub async fn run(role: Command, config: Config) -> anyhow::Result<()> {
                 .with_admission(Admission {
                     max_concurrent: config.query_max_concurrent,
                     timeout: config.request_timeout,
-                });
+                })
+                .with_mcp_any_host(!config.http_addr.ip().is_loopback());
             Some(querier)
         }
         _ => None,

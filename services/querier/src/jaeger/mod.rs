@@ -65,6 +65,14 @@ fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// An operation of a service and the kind of its spans, as both APIs list them.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Operation {
+    name: String,
+    span_kind: String,
+}
+
 /// What a Jaeger search asks for: spans of `service` named `operation`, with every tag, and a
 /// duration within the bounds, starting within `range`.
 #[derive(Debug, Default)]
@@ -95,7 +103,23 @@ fn service_field() -> Field {
 fn intrinsic_tag(key: &str, value: &str) -> Option<FieldExpr> {
     let status = |s| Some(compare(Field::Intrinsic(Intrinsic::Status), BinaryOp::Eq, Static::Status(s)));
     match (key, value.to_ascii_lowercase().as_str()) {
-        ("error", "true") => status(Status::Error),
+        // Jaeger's error tag: the status, or an `error` attribute some instrumentations set.
+        ("error", "true") => {
+            let SpansetExpr::Filter(attribute) =
+                spindle_query::filter::tags_to_traceql(&[("error".into(), "true".into())])
+            else {
+                return status(Status::Error);
+            };
+            Some(FieldExpr::Binary {
+                op: BinaryOp::Or,
+                lhs: Box::new(compare(
+                    Field::Intrinsic(Intrinsic::Status),
+                    BinaryOp::Eq,
+                    Static::Status(Status::Error),
+                )),
+                rhs: Box::new(attribute),
+            })
+        }
         ("error", "false") => {
             Some(compare(Field::Intrinsic(Intrinsic::Status), BinaryOp::Ne, Static::Status(Status::Error)))
         }
@@ -166,30 +190,32 @@ impl Search {
         Ok(hits)
     }
 
-    /// The matching traces, each read whole, in the order of [`Search::hits`]; traces past
-    /// [`MAX_SEARCH_SPANS`] spans in all are left out (the second value says how many).
+    /// The matching traces, each read whole, in the order of [`Search::hits`]; once
+    /// [`MAX_SEARCH_SPANS`] spans are reached the rest are left out, not read (the second value
+    /// says how many).
     async fn traces(&self, q: &Querier, tenants: &[TenantId]) -> Result<(Vec<Vec<ResourceSpans>>, usize), ApiError> {
         let hits = self.hits(q, tenants).await?;
+        let total = hits.len();
         let reads = futures::stream::iter(hits.into_iter().map(|(tenant, hit)| async move {
             load(q, std::slice::from_ref(&tenant), hit.trace_id, None).await.map(|l| l.resource_spans)
         }))
         .buffered(CONCURRENT_READS);
         futures::pin_mut!(reads);
-        let (mut traces, mut spans, mut left_out) = (Vec::new(), 0, 0);
+        let (mut traces, mut spans, mut read) = (Vec::new(), 0, 0);
         while let Some(trace) = reads.next().await {
             let trace = trace?;
+            read += 1;
             let n: usize = trace.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
-            if n == 0 {
-                continue;
-            }
             if spans + n > MAX_SEARCH_SPANS {
-                left_out += 1;
-                continue;
+                // Dropping the stream stops the reads still running or not started.
+                return Ok((traces, total - read + 1));
             }
-            spans += n;
-            traces.push(trace);
+            if n > 0 {
+                spans += n;
+                traces.push(trace);
+            }
         }
-        Ok((traces, left_out))
+        Ok((traces, 0))
     }
 }
 

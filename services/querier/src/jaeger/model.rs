@@ -116,14 +116,15 @@ fn micros(ns: u64) -> i64 {
     (ns / 1000) as i64
 }
 
-const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+/// Largest integer a JavaScript number holds exactly; larger ones are sent as text.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 fn tag(key: impl Into<String>, value: Option<&AnyValue>) -> Tag {
     let key = key.into();
     match value.and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => Tag { key, ty: "string", value: Json::String(s.clone()) },
         Some(Value::BoolValue(b)) => Tag { key, ty: "bool", value: Json::Bool(*b) },
-        Some(Value::IntValue(i)) if i.abs() > MAX_SAFE_INTEGER => {
+        Some(Value::IntValue(i)) if i.unsigned_abs() > MAX_SAFE_INTEGER => {
             Tag { key, ty: "int64", value: Json::String(i.to_string()) }
         }
         Some(Value::IntValue(i)) => Tag { key, ty: "int64", value: Json::from(*i) },
@@ -254,7 +255,8 @@ pub fn trace(resource_spans: &[ResourceSpans]) -> Option<Trace> {
                     });
                 }
                 for link in &s.links {
-                    if link.trace_id.iter().all(|b| *b == 0) {
+                    let to_parent = link.trace_id == s.trace_id && link.span_id == s.parent_span_id;
+                    if link.trace_id.iter().all(|b| *b == 0) || to_parent {
                         continue;
                     }
                     let child_of = link.attributes.iter().any(|kv| {

@@ -5,12 +5,15 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::model::{self, trace_id_text};
-use super::{json_tags, now_ns, operations as list_operations, parse_kind, services as list_services, Search};
+use super::{
+    json_tags, now_ns, operations as list_operations, parse_kind, services as list_services, Operation, Search,
+    MAX_SEARCH_SPANS, MAX_TRACES,
+};
 use crate::params::{duration, tenants, trace_id};
 use crate::traces::load;
 use crate::{ApiError, Querier};
@@ -21,7 +24,7 @@ const DEFAULT_LIMIT: usize = 100;
 const DEFAULT_LOOKBACK_NS: i64 = 48 * 3600 * 1_000_000_000;
 /// Default `lookback` of `/api/dependencies` (one day), in ms.
 const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
-/// Longest `lookback` of `/api/dependencies` (30 days), in ms.
+/// Longest `lookback` of `/api/dependencies` (30 days), in ms: a longer one is cut to it.
 const MAX_DEPENDENCY_LOOKBACK_MS: i64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Debug, Serialize)]
@@ -54,14 +57,9 @@ fn error(e: ApiError) -> Response {
         total: 0,
         limit: 0,
         offset: 0,
-        errors: Some(vec![ErrorItem { code: Some(e.status.as_u16()), msg: e.message, trace_id: None }]),
+        errors: Some(vec![ErrorItem { code: Some(e.status.as_u16()), msg: e.message.clone(), trace_id: None }]),
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = (e.status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
-    if matches!(e.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+    e.response_with("application/json", serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn reply<T: Serialize>(q: &Querier, what: &str, start: Instant, result: Result<(T, usize), ApiError>) -> Response {
@@ -97,18 +95,12 @@ pub async fn service_operations(State(q): State<Querier>, Path(service): Path<St
     reply(&q, "jaeger_operations", start, result)
 }
 
+/// Parameters of `/api/operations`.
 #[derive(Debug, Deserialize)]
 pub struct OperationParams {
     service: Option<String>,
     #[serde(rename = "spanKind")]
     span_kind: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Operation {
-    name: String,
-    span_kind: String,
 }
 
 /// `GET /api/operations?service=&spanKind=`.
@@ -136,7 +128,7 @@ fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 fn micros_param(name: &str, text: &str) -> Result<i64, ApiError> {
-    text.trim().parse::<i64>().ok().and_then(|us| us.checked_mul(1000)).ok_or_else(|| {
+    text.trim().parse::<i64>().ok().filter(|us| *us >= 0).and_then(|us| us.checked_mul(1000)).ok_or_else(|| {
         ApiError::bad_request(format!("unable to parse param '{name}': {text:?} is not unix microseconds"))
     })
 }
@@ -189,17 +181,23 @@ pub async fn find_traces(State(q): State<Querier>, RawQuery(query): RawQuery, he
             }
         }
         if !ids.is_empty() {
-            let mut traces = Vec::new();
-            let mut errors = Vec::new();
+            let ids: BTreeSet<[u8; 16]> = ids.into_iter().collect();
+            if ids.len() > MAX_TRACES {
+                return Err(ApiError::bad_request(format!("at most {MAX_TRACES} traceID values at once")));
+            }
+            let (mut traces, mut errors, mut spans) = (Vec::new(), Vec::new(), 0);
             for id in ids {
                 let loaded = load(&q, &tenants, id, None).await?;
+                let item = |msg: String| ErrorItem { code: None, msg, trace_id: Some(trace_id_text(&id)) };
                 match model::trace(&loaded.resource_spans) {
-                    Some(t) => traces.push(t),
-                    None => errors.push(ErrorItem {
-                        code: None,
-                        msg: "trace not found".into(),
-                        trace_id: Some(trace_id_text(&id)),
-                    }),
+                    Some(t) if spans + t.spans.len() > MAX_SEARCH_SPANS => {
+                        errors.push(item(format!("left out: the answer holds at most {MAX_SEARCH_SPANS} spans")))
+                    }
+                    Some(t) => {
+                        spans += t.spans.len();
+                        traces.push(t);
+                    }
+                    None => errors.push(item("trace not found".into())),
                 }
             }
             return Ok((traces, errors));
@@ -208,7 +206,7 @@ pub async fn find_traces(State(q): State<Querier>, RawQuery(query): RawQuery, he
             return Err(ApiError::bad_request("parameter 'service' is required"));
         }
         let end = end_ns.unwrap_or_else(now_ns);
-        search.range = (start_ns.unwrap_or(end - DEFAULT_LOOKBACK_NS), end);
+        search.range = (start_ns.unwrap_or(end.saturating_sub(DEFAULT_LOOKBACK_NS)), end);
         if search.range.1 < search.range.0 {
             return Err(ApiError::bad_request("'end' must not be before 'start'"));
         }
@@ -220,7 +218,7 @@ pub async fn find_traces(State(q): State<Querier>, RawQuery(query): RawQuery, he
                 code: None,
                 msg: format!(
                     "{left_out} more traces match but the answer holds at most {} spans; narrow the search",
-                    super::MAX_SEARCH_SPANS
+                    MAX_SEARCH_SPANS
                 ),
                 trace_id: None,
             });
@@ -251,6 +249,7 @@ pub async fn get_trace(State(q): State<Querier>, Path(id): Path<String>, headers
     }
 }
 
+/// Parameters of `/api/dependencies`.
 #[derive(Debug, Deserialize)]
 pub struct DependencyParams {
     #[serde(rename = "endTs")]
@@ -280,11 +279,12 @@ pub async fn dependencies(State(q): State<Querier>, Query(p): Query<DependencyPa
     let start = Instant::now();
     let result = async {
         let end_ms = millis_param("endTs", p.end_ts.as_deref(), now_ns() / 1_000_000)?;
-        let lookback_ms = millis_param("lookback", p.lookback.as_deref(), DEFAULT_DEPENDENCY_LOOKBACK_MS)?;
-        if !(1..=MAX_DEPENDENCY_LOOKBACK_MS).contains(&lookback_ms) || end_ms <= 0 || end_ms > i64::MAX / 1_000_000 {
-            return Err(ApiError::bad_request(format!(
-                "'lookback' must be 1 ms to {MAX_DEPENDENCY_LOOKBACK_MS} ms and 'endTs' unix milliseconds"
-            )));
+        let lookback_ms = millis_param("lookback", p.lookback.as_deref(), DEFAULT_DEPENDENCY_LOOKBACK_MS)?
+            .min(MAX_DEPENDENCY_LOOKBACK_MS);
+        if lookback_ms < 1 || end_ms <= 0 || end_ms > i64::MAX / 1_000_000 {
+            return Err(ApiError::bad_request(
+                "'lookback' must be a positive number of ms and 'endTs' unix milliseconds",
+            ));
         }
         let (end_ns, start_ns) = (end_ms * 1_000_000, (end_ms - lookback_ms) * 1_000_000);
         let mut edges: std::collections::BTreeMap<(String, String), u64> = Default::default();

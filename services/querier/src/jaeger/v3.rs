@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde::Serialize;
 
-use super::{json_tags, operations as list_operations, parse_kind, services as list_services, Search};
+use super::{json_tags, operations as list_operations, parse_kind, services as list_services, Operation, Search};
 use crate::params::{duration, json_response, tenants, trace_id, unix_nanos};
 use crate::traces::load;
 use crate::{ApiError, Querier};
@@ -39,13 +39,8 @@ struct ErrorDetail {
 }
 
 fn error(e: ApiError) -> Response {
-    let body = ErrorBody { error: ErrorDetail { http_code: e.status.as_u16(), message: e.message } };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = (e.status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
-    if matches!(e.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+    let body = ErrorBody { error: ErrorDetail { http_code: e.status.as_u16(), message: e.message.clone() } };
+    e.response_with("application/json", serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn reply<T: Serialize>(q: &Querier, what: &str, start: Instant, result: Result<T, ApiError>) -> Response {
@@ -70,13 +65,6 @@ pub async fn services(State(q): State<Querier>, headers: HeaderMap) -> Response 
     let start = Instant::now();
     let result = async { Ok(Services { services: list_services(&q, &tenants(&headers)?).await? }) }.await;
     reply(&q, "jaeger_services", start, result)
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Operation {
-    name: String,
-    span_kind: String,
 }
 
 #[derive(Debug, Serialize)]
