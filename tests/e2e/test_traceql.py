@@ -164,6 +164,21 @@ def check_metrics(s, traces):
     assert r.status_code == 200, r.text
     got = {x["labels"][0]["value"]["stringValue"]: x["value"] for x in r.json()["series"]}
     assert got == {"SELECT orders": 3, "row decode": 3, "publish": 3}
+    # Tempo 3.0: comparisons on the series' values, before or after topk; exemplars off by hint.
+    for q, want in (("{ } | count_over_time() by (name) > 2", {"SELECT orders", "row decode", "publish", "GET /checkout"}),
+                    ("{ kind = client } | count_over_time() by (name) >= 3", {"SELECT orders"}),
+                    ("{ } | count_over_time() by (name) < 3", set()),
+                    ("{ } | count_over_time() by (name) | topk(2) != 0 with(exemplars=false)", None)):
+        r = requests.get(f"{s.api}/api/metrics/query", timeout=30, params={"q": q, "start": start_s, "end": end_s})
+        assert r.status_code == 200, (q, r.text)
+        names = {x["labels"][0]["value"]["stringValue"] for x in r.json()["series"]}
+        if want is not None:
+            assert names == want, (q, names)
+        else:
+            assert len(names) == 2, (q, names)
+    r = requests.get(f"{s.api}/api/metrics/query_range", timeout=30, params={
+        "q": "{ } | count_over_time() with(exemplars=false)", "start": start_s, "end": end_s})
+    assert r.status_code == 200 and all(not x.get("exemplars") for x in r.json()["series"]), r.text
 
     r = requests.get(f"{s.api}/api/metrics/query_range", timeout=30, params={
         "q": "{ } | count_over_time() by (span:name) | topk(1)", "start": start_s, "end": end_s, "step": "600s"})

@@ -1,6 +1,6 @@
 //! Differential test of TraceQL metrics: for generated traces split over blocks and unflushed
 //! data, `rate`, `count_over_time`, `min/max/sum/avg_over_time`, `quantile_over_time`,
-//! `histogram_over_time`, `by(...)` and `topk`/`bottomk`, over simple filters and over queries
+//! `histogram_over_time`, `by(...)`, `topk`/`bottomk` and comparisons of the values (`> 1`), over simple filters and over queries
 //! that need whole traces, must equal a direct computation from the reference evaluator.
 
 mod support;
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use spindle_otlp::otlp::common::v1::{any_value::Value, AnyValue};
 use spindle_query::traceql::metrics::{MetricsRequest, Series};
-use spindle_traceql::{Field, MetricsFunction, SecondStage, ValueType};
+use spindle_traceql::{Field, MetricsFunction, MetricsStage, ValueType};
 use support::data::{self, T0};
 use support::reference::{self, RV};
 
@@ -207,11 +207,12 @@ fn engine_series(series: &[Series]) -> BTreeMap<String, BTreeMap<i64, f64>> {
 fn top_k_agrees(
     want: &BTreeMap<String, BTreeMap<i64, f64>>,
     got: &BTreeMap<String, BTreeMap<i64, f64>>,
-    stage: SecondStage,
+    stage: MetricsStage,
 ) -> bool {
     let (k, top) = match stage {
-        SecondStage::TopK(k) => (k as usize, true),
-        SecondStage::BottomK(k) => (k as usize, false),
+        MetricsStage::TopK(k) => (k as usize, true),
+        MetricsStage::BottomK(k) => (k as usize, false),
+        MetricsStage::Compare { .. } => unreachable!("comparisons are applied to the model"),
     };
     if want.len() <= k {
         return agree(want, got);
@@ -281,7 +282,8 @@ async fn metrics_match_the_reference() {
         "histogram_over_time(duration)",
     ];
     let bys = ["", " by (resource.service.name)", " by (kind, .mixed)", " by (span.user.id)"];
-    let seconds = ["", " | topk(2)", " | bottomk(1)"];
+    // Comparisons (Tempo 3.0) come before any topk/bottomk here: the model applies them first.
+    let seconds = ["", " | topk(2)", " | bottomk(1)", " > 1", " != 0 | topk(2)", " <= 0.5"];
     let (mut ran, mut failures) = (0, Vec::new());
     let mut i = 0usize;
     for f in filters {
@@ -306,7 +308,22 @@ async fn metrics_match_the_reference() {
                 let want = expected(&traces, &request);
                 let got_map = engine_series(&got.series);
                 let m = request.query.metrics.as_ref().unwrap();
-                let same = match m.second_stage {
+                // Comparisons filter the model's samples as the engine must; one topk/bottomk
+                // is checked by its own rule (ties may pick either series).
+                let mut want = want;
+                let mut top = None;
+                for stage in &m.stages {
+                    match stage {
+                        MetricsStage::Compare { .. } => {
+                            for s in want.values_mut() {
+                                s.retain(|_, v| stage.keeps(*v));
+                            }
+                            want.retain(|_, s| !s.is_empty());
+                        }
+                        other => top = Some(*other),
+                    }
+                }
+                let same = match top {
                     None => agree(&want, &got_map),
                     Some(stage) => top_k_agrees(&want, &got_map, stage),
                 };

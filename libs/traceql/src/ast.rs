@@ -393,6 +393,8 @@ pub enum UnaryOp {
     Not,
     /// `x != nil`: the value exists.
     Exists,
+    /// `x = nil`: the value is missing (Tempo 3.0).
+    Missing,
 }
 
 /// Literal values.
@@ -704,15 +706,15 @@ pub struct Hint {
     pub value: Static,
 }
 
-/// The metrics part of a query: `| fn(...) by (...) | topk(n)`.
+/// The metrics part of a query: `| fn(...) by (...) > 10 | topk(n) <= 5`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsQuery {
     /// The first-stage function.
     pub function: MetricsFunction,
     /// Series are split by these fields.
     pub by: Vec<Field>,
-    /// `| topk(n)` or `| bottomk(n)`.
-    pub second_stage: Option<SecondStage>,
+    /// What is applied to the series, in order: comparisons (Tempo 3.0) and `topk`/`bottomk`.
+    pub stages: Vec<MetricsStage>,
 }
 
 /// First-stage metrics functions.
@@ -782,13 +784,39 @@ impl MetricsFunction {
     }
 }
 
-/// Second-stage metrics functions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecondStage {
-    /// `topk(n)`: the n series with the highest values.
+/// What follows a metrics function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetricsStage {
+    /// `| topk(n)`: at each time, the n series with the highest values.
     TopK(i64),
-    /// `bottomk(n)`: the n series with the lowest values.
+    /// `| bottomk(n)`: at each time, the n series with the lowest values.
     BottomK(i64),
+    /// `> 10`, `= 0`, ...: only the samples whose value compares so (Tempo 3.0).
+    Compare {
+        /// `=`, `!=`, `>`, `>=`, `<` or `<=`.
+        op: BinaryOp,
+        /// The number compared with.
+        value: f64,
+    },
+}
+
+impl MetricsStage {
+    /// Whether `sample` passes a comparison stage (other stages pass every sample; NaN never
+    /// passes a comparison).
+    pub fn keeps(&self, sample: f64) -> bool {
+        match *self {
+            MetricsStage::Compare { op, value } => match op {
+                BinaryOp::Eq => sample == value,
+                BinaryOp::Ne => !sample.is_nan() && sample != value,
+                BinaryOp::Gt => sample > value,
+                BinaryOp::Ge => sample >= value,
+                BinaryOp::Lt => sample < value,
+                BinaryOp::Le => sample <= value,
+                _ => false,
+            },
+            _ => true,
+        }
+    }
 }
 
 impl fmt::Display for Field {
@@ -845,6 +873,7 @@ impl fmt::Display for FieldExpr {
             FieldExpr::Unary { op: UnaryOp::Neg, expr } => write!(f, "-{expr}"),
             FieldExpr::Unary { op: UnaryOp::Not, expr } => write!(f, "!{expr}"),
             FieldExpr::Unary { op: UnaryOp::Exists, expr } => write!(f, "({expr} != nil)"),
+            FieldExpr::Unary { op: UnaryOp::Missing, expr } => write!(f, "({expr} = nil)"),
         }
     }
 }

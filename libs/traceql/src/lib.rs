@@ -1,4 +1,4 @@
-//! TraceQL, the query language of Grafana Tempo 2.9: lexer, parser and validator.
+//! TraceQL, the query language of Grafana Tempo (as of 3.0.3): lexer, parser and validator.
 //!
 //! [`parse`] turns a query into a [`Query`] tree with Tempo's grammar and precedences (spanset
 //! filters, every scope and intrinsic, field and spanset operators including the structural,
@@ -16,7 +16,11 @@
 //! - `parent.` attributes (`{ parent.span.a = 1 }`) and the `parent` intrinsic;
 //! - comparisons between whole pipelines (`({ .a } | count()) > ({ .b } | count())`).
 //!
-//! Beyond Tempo 2.9, these run: `childCount`, scalar filters comparing aggregates with
+//! From Tempo 3.0: comparisons after metrics functions and `topk`/`bottomk`
+//! ([`MetricsStage::Compare`]), `x = nil` ([`UnaryOp::Missing`]), and the hints `sample`,
+//! `span_sample`, `trace_sample`, `most_recent`, `exemplars` (values checked).
+//!
+//! Beyond Tempo, these run: `childCount`, scalar filters comparing aggregates with
 //! aggregates or arithmetic (`min(.field) < max(duration)`, `count() + count() = 2`), and
 //! constant scalar filters (`3 = 2`).
 

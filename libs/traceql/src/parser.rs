@@ -486,8 +486,14 @@ impl Parser<'_> {
                 lhs = FieldExpr::Unary { op: UnaryOp::Exists, expr: Box::new(lhs) };
                 continue;
             }
+            if op == BinaryOp::Eq && self.peek_is_word("nil") {
+                // `x = nil`: the value is missing (Tempo 3.0).
+                self.pos += 1;
+                lhs = FieldExpr::Unary { op: UnaryOp::Missing, expr: Box::new(lhs) };
+                continue;
+            }
             if self.peek_is_word("nil") {
-                return Err(self.error("nil can only be compared with !=: { span.foo != nil } (the value exists)"));
+                return Err(self.error("nil can only be compared with = or !=: { span.foo != nil } (the value exists)"));
             }
             let rhs = self.field_expr(if right { lvl } else { lvl + 1 })?;
             lhs = FieldExpr::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) };
@@ -559,7 +565,8 @@ impl Parser<'_> {
             return Ok(FieldExpr::Static(Static::Bool(false)));
         }
         if !ne {
-            return Err(self.error_at(at, "nil can only be compared with !=: { nil != span.foo } (the value exists)"));
+            let e = self.field_expr(COMPARE + 1)?;
+            return Ok(FieldExpr::Unary { op: UnaryOp::Missing, expr: Box::new(e) });
         }
         let e = self.field_expr(COMPARE + 1)?;
         Ok(FieldExpr::Unary { op: UnaryOp::Exists, expr: Box::new(e) })
@@ -686,8 +693,13 @@ impl Parser<'_> {
             by = self.field_list()?;
             self.expect(Tok::RParen, "')' or ','")?;
         }
-        let mut second_stage = None;
-        if self.eat(&Tok::Pipe) {
+        // Then, in any order and number: `| topk(n)`, `| bottomk(n)`, each stage optionally
+        // followed by one comparison with a number (Tempo 3.0).
+        let mut stages = Vec::new();
+        if let Some(compare) = self.metrics_comparison()? {
+            stages.push(compare);
+        }
+        while self.eat(&Tok::Pipe) {
             let at = self.here();
             let k = match self.next() {
                 Some(Tok::Ident(w)) if w == "topk" || w == "bottomk" => w,
@@ -699,9 +711,33 @@ impl Parser<'_> {
                 _ => return Err(self.error(format!("{k}() takes a positive integer"))),
             };
             self.expect(Tok::RParen, "')'")?;
-            second_stage = Some(if k == "topk" { SecondStage::TopK(n) } else { SecondStage::BottomK(n) });
+            stages.push(if k == "topk" { MetricsStage::TopK(n) } else { MetricsStage::BottomK(n) });
+            if let Some(compare) = self.metrics_comparison()? {
+                stages.push(compare);
+            }
         }
-        Ok(MetricsQuery { function, by, second_stage })
+        Ok(MetricsQuery { function, by, stages })
+    }
+
+    /// `> 10`, `!= 0`, `<= -3.5` after a metrics stage, if one follows.
+    fn metrics_comparison(&mut self) -> Res<Option<MetricsStage>> {
+        let op = match self.peek() {
+            Some(Tok::Eq) => BinaryOp::Eq,
+            Some(Tok::Ne) => BinaryOp::Ne,
+            Some(Tok::Gt) => BinaryOp::Gt,
+            Some(Tok::Ge) => BinaryOp::Ge,
+            Some(Tok::Lt) => BinaryOp::Lt,
+            Some(Tok::Le) => BinaryOp::Le,
+            _ => return Ok(None),
+        };
+        self.pos += 1;
+        let negative = self.eat(&Tok::Sub);
+        let value = match self.next() {
+            Some(Tok::Int(i)) => i as f64,
+            Some(Tok::Float(f)) => f,
+            _ => return Err(self.error("expected a number to compare the series' values with")),
+        };
+        Ok(Some(MetricsStage::Compare { op, value: if negative { -value } else { value } }))
     }
 
     /// `with(name = value, ...)` after `with`.
@@ -870,8 +906,29 @@ mod tests {
             }
         );
         assert_eq!(m.by.len(), 1);
-        assert_eq!(m.second_stage, Some(SecondStage::TopK(3)));
+        assert_eq!(m.stages, vec![MetricsStage::TopK(3)]);
         assert_eq!(q.hints[0].value, Static::Bool(true));
+    }
+
+    #[test]
+    fn metrics_comparisons() {
+        let q = parse("{ } | rate() by (name) > 0 | topk(5) <= -2.5 | bottomk(2) with(sample=0.1)").unwrap();
+        let m = q.metrics.unwrap();
+        assert_eq!(
+            m.stages,
+            vec![
+                MetricsStage::Compare { op: BinaryOp::Gt, value: 0.0 },
+                MetricsStage::TopK(5),
+                MetricsStage::Compare { op: BinaryOp::Le, value: -2.5 },
+                MetricsStage::BottomK(2),
+            ]
+        );
+        for bad in ["{ } | rate() == 4", "{ } | rate() > ", "{ } | rate() > 1 > 2", "{ } | rate() > \"a\"", "{ } > 10"]
+        {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(MetricsStage::Compare { op: BinaryOp::Ne, value: 1.0 }.keeps(2.0));
+        assert!(!MetricsStage::Compare { op: BinaryOp::Gt, value: 1.0 }.keeps(f64::NAN));
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl FieldExpr {
                 ValueType::Attribute => rhs.value_type(),
                 t => t,
             },
-            FieldExpr::Unary { op: UnaryOp::Exists, .. } => ValueType::Bool,
+            FieldExpr::Unary { op: UnaryOp::Exists | UnaryOp::Missing, .. } => ValueType::Bool,
             FieldExpr::Unary { expr, .. } => expr.value_type(),
         }
     }
@@ -168,6 +168,32 @@ impl Query {
         if let Some(m) = &self.metrics {
             m.validate()?;
         }
+        for hint in &self.hints {
+            hint.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Hint {
+    /// Hints Tempo 3.0 defines get values of their kind: `sample` true, false or a fraction,
+    /// `span_sample` / `trace_sample` a fraction in (0, 1], `most_recent` and `exemplars`
+    /// booleans. Other hints are accepted (Tempo ignores unknown ones too).
+    fn validate(&self) -> Result<(), ValidationError> {
+        let fraction = |v: &Static| match v {
+            Static::Float(f) => *f > 0.0 && *f <= 1.0,
+            Static::Int(1) => true,
+            _ => false,
+        };
+        let ok = match self.name.as_str() {
+            "sample" => matches!(self.value, Static::Bool(_)) || fraction(&self.value),
+            "span_sample" | "trace_sample" => fraction(&self.value),
+            "most_recent" | "exemplars" => matches!(self.value, Static::Bool(_)),
+            _ => true,
+        };
+        if !ok {
+            return Err(invalid(format!("invalid value for hint {}", self.name)));
+        }
         Ok(())
     }
 }
@@ -189,8 +215,10 @@ impl MetricsQuery {
                 if *top_n <= 0 {
                     return Err(invalid(format!("compare() needs a topN greater than 0, got {top_n}")));
                 }
-                if self.second_stage.is_some() {
-                    return Err(invalid("compare() cannot be used with second stage functions (topk, bottomk)".into()));
+                if !self.stages.is_empty() {
+                    return Err(invalid(
+                        "compare() cannot be followed by topk, bottomk or a comparison of its values".into(),
+                    ));
                 }
             }
             MetricsFunction::QuantileOverTime { quantiles, .. } => {
@@ -210,9 +238,11 @@ impl MetricsQuery {
                 )));
             }
         }
-        if let Some(SecondStage::TopK(n) | SecondStage::BottomK(n)) = self.second_stage {
-            if n <= 0 {
-                return Err(invalid(format!("topk and bottomk need a limit greater than 0, got {n}")));
+        for stage in &self.stages {
+            if let MetricsStage::TopK(n) | MetricsStage::BottomK(n) = *stage {
+                if n <= 0 {
+                    return Err(invalid(format!("topk and bottomk need a limit greater than 0, got {n}")));
+                }
             }
         }
         Ok(())
@@ -361,8 +391,21 @@ impl FieldExpr {
             FieldExpr::Unary { op, expr } => {
                 expr.validate()?;
                 let t = expr.value_type();
+                if *op == UnaryOp::Missing {
+                    match expr.as_ref() {
+                        FieldExpr::Field(Field::Intrinsic(_)) => {
+                            return Err(invalid(format!("intrinsics always have a value and cannot be nil: {self}")));
+                        }
+                        FieldExpr::Field(Field::Attribute(a))
+                            if a.scope == AttributeScope::Resource && a.name == "service.name" =>
+                        {
+                            return Err(invalid(format!("resource.service.name always has a value: {self}")));
+                        }
+                        _ => {}
+                    }
+                }
                 let ok = match op {
-                    UnaryOp::Exists => true,
+                    UnaryOp::Exists | UnaryOp::Missing => true,
                     _ if t == ValueType::Attribute => true,
                     UnaryOp::Neg => t.is_numeric(),
                     UnaryOp::Not => t == ValueType::Bool,
@@ -372,6 +415,43 @@ impl FieldExpr {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{compile, Error};
+
+    fn invalid(q: &str) -> bool {
+        matches!(compile(q), Err(Error::Validation(crate::ValidationError::Invalid { .. })))
+    }
+
+    #[test]
+    fn tempo_3_hints_and_nil() {
+        for ok in [
+            "{ } | rate() with(sample=true)",
+            "{ } | rate() with(sample=0.1)",
+            "{ } | rate() with(span_sample=0.5)",
+            "{ } | rate() with(trace_sample=1)",
+            "{ } with(most_recent=true)",
+            "{ } | rate() with(exemplars=false)",
+            "{ .foo = nil }",
+            "{ nil = span.foo && name != nil }",
+        ] {
+            assert!(compile(ok).is_ok(), "{ok}: {:?}", compile(ok));
+        }
+        for bad in [
+            "{ } | rate() with(sample=2)",
+            "{ } | rate() with(span_sample=0)",
+            "{ } | rate() with(trace_sample=\"x\")",
+            "{ } with(most_recent=1)",
+            "{ duration = nil }",
+            "{ resource.service.name = nil }",
+            "{ } | compare({ status = error }) > 1",
+            "{ } | rate() | topk(0) > 1",
+        ] {
+            assert!(invalid(bad), "{bad}: {:?}", compile(bad));
         }
     }
 }

@@ -313,6 +313,7 @@ impl FieldCompiler {
                 }
                 Ok(match op {
                     UnaryOp::Exists => Typed::boolean(v.exists(), true),
+                    UnaryOp::Missing => Typed::boolean(!v.exists(), true),
                     UnaryOp::Not => Typed::boolean(not_true(v.condition()), true),
                     UnaryOp::Neg => Typed {
                         int: v.int.map(|e| lit(0i64) - e),

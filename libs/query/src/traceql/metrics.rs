@@ -21,7 +21,7 @@ use datafusion::prelude::{ident, lit, Expr, SessionContext};
 use spindle_otlp::otlp::common::v1::{any_value, AnyValue, KeyValue};
 use spindle_schema::col as c;
 use spindle_storage::TenantId;
-use spindle_traceql::{FieldExpr, MetricsFunction, MetricsQuery, Query, SecondStage, SpansetExpr, ValueType};
+use spindle_traceql::{FieldExpr, MetricsFunction, MetricsQuery, MetricsStage, Query, SpansetExpr, ValueType};
 
 use super::fields::{FieldCompiler, Frame, Typed};
 use super::plan::{evaluate, CandidatePlan};
@@ -451,8 +451,8 @@ impl QueryEngine {
             }
         }
         let mut series = build_series(&collected, metrics, &grid, request);
-        if let Some(stage) = metrics.second_stage {
-            series = second_stage(series, stage);
+        for stage in &metrics.stages {
+            series = apply_stage(series, stage);
         }
         sort_series(&mut series);
         Ok(MetricsResult {
@@ -699,11 +699,22 @@ fn pick_exemplars(mut ex: Vec<([u8; 16], i64, f64)>, limit: usize, grid: &Grid) 
     out
 }
 
-/// `topk(n)` / `bottomk(n)`: at each timestamp only the n highest (lowest) values remain.
-fn second_stage(series: Vec<Series>, stage: SecondStage) -> Vec<Series> {
-    let (n, top) = match stage {
-        SecondStage::TopK(n) => (n as usize, true),
-        SecondStage::BottomK(n) => (n as usize, false),
+/// One stage after the metrics function: `topk(n)` / `bottomk(n)` keep at each timestamp only
+/// the n highest (lowest) values; a comparison keeps the samples that pass it. Series left
+/// without samples are dropped.
+fn apply_stage(series: Vec<Series>, stage: &MetricsStage) -> Vec<Series> {
+    let (n, top) = match *stage {
+        MetricsStage::TopK(n) => (n as usize, true),
+        MetricsStage::BottomK(n) => (n as usize, false),
+        MetricsStage::Compare { .. } => {
+            return series
+                .into_iter()
+                .filter_map(|mut s| {
+                    s.samples.retain(|(_, v)| stage.keeps(*v));
+                    (!s.samples.is_empty()).then_some(s)
+                })
+                .collect();
+        }
     };
     if series.len() <= n {
         return series;

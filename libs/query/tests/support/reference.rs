@@ -288,6 +288,7 @@ impl Ctx<'_> {
                 let v = self.value(expr);
                 match op {
                     UnaryOp::Exists => RV::Bool(v != RV::Nil),
+                    UnaryOp::Missing => RV::Bool(v == RV::Nil),
                     UnaryOp::Not => RV::Bool(!v.truthy()),
                     UnaryOp::Neg => match v {
                         RV::Int(i) => RV::Int(0i64.wrapping_sub(i)),

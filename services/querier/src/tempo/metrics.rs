@@ -97,6 +97,8 @@ fn request(p: &MetricsParams, instant: bool) -> Result<MetricsRequest, ApiError>
             .map_err(|_| ApiError::bad_request(format!("invalid exemplars {t:?}")))?
             .min(MAX_EXEMPLARS),
     };
+    // `with(exemplars=false)` turns them off whatever the parameter says.
+    let exemplars = if query.hint("exemplars") == Some(&spindle_traceql::Static::Bool(false)) { 0 } else { exemplars };
     let max_series = match p.max_series.as_deref().map(str::trim) {
         None | Some("") | Some("0") => DEFAULT_MAX_SERIES,
         Some(t) => {
