@@ -98,6 +98,21 @@ def test_search_by_tags_and_traceql(shared_spindle):
     r = requests.get(f"{s.api}/api/search", params={"q": "{}", "limit": 1000})
     assert trace_id.lstrip("0") in [x["traceID"] for x in r.json()["traces"]]
 
+    # Tempo 3.0's array attributes: an element matches =, =~, >; != and !~ need no element to.
+    def found(q):
+        r = requests.get(f"{s.api}/api/search", params={"q": '{ resource.service.name = "search-svc" } && ' + q})
+        assert r.status_code == 200, (q, r.text)
+        return [x["traceID"] for x in r.json()["traces"]]
+    for q in ('{ span.cart.items = "pear" }', '{ .cart.items =~ "pe.*" }', "{ span.cart.counts > 2 }",
+              '{ span.cart.items != "kiwi" }', '{ span.cart.items !~ "k.*" }', "{ span.cart.counts = 1 }"):
+        assert found(q) == [trace_id.lstrip("0")], q
+    for q in ('{ span.cart.items = "kiwi" }', '{ span.cart.items != "apple" }', '{ span.cart.items !~ "a.*" }',
+              "{ span.cart.counts > 3 }", "{ span.cart.items = nil && span.cart.total > 0 }"):
+        assert found(q) == [], q
+    r = requests.get(f"{s.api}/api/search", params={"q": '{ resource.service.name = "search-svc" && span.cart.items = "pear" }'})
+    shown = {a["key"]: a["value"] for a in r.json()["traces"][0]["spanSets"][0]["spans"][0]["attributes"]}
+    assert shown["cart.items"] == {"arrayValue": {"values": [{"stringValue": "apple"}, {"stringValue": "pear"}]}}, shown
+
     # Errors.
     assert requests.get(f"{s.api}/api/search", params={"q": "{}", "tags": "a=b"}).status_code == 400
     assert requests.get(f"{s.api}/api/search", params={"q": "{ nonsense"}).status_code == 400

@@ -1,7 +1,10 @@
 //! Row-group pruning DataFusion cannot do by itself: an equality on a map attribute
 //! (`span_attrs_str['user.id'] = 'u-42'`, what `{ span.user.id = "u-42" }` becomes) is checked
 //! against the Parquet Bloom filter of the map's value column in each row group, so a search for
-//! a rare value reads only the row groups that may hold it.
+//! a rare value reads only the row groups that may hold it. TraceQL also matches the value
+//! inside an array attribute (`... OR tql_array_eq(span_attrs_other['user.id'], 'u-42')`):
+//! then a row group is skipped only when, besides the Bloom filter, the statistics of the
+//! `other` map's keys show it holds no encoded value under that key.
 
 use std::sync::Arc;
 
@@ -21,6 +24,49 @@ pub struct MapValueFilter {
     pub column: String,
     /// The wanted values (any of them).
     pub values: Vec<String>,
+    /// When an array under the same key may match too: the `other` map column and the key,
+    /// which must be absent from a row group for it to be skipped.
+    pub or_array: Option<(String, String)>,
+}
+
+/// `get_field(<column>, '<key>')`: the column and the key.
+fn map_entry(e: &Expr) -> Option<(&str, &str)> {
+    let Expr::ScalarFunction(f) = e else { return None };
+    if f.func.name() != "get_field" {
+        return None;
+    }
+    match (f.args.first(), f.args.get(1)) {
+        (Some(Expr::Column(c)), Some(Expr::Literal(ScalarValue::Utf8(Some(key)), _))) => Some((&c.name, key)),
+        _ => None,
+    }
+}
+
+/// `map['key'] = 'value'` on a string map: (map, key, value).
+fn string_equality<'a>(e: &'a Expr, maps: &[String]) -> Option<(&'a str, &'a str, &'a str)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else { return None };
+    let Expr::Literal(ScalarValue::Utf8(Some(value)), _) = right.as_ref() else { return None };
+    let (column, key) = map_entry(left)?;
+    maps.iter().any(|m| m == column).then_some((column, key, value.as_str()))
+}
+
+/// A string equality and an array equality (each `(map, key, value)`), as `a OR b`.
+type EqualityPair<'a> = ((&'a str, &'a str, &'a str), (&'a str, &'a str, &'a str));
+
+fn or_array_pair<'a>(a: &'a Expr, b: &'a Expr, maps: &[String]) -> Option<EqualityPair<'a>> {
+    Some((string_equality(a, maps)?, array_equality(b)?))
+}
+
+/// `tql_array_eq(other_map['key'], 'value')`: (other map, key, value).
+fn array_equality(e: &Expr) -> Option<(&str, &str, &str)> {
+    let Expr::ScalarFunction(f) = e else { return None };
+    if f.func.name() != "tql_array_eq" {
+        return None;
+    }
+    let (column, key) = map_entry(f.args.first()?)?;
+    match f.args.get(1) {
+        Some(Expr::Literal(ScalarValue::Utf8(Some(value)), _)) => Some((column, key, value.as_str())),
+        _ => None,
+    }
 }
 
 /// The map-value equalities among the conjuncts of `filters`.
@@ -34,18 +80,23 @@ pub fn map_value_filters(filters: &[Expr]) -> Vec<MapValueFilter> {
                 visit.push(left);
                 visit.push(right);
             }
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
-                let (Expr::ScalarFunction(f), Expr::Literal(ScalarValue::Utf8(Some(value)), _)) =
-                    (left.as_ref(), right.as_ref())
-                else {
-                    continue;
-                };
-                if f.func.name() != "get_field" {
-                    continue;
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, .. })
+                if matches!(left.as_ref(), Expr::ScalarFunction(_)) =>
+            {
+                if let Some((column, _, value)) = string_equality(e, &maps) {
+                    out.push(MapValueFilter { column: column.into(), values: vec![value.into()], or_array: None });
                 }
-                if let Some(Expr::Column(c)) = f.args.first() {
-                    if maps.contains(&c.name) {
-                        out.push(MapValueFilter { column: c.name.clone(), values: vec![value.clone()] });
+            }
+            // `str = v OR tql_array_eq(other[k], v)`, in either order, on the same key and value.
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
+                let found = or_array_pair(left, right, &maps).or_else(|| or_array_pair(right, left, &maps));
+                if let Some(((column, key, value), (other, other_key, other_value))) = found {
+                    if key == other_key && value == other_value {
+                        out.push(MapValueFilter {
+                            column: column.into(),
+                            values: vec![value.into()],
+                            or_array: Some((other.into(), key.into())),
+                        });
                     }
                 }
             }
@@ -69,11 +120,16 @@ pub async fn access_plan(
     let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await.ok()?;
     let metadata = builder.metadata().clone();
     let columns = metadata.file_metadata().schema_descr();
-    let leaves: Vec<(usize, &MapValueFilter)> = filters
+    let leaf = |path: String| (0..columns.num_columns()).find(|&i| columns.column(i).path().string() == path);
+    // (values leaf, filter, keys leaf of the `other` map when arrays may match too)
+    let leaves: Vec<(usize, &MapValueFilter, Option<usize>)> = filters
         .iter()
         .filter_map(|f| {
-            let path = format!("{}.entries.values", f.column);
-            (0..columns.num_columns()).find(|&i| columns.column(i).path().string() == path).map(|i| (i, f))
+            let values = leaf(format!("{}.entries.values", f.column))?;
+            match &f.or_array {
+                None => Some((values, f, None)),
+                Some((other, _)) => Some((values, f, Some(leaf(format!("{other}.entries.keys"))?))),
+            }
         })
         .collect();
     if leaves.is_empty() {
@@ -81,7 +137,12 @@ pub async fn access_plan(
     }
     let mut plan = ParquetAccessPlan::new_all(metadata.num_row_groups());
     for rg in 0..metadata.num_row_groups() {
-        for (leaf, f) in &leaves {
+        for (leaf, f, keys_leaf) in &leaves {
+            if let (Some(keys), Some((_, key))) = (keys_leaf, &f.or_array) {
+                if !key_absent(metadata.row_group(rg).column(*keys).statistics(), key) {
+                    continue;
+                }
+            }
             if let Ok(Some(bloom)) = builder.get_row_group_column_bloom_filter(rg, *leaf).await {
                 if !f.values.iter().any(|v| bloom.check(&v.as_str())) {
                     plan.skip(rg);
@@ -91,4 +152,19 @@ pub async fn access_plan(
         }
     }
     Some(plan)
+}
+
+/// Whether a map's key column statistics prove `key` absent from the row group: no keys at all,
+/// or `key` outside their range. Without statistics nothing is proven.
+fn key_absent(stats: Option<&datafusion::parquet::file::statistics::Statistics>, key: &str) -> bool {
+    use datafusion::parquet::file::statistics::Statistics;
+    let Some(Statistics::ByteArray(s)) = stats else {
+        return false;
+    };
+    match (s.min_opt(), s.max_opt()) {
+        (Some(min), Some(max)) => key.as_bytes() < min.data() || key.as_bytes() > max.data(),
+        // Statistics without a range: every key slot is null (no map has an entry).
+        (None, None) => s.null_count_opt().is_some(),
+        _ => false,
+    }
 }

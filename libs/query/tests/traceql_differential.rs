@@ -41,6 +41,19 @@ fn leaves(traces: &[Vec<TSpan>]) -> Vec<String> {
         ".mixed != nil",
         "nil != resource.region",
         ".mixed = nil",
+        r#"span.arr = "a""#,
+        r#".arr != "a""#,
+        r#"span.arr =~ "b.*""#,
+        r#"span.arr !~ "b.*""#,
+        "span.arr > 2",
+        "span.arr = 2",
+        "span.arr != 2.0",
+        "span.arr = true",
+        r#""a" = span.arr"#,
+        "1 < span.arr",
+        "span.arr != nil",
+        "span.arr = nil",
+        r#"span.arr = "a" && span.arr = 2"#,
         "nil = resource.region",
         "span.mixed = nil && .retries > 0",
         "span.mixed + 1 = 3",
@@ -228,9 +241,24 @@ fn shown(v: &AnyValue) -> Shown {
     }
 }
 
+fn array_value(items: &[RV]) -> spindle_otlp::otlp::common::v1::ArrayValue {
+    let any = |v: &RV| spindle_otlp::otlp::common::v1::AnyValue {
+        value: Some(match v {
+            RV::Str(s) => Value::StringValue(s.clone()),
+            RV::Int(i) => Value::IntValue(*i),
+            RV::Float(f) => Value::DoubleValue(*f),
+            RV::Bool(b) => Value::BoolValue(*b),
+            other => unreachable!("generated arrays hold scalars, not {other:?}"),
+        }),
+    };
+    spindle_otlp::otlp::common::v1::ArrayValue { values: items.iter().map(any).collect() }
+}
+
 fn shown_rv(v: &RV, ty: &str) -> Shown {
     match (v, ty) {
         (RV::Nil, _) => Shown::Text("nil".into()),
+        // Arrays come back as OTLP array values, shown as `shown` shows them.
+        (RV::Array(items), _) => Shown::Text(format!("{:?}", Some(Value::ArrayValue(array_value(items))))),
         (RV::Float(f), "int") => Shown::Int(*f as i64),
         (RV::Float(f), "duration") => Shown::Text(spindle_traceql::format_duration(*f as i64)),
         (RV::Str(s), _) => Shown::Text(s.clone()),

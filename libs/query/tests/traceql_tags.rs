@@ -15,6 +15,7 @@ fn text(v: &Val) -> (String, String) {
         Val::Int(i) => ("int".into(), i.to_string()),
         Val::Float(f) => ("float".into(), f.to_string()),
         Val::Bool(b) => ("bool".into(), b.to_string()),
+        Val::Array(items) => ("array".into(), format!("{items:?}")),
     }
 }
 

@@ -16,7 +16,7 @@
 //! - `parent.` attributes (`{ parent.span.a = 1 }`) and the `parent` intrinsic;
 //! - comparisons between whole pipelines (`({ .a } | count()) > ({ .b } | count())`).
 //!
-//! From Tempo 3.0: comparisons after metrics functions and `topk`/`bottomk`
+//! From Tempo 3.0 (array-aware comparisons are the query engine's, `libs/query`): comparisons after metrics functions and `topk`/`bottomk`
 //! ([`MetricsStage::Compare`]), `x = nil` ([`UnaryOp::Missing`]), and the hints `sample`,
 //! `span_sample`, `trace_sample`, `most_recent`, `exemplars` (values checked).
 //!

@@ -17,7 +17,7 @@ use datafusion::prelude::{ident, lit};
 use spindle_schema::{attr_map_column, col as c, dedicated_column, event_fields, link_fields, AttrScope, AttrType};
 use spindle_traceql::{Attribute, AttributeScope, BinaryOp, Field, FieldExpr, Intrinsic, Static, UnaryOp};
 
-use super::udf::{any_element, any_value_as, hex_id, Elements};
+use super::udf::{any_element, any_value_as, array_compare, hex_id, Elements};
 use crate::{QueryError, Result};
 
 /// Columns a trace-complete frame adds for trace-level intrinsics (see `plan.rs`).
@@ -65,6 +65,9 @@ pub struct Typed {
     pub status: Option<Expr>,
     /// Utf8 kind keyword.
     pub kind: Option<Expr>,
+    /// A protobuf-encoded OTLP value that may be an `ArrayValue` (an attribute's entry in the
+    /// `*_attrs_other` map, or an encoded attribute): compared element by element.
+    pub array: Option<Expr>,
     /// False when the value depends on something this frame does not have (a trace-level
     /// intrinsic while searching candidates): then `bool` is `true`, an over-approximation.
     pub exact: bool,
@@ -121,9 +124,26 @@ impl Typed {
         self.bool.clone().unwrap_or_else(|| lit(false))
     }
 
-    /// True where the value exists (is not nil).
+    /// True where the value exists (is not nil), arrays and other encoded values included.
     pub fn exists(&self) -> Expr {
-        self.components().into_iter().map(|(_, e, _)| e.clone().is_not_null()).reduce(Expr::or).unwrap_or(lit(false))
+        self.components()
+            .into_iter()
+            .map(|(_, e, _)| e)
+            .chain(self.array.as_ref())
+            .map(|e| e.clone().is_not_null())
+            .reduce(Expr::or)
+            .unwrap_or(lit(false))
+    }
+
+    /// The literal this value is, if it is one plain literal (what arrays compare with).
+    fn literal(&self) -> Option<Expr> {
+        let parts = self.components();
+        match parts.as_slice() {
+            [(name, e @ Expr::Literal(..), _)] if matches!(*name, "str" | "int" | "float" | "bool" | "duration") => {
+                Some((*e).clone())
+            }
+            _ => None,
+        }
     }
 
     /// Integer-like components (int, duration) and all numeric ones.
@@ -498,6 +518,7 @@ impl FieldCompiler {
                     int: pick(&span.int, &resource.int),
                     float: pick(&span.float, &resource.float),
                     bool: pick(&span.bool, &resource.bool),
+                    array: pick(&span.array, &resource.array),
                     ..Typed::exact()
                 }
             }
@@ -528,6 +549,7 @@ pub fn stored_attribute(scope: AttrScope, key: &str) -> Typed {
         int: Some(read(AttrType::Int)),
         float: Some(read(AttrType::Float)),
         bool: Some(read(AttrType::Bool)),
+        array: Some(get_field(ident(attr_map_column(scope, AttrType::Other)), key)),
         ..Typed::exact()
     }
 }
@@ -539,7 +561,8 @@ fn encoded_attribute(map: Expr, key: &str) -> Typed {
         str: Some(any_value_as(AttrType::Str).call(vec![raw.clone()])),
         int: Some(any_value_as(AttrType::Int).call(vec![raw.clone()])),
         float: Some(any_value_as(AttrType::Float).call(vec![raw.clone()])),
-        bool: Some(any_value_as(AttrType::Bool).call(vec![raw])),
+        bool: Some(any_value_as(AttrType::Bool).call(vec![raw.clone()])),
+        array: Some(raw),
         ..Typed::exact()
     }
 }
@@ -569,10 +592,17 @@ fn definite(e: &Expr) -> Expr {
     coalesce(vec![e.clone(), lit(false)])
 }
 
-/// `l op r` for a comparison operator: true where some pair of same-typed components compares.
+/// `l op r` for a comparison operator: true where some pair of same-typed components compares,
+/// or, for an array attribute compared with a literal, as Tempo 3.0 compares arrays (see
+/// [`array_compare`]).
 fn compare(op: BinaryOp, l: &Typed, r: &Typed) -> Result<Expr> {
     let mut parts: Vec<Expr> = Vec::new();
     let o = operator(op);
+    let array = match (&l.array, r.literal(), &r.array, l.literal()) {
+        (Some(a), Some(v), _, _) => Some(array_compare(op).call(vec![a.clone(), v])),
+        (_, _, Some(a), Some(v)) => flipped(op).map(|f| array_compare(f).call(vec![a.clone(), v])),
+        _ => None,
+    };
     if let (Some(a), Some(b)) = (&l.str, &r.str) {
         parts.push(match op {
             BinaryOp::Regex | BinaryOp::NotRegex => {
@@ -585,7 +615,7 @@ fn compare(op: BinaryOp, l: &Typed, r: &Typed) -> Result<Expr> {
         });
     }
     if matches!(op, BinaryOp::Regex | BinaryOp::NotRegex) {
-        return Ok(parts.into_iter().next().unwrap_or(lit(false)));
+        return Ok(parts.into_iter().chain(array).reduce(Expr::or).unwrap_or(lit(false)));
     }
     for (li, a) in l.numbers() {
         for (ri, b) in r.numbers() {
@@ -606,7 +636,20 @@ fn compare(op: BinaryOp, l: &Typed, r: &Typed) -> Result<Expr> {
             }
         }
     }
-    Ok(parts.into_iter().reduce(Expr::or).unwrap_or(lit(false)))
+    Ok(parts.into_iter().chain(array).reduce(Expr::or).unwrap_or(lit(false)))
+}
+
+/// The operator with its operands swapped (`1 < x` is `x > 1`); `None` for regexes, whose
+/// pattern must be on the right.
+fn flipped(op: BinaryOp) -> Option<BinaryOp> {
+    Some(match op {
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::Le => BinaryOp::Ge,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::Ge => BinaryOp::Le,
+        BinaryOp::Regex | BinaryOp::NotRegex => return None,
+        other => other,
+    })
 }
 
 /// `l op r` for an arithmetic operator. Two integers stay integers (division truncates, by zero

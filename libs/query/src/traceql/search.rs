@@ -291,6 +291,7 @@ async fn summarise(eval: Evaluation, request: &SearchRequest) -> Result<(Vec<Tra
             ("duration", value.duration),
             ("status", value.status),
             ("kind", value.kind),
+            ("encoded", value.array),
         ] {
             if let Some(e) = e {
                 let name = format!("__show{n}_{ty}");
@@ -520,6 +521,11 @@ fn value_at(b: &RecordBatch, value: &ValueColumns, i: usize) -> Result<Option<An
             ("float", _) => V::DoubleValue(float_at(a, i)),
             ("bool", DataType::Boolean) => V::BoolValue(a.as_boolean().value(i)),
             ("duration", _) => V::StringValue(spindle_traceql::format_duration(int_at(a, i))),
+            // An array (or other encoded value) the scalar columns do not hold: shown as stored.
+            ("encoded", DataType::Binary) => match spindle_otlp::decode_any(a.as_binary::<i32>().value(i)).value {
+                Some(v @ (V::ArrayValue(_) | V::KvlistValue(_) | V::BytesValue(_))) => v,
+                _ => continue,
+            },
             (_, DataType::Utf8) => V::StringValue(a.as_string::<i32>().value(i).to_string()),
             _ => continue,
         };

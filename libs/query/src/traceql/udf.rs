@@ -99,6 +99,123 @@ impl ScalarUDFImpl for AnyValueAs {
     }
 }
 
+/// Compares the elements of an encoded OTLP `ArrayValue` with a literal (Tempo 3.0's
+/// array-aware operators): `=`, `<`, `=~`, ... hold when one element compares so; `!=` and `!~`
+/// hold when the array has elements of the literal's kind and none equals (matches) it. Elements
+/// pair by type as scalar values do (numbers numerically, strings as text, booleans with `=` and
+/// `!=` only). Null when the value is not an array: its scalar forms are compared elsewhere.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayCompare {
+    op: spindle_traceql::BinaryOp,
+    signature: Signature,
+}
+
+/// The function `tql_array_<op>(encoded value, literal)`.
+pub fn array_compare(op: spindle_traceql::BinaryOp) -> Arc<ScalarUDF> {
+    Arc::new(ScalarUDF::new_from_impl(ArrayCompare { op, signature: Signature::any(2, Volatility::Immutable) }))
+}
+
+/// Name prefix of the array comparison functions (the row-group pruning recognises them).
+pub const ARRAY_COMPARE_PREFIX: &str = "tql_array_";
+
+/// A literal an array's elements are compared with.
+enum Literal {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Regex(regex::Regex),
+}
+
+impl ArrayCompare {
+    /// Whether one element compares with the literal as `op` says (`None`: not comparable).
+    fn element(&self, v: &Value, lit: &Literal) -> Option<bool> {
+        use spindle_traceql::BinaryOp as B;
+        use std::cmp::Ordering;
+        let ord = |o: Ordering| match self.op {
+            B::Eq | B::Ne => o == Ordering::Equal,
+            B::Lt => o == Ordering::Less,
+            B::Le => o != Ordering::Greater,
+            B::Gt => o == Ordering::Greater,
+            B::Ge => o != Ordering::Less,
+            _ => false,
+        };
+        match (v, lit) {
+            (Value::StringValue(s), Literal::Regex(re)) => Some(re.is_match(s)),
+            (_, Literal::Regex(_)) => None,
+            (Value::StringValue(s), Literal::Str(l)) => Some(ord(s.as_bytes().cmp(l.as_bytes()))),
+            (Value::IntValue(i), Literal::Int(l)) => Some(ord(i.cmp(l))),
+            (Value::IntValue(i), Literal::Float(l)) => (*i as f64).partial_cmp(l).map(ord),
+            (Value::DoubleValue(f), Literal::Int(l)) => f.partial_cmp(&(*l as f64)).map(ord),
+            (Value::DoubleValue(f), Literal::Float(l)) => f.partial_cmp(l).map(ord),
+            (Value::BoolValue(b), Literal::Bool(l)) if matches!(self.op, B::Eq | B::Ne) => Some(b == l),
+            _ => None,
+        }
+    }
+}
+
+impl ScalarUDFImpl for ArrayCompare {
+    fn name(&self) -> &str {
+        use spindle_traceql::BinaryOp as B;
+        match self.op {
+            B::Eq => "tql_array_eq",
+            B::Ne => "tql_array_ne",
+            B::Lt => "tql_array_lt",
+            B::Le => "tql_array_le",
+            B::Gt => "tql_array_gt",
+            B::Ge => "tql_array_ge",
+            B::Regex => "tql_array_regex",
+            B::NotRegex => "tql_array_not_regex",
+            _ => "tql_array_other",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::common::ScalarValue as S;
+        use spindle_traceql::BinaryOp as B;
+        let input = args.args[0].to_array(args.number_rows)?;
+        let literal = match &args.args[1] {
+            ColumnarValue::Scalar(S::Utf8(Some(p))) if matches!(self.op, B::Regex | B::NotRegex) => Literal::Regex(
+                regex::Regex::new(&format!("^(?s:{p})$")).map_err(|e| DataFusionError::Plan(e.to_string()))?,
+            ),
+            ColumnarValue::Scalar(S::Utf8(Some(s))) => Literal::Str(s.clone()),
+            ColumnarValue::Scalar(S::Int64(Some(i))) => Literal::Int(*i),
+            ColumnarValue::Scalar(S::Float64(Some(f))) => Literal::Float(*f),
+            ColumnarValue::Scalar(S::Boolean(Some(b))) => Literal::Bool(*b),
+            _ => return Ok(ColumnarValue::Array(arrow::array::new_null_array(&DataType::Boolean, input.len()))),
+        };
+        let negated = matches!(self.op, B::Ne | B::NotRegex);
+        let mut out = BooleanBuilder::with_capacity(input.len());
+        let Some(bytes) = input.as_binary_opt::<i32>() else {
+            return Ok(ColumnarValue::Array(arrow::array::new_null_array(&DataType::Boolean, input.len())));
+        };
+        for i in 0..bytes.len() {
+            let value = if bytes.is_null(i) { None } else { spindle_otlp::decode_any(bytes.value(i)).value };
+            let Some(Value::ArrayValue(array)) = value else {
+                out.append_null();
+                continue;
+            };
+            let results =
+                array.values.iter().filter_map(|e| e.value.as_ref()).filter_map(|e| self.element(e, &literal));
+            let (mut comparable, mut any) = (false, false);
+            for r in results {
+                comparable = true;
+                any |= r;
+            }
+            out.append_value(if negated { comparable && !any } else { any });
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 /// Lower-case hex of a binary id, as Tempo prints ids: trace ids without leading zeros,
 /// span ids at full width.
 #[derive(Debug, PartialEq, Eq, Hash)]

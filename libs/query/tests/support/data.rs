@@ -3,7 +3,7 @@
 //! key set on both span and resource), orphans and traces without a root.
 
 use arrow::record_batch::RecordBatch;
-use spindle_otlp::otlp::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use spindle_otlp::otlp::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
 use spindle_otlp::otlp::resource::v1::Resource;
 use spindle_otlp::otlp::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 
@@ -14,6 +14,8 @@ pub enum Val {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// An OTLP `ArrayValue`.
+    Array(Vec<Val>),
 }
 
 impl Val {
@@ -24,6 +26,9 @@ impl Val {
                 Val::Int(i) => any_value::Value::IntValue(*i),
                 Val::Float(f) => any_value::Value::DoubleValue(*f),
                 Val::Bool(b) => any_value::Value::BoolValue(*b),
+                Val::Array(items) => {
+                    any_value::Value::ArrayValue(ArrayValue { values: items.iter().map(Val::any).collect() })
+                }
             }),
         }
     }
@@ -204,6 +209,17 @@ fn trace(r: &mut Rng, t: usize) -> Vec<TSpan> {
         }
         if r.chance(20) {
             attrs.push(("http.route".into(), Val::Str(r.pick(&["/a", "/b/c", "/a/b"]).to_string())));
+        }
+        if r.chance(30) {
+            // An array attribute (Tempo 3.0 matches its elements): strings, integers, mixed, empty.
+            let n = r.below(3) + 1;
+            let items = match r.below(4) {
+                0 => (0..n).map(|_| Val::Str(r.pick(&["a", "b", "bb", "c"]).to_string())).collect(),
+                1 => (0..n).map(|_| Val::Int(r.below(4) as i64)).collect(),
+                2 => vec![Val::Str("a".into()), Val::Int(2), Val::Bool(true)],
+                _ => Vec::new(),
+            };
+            attrs.push(("arr".into(), Val::Array(items)));
         }
         let mut events = Vec::new();
         for _ in 0..r.below(4) {

@@ -19,6 +19,8 @@ pub enum RV {
     Dur(i64),
     Status(&'static str),
     Kind(&'static str),
+    /// An array attribute's elements.
+    Array(Vec<RV>),
 }
 
 impl RV {
@@ -53,6 +55,7 @@ fn val(v: &Val) -> RV {
         Val::Int(i) => RV::Int(*i),
         Val::Float(f) => RV::Float(*f),
         Val::Bool(b) => RV::Bool(*b),
+        Val::Array(items) => RV::Array(items.iter().map(val).collect()),
     }
 }
 
@@ -313,7 +316,14 @@ impl Ctx<'_> {
                 if op.is_arithmetic() {
                     arithmetic(*op, &l, &r)
                 } else {
-                    RV::Bool(compare(*op, &l, &r))
+                    // Tempo 3.0: an array compares element by element with a literal.
+                    match (&l, &r, lhs.as_ref(), rhs.as_ref()) {
+                        (RV::Array(items), _, _, FieldExpr::Static(_)) => RV::Bool(array_compare(*op, items, &r)),
+                        (_, RV::Array(items), FieldExpr::Static(_), _) => {
+                            RV::Bool(flipped(*op).is_some_and(|f| array_compare(f, items, &l)))
+                        }
+                        _ => RV::Bool(compare(*op, &l, &r)),
+                    }
                 }
             }
         }
@@ -378,6 +388,35 @@ impl Ctx<'_> {
             self.value(e).truthy()
         }
     }
+}
+
+/// `array op literal`: one element compares so; for `!=` / `!~`, the array has elements of the
+/// literal's kind and none equals (matches) it.
+fn array_compare(op: BinaryOp, items: &[RV], literal: &RV) -> bool {
+    match op {
+        BinaryOp::Ne => {
+            let comparable =
+                items.iter().any(|e| compare(BinaryOp::Eq, e, literal) || compare(BinaryOp::Ne, e, literal));
+            comparable && !items.iter().any(|e| compare(BinaryOp::Eq, e, literal))
+        }
+        BinaryOp::NotRegex => {
+            let strings = matches!(literal, RV::Str(_)) && items.iter().any(|e| matches!(e, RV::Str(_)));
+            strings && !items.iter().any(|e| compare(BinaryOp::Regex, e, literal))
+        }
+        _ => items.iter().any(|e| compare(op, e, literal)),
+    }
+}
+
+/// The operator with its operands swapped; `None` for regexes.
+fn flipped(op: BinaryOp) -> Option<BinaryOp> {
+    Some(match op {
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::Le => BinaryOp::Ge,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::Ge => BinaryOp::Le,
+        BinaryOp::Regex | BinaryOp::NotRegex => return None,
+        other => other,
+    })
 }
 
 fn compare(op: BinaryOp, l: &RV, r: &RV) -> bool {
