@@ -216,6 +216,9 @@ fn queries(traces: &[Vec<TSpan>], random: usize) -> Vec<String> {
     out.push("{ } | by(kind) | { } > { }".into());
     out.push("3 = 2".into());
     out.push("max(duration) > 3s | { status = error || .http.status_code = 500 }".into());
+    // Tempo 3.0's hint: the most recent matching traces, exactly (what every search returns here).
+    out.push("{ } with(most_recent=true)".into());
+    out.push("{ span.arr != nil } >> { } with(most_recent=true)".into());
     let mut r = Rng::new(99);
     for _ in 0..random {
         out.push(random_query(&mut r, &leaves));
