@@ -139,7 +139,12 @@ pub async fn access_plan(
     for rg in 0..metadata.num_row_groups() {
         for (leaf, f, keys_leaf) in &leaves {
             if let (Some(keys), Some((_, key))) = (keys_leaf, &f.or_array) {
-                if !key_absent(metadata.row_group(rg).column(*keys).statistics(), key) {
+                let chunk = metadata.row_group(rg).column(*keys);
+                let by_bloom = match builder.get_row_group_column_bloom_filter(rg, *keys).await {
+                    Ok(Some(bloom)) => !bloom.check(&key.as_str()),
+                    _ => false,
+                };
+                if !by_bloom && !key_absent(chunk.statistics(), chunk.num_values(), key) {
                     continue;
                 }
             }
@@ -154,17 +159,19 @@ pub async fn access_plan(
     Some(plan)
 }
 
-/// Whether a map's key column statistics prove `key` absent from the row group: no keys at all,
-/// or `key` outside their range. Without statistics nothing is proven.
-fn key_absent(stats: Option<&datafusion::parquet::file::statistics::Statistics>, key: &str) -> bool {
+/// Whether a map's key column statistics prove `key` absent from the row group: every key slot
+/// null (no map has an entry), or `key` outside the keys' range. Without statistics nothing is
+/// proven. (Blocks written since the keys have a Bloom filter are checked with it first.)
+fn key_absent(stats: Option<&datafusion::parquet::file::statistics::Statistics>, values: i64, key: &str) -> bool {
     use datafusion::parquet::file::statistics::Statistics;
     let Some(Statistics::ByteArray(s)) = stats else {
         return false;
     };
+    if s.null_count_opt().is_some_and(|nulls| nulls as i64 == values) {
+        return true;
+    }
     match (s.min_opt(), s.max_opt()) {
         (Some(min), Some(max)) => key.as_bytes() < min.data() || key.as_bytes() > max.data(),
-        // Statistics without a range: every key slot is null (no map has an entry).
-        (None, None) => s.null_count_opt().is_some(),
         _ => false,
     }
 }

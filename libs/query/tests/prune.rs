@@ -79,3 +79,37 @@ async fn a_value_inside_an_array_is_not_pruned_away() {
     let plan = access_plan(store, &block, &plain).await.expect("a plan");
     assert!(plan.row_group_indexes().len() < scanned.len(), "{:?}", plan.row_group_indexes());
 }
+
+/// Array keys that sort around the wanted one (so the keys' min/max cannot rule it out) leave the
+/// pruning working: the keys' Bloom filter shows `user.id` holds no array in those row groups.
+#[tokio::test]
+async fn array_keys_around_the_wanted_one_keep_the_pruning() {
+    let mut traces = data::traces(13, 300);
+    for span in traces.iter_mut().flatten() {
+        span.attrs.push(("a.first".into(), data::Val::Array(vec![data::Val::Int(1)])));
+        span.attrs.push(("z.last".into(), data::Val::Array(vec![data::Val::Int(2)])));
+    }
+    let mut needle = traces[5][0].clone();
+    needle.span_id = [9; 8];
+    needle.attrs.push(("user.id".into(), data::Val::Str("needle".into())));
+    let mut spans: Vec<&data::TSpan> = traces.iter().flatten().collect();
+    spans.push(&needle);
+    let store: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(object_store::memory::InMemory::new());
+    let tenant = spindle_storage::TenantId::default_tenant();
+    let options = BlockOptions { row_group_rows: 64, page_rows: 16, ..BlockOptions::default() };
+    let block =
+        spindle_storage::write_block(store.clone(), &tenant, "c", 0, (1, 2), vec![data::batch(&spans)], &options)
+            .await
+            .unwrap()
+            .unwrap();
+    let get = datafusion::functions::core::expr_fn::get_field;
+    let condition = get(ident("span_attrs_str"), "user.id")
+        .eq(lit("needle"))
+        .or(spindle_query::traceql::udf::array_compare(spindle_traceql::BinaryOp::Eq)
+            .call(vec![get(ident("span_attrs_other"), "user.id"), lit("needle")]));
+    let filters = map_value_filters(&[condition]);
+    let plan = access_plan(store, &block, &filters).await.expect("a plan");
+    let scanned = plan.row_group_indexes().len();
+    assert!(plan.len() > 10 && (1..=2).contains(&scanned), "scans {scanned} of {}", plan.len());
+}

@@ -54,6 +54,8 @@ fn leaves(traces: &[Vec<TSpan>]) -> Vec<String> {
         "span.arr != nil",
         "span.arr = nil",
         r#"span.arr = "a" && span.arr = 2"#,
+        r#"event:name = "exception" && (span.arr = "a" || event.e.code = 1)"#,
+        r#"event:name = "retry" && span.arr != nil"#,
         "nil = resource.region",
         "span.mixed = nil && .retries > 0",
         "span.mixed + 1 = 3",

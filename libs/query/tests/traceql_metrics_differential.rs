@@ -204,6 +204,21 @@ fn engine_series(series: &[Series]) -> BTreeMap<String, BTreeMap<i64, f64>> {
 /// `topk`/`bottomk`: with at most k series nothing changes; otherwise at each timestamp the
 /// engine keeps k series whose values are the k highest (lowest) there, with their values
 /// (ties at the cut may go either way).
+/// The model's own reading of a comparison stage: a sample stays when it compares so (NaN never).
+fn passes(op: spindle_traceql::BinaryOp, threshold: f64, v: f64) -> bool {
+    use spindle_traceql::BinaryOp as B;
+    !v.is_nan()
+        && match op {
+            B::Eq => v == threshold,
+            B::Ne => v != threshold,
+            B::Gt => v > threshold,
+            B::Ge => v >= threshold,
+            B::Lt => v < threshold,
+            B::Le => v <= threshold,
+            other => panic!("not a comparison: {other:?}"),
+        }
+}
+
 fn top_k_agrees(
     want: &BTreeMap<String, BTreeMap<i64, f64>>,
     got: &BTreeMap<String, BTreeMap<i64, f64>>,
@@ -313,14 +328,14 @@ async fn metrics_match_the_reference() {
                 let mut want = want;
                 let mut top = None;
                 for stage in &m.stages {
-                    match stage {
-                        MetricsStage::Compare { .. } => {
+                    match *stage {
+                        MetricsStage::Compare { op, value } => {
                             for s in want.values_mut() {
-                                s.retain(|_, v| stage.keeps(*v));
+                                s.retain(|_, v| passes(op, value, *v));
                             }
                             want.retain(|_, s| !s.is_empty());
                         }
-                        other => top = Some(*other),
+                        other => top = Some(other),
                     }
                 }
                 let same = match top {

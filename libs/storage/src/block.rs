@@ -325,6 +325,16 @@ pub fn span_map_values() -> ColumnPath {
     ])
 }
 
+/// The keys of the span attributes held encoded (arrays, maps, bytes): their Bloom filter tells
+/// the query pruning which row groups hold no array under a key.
+pub fn span_encoded_keys() -> ColumnPath {
+    ColumnPath::new(vec![
+        spindle_schema::attr_map_column(spindle_schema::AttrScope::Span, spindle_schema::AttrType::Other),
+        "entries".into(),
+        "keys".into(),
+    ])
+}
+
 pub(crate) fn writer_properties(
     options: &BlockOptions,
     bloom_ndv: u64,
@@ -355,6 +365,10 @@ pub(crate) fn writer_properties(
             span_map_values(),
             (bloom_ndv * 2).clamp(1, options.row_group_rows.max(1) as u64),
         )
+        // Keys of array (and other encoded) attributes: few distinct names per row group.
+        .set_column_bloom_filter_enabled(span_encoded_keys(), true)
+        .set_column_bloom_filter_fpp(span_encoded_keys(), 0.01)
+        .set_column_bloom_filter_max_ndv(span_encoded_keys(), 256)
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: trace_idx as i32, descending: false, nulls_first: false },
             SortingColumn { column_idx: start_idx as i32, descending: false, nulls_first: false },

@@ -440,6 +440,11 @@ impl FieldCompiler {
                     _ => out.kind = column,
                 }
             }
+            if let Some(array) = v.array {
+                let i = values.len();
+                values.push((array, arrow::datatypes::DataType::Binary));
+                out.array = Some(ident(format!("__span_{i}")));
+            }
             return Ok(out);
         }
         match f {
@@ -549,9 +554,14 @@ pub fn stored_attribute(scope: AttrScope, key: &str) -> Typed {
         int: Some(read(AttrType::Int)),
         float: Some(read(AttrType::Float)),
         bool: Some(read(AttrType::Bool)),
-        array: Some(get_field(ident(attr_map_column(scope, AttrType::Other)), key)),
+        array: Some(encoded_value(get_field(ident(attr_map_column(scope, AttrType::Other)), key))),
         ..Typed::exact()
     }
+}
+
+/// An encoded value, null where it is empty (an attribute sent without a value has no value).
+fn encoded_value(raw: Expr) -> Expr {
+    datafusion::functions::core::expr_fn::nullif(raw, lit(ScalarValue::Binary(Some(Vec::new()))))
 }
 
 /// An attribute in a map of protobuf-encoded values (scope, event and link attributes).
@@ -562,7 +572,7 @@ fn encoded_attribute(map: Expr, key: &str) -> Typed {
         int: Some(any_value_as(AttrType::Int).call(vec![raw.clone()])),
         float: Some(any_value_as(AttrType::Float).call(vec![raw.clone()])),
         bool: Some(any_value_as(AttrType::Bool).call(vec![raw.clone()])),
-        array: Some(raw),
+        array: Some(encoded_value(raw)),
         ..Typed::exact()
     }
 }

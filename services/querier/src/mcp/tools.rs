@@ -18,8 +18,11 @@ use super::analysis;
 
 /// Most characters of text one tool answer holds; longer answers are cut with a note.
 const MAX_TEXT: usize = 48 * 1024;
-/// Most bytes read from the HTTP API for one tool call.
-const MAX_API_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes read from the HTTP API for a tool answered in text (answers are cut at
+/// [`MAX_TEXT`] anyway).
+const MAX_API_TEXT_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of a trace read for `critical-path` and `trace-errors` (which summarise it).
+const MAX_API_TRACE_BYTES: usize = 64 * 1024 * 1024;
 /// Most characters of one argument.
 const MAX_ARGUMENT: usize = 64 * 1024;
 /// Window searched when a tool is given no `start`/`end`: the last hour.
@@ -171,10 +174,21 @@ fn now_secs() -> u64 {
 
 /// `start`/`end` as the HTTP API takes them: RFC 3339 as given, else the last hour.
 fn window(arguments: &JsonObject) -> Result<(String, String), Refusal> {
-    let now = now_secs();
-    let start =
-        argument(arguments, "start")?.map(str::to_string).unwrap_or_else(|| (now - DEFAULT_WINDOW_SECS).to_string());
-    let end = argument(arguments, "end")?.map(str::to_string).unwrap_or_else(|| (now + 1).to_string());
+    let end = match argument(arguments, "end")? {
+        Some(t) => t.to_string(),
+        None => (now_secs() + 1).to_string(),
+    };
+    // Without a start: the hour before the end.
+    let start = match argument(arguments, "start")? {
+        Some(t) => t.to_string(),
+        None => {
+            let end_secs = match end.parse::<u64>() {
+                Ok(secs) => secs,
+                Err(_) => (rfc3339_ms("end", &end)? / 1000).max(0) as u64,
+            };
+            end_secs.saturating_sub(DEFAULT_WINDOW_SECS).to_string()
+        }
+    };
     Ok((start, end))
 }
 
@@ -312,6 +326,7 @@ struct Call {
 impl Call {
     /// The answer's body when the request succeeded; its message as the tool's error otherwise.
     async fn bytes(self, api: &Router, tenant: Option<&HeaderValue>) -> Result<axum::body::Bytes, Refusal> {
+        let limit = if self.accept == "application/protobuf" { MAX_API_TRACE_BYTES } else { MAX_API_TEXT_BYTES };
         let mut request = Request::builder().method(self.method).uri(&self.uri).header(header::ACCEPT, self.accept);
         if let Some(tenant) = tenant {
             request = request.header(spindle_auth::http::TENANT_HEADER, tenant.clone());
@@ -327,9 +342,9 @@ impl Call {
             Err(never) => match never {},
         };
         let status = response.status();
-        let body = to_bytes(response.into_body(), MAX_API_BYTES)
+        let body = to_bytes(response.into_body(), limit)
             .await
-            .map_err(|_| format!("the answer is larger than {MAX_API_BYTES} bytes; narrow the query"))?;
+            .map_err(|_| format!("the answer is larger than {limit} bytes; narrow the query"))?;
         if status.is_success() {
             return Ok(body);
         }
