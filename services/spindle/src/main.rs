@@ -61,6 +61,9 @@ fn certs(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// Stack of every runtime thread.
+const THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
+
 fn main() -> ExitCode {
     // `certs` takes positional arguments the roles do not, so it is parsed on its own.
     if std::env::args_os().nth(1).is_some_and(|a| a == "certs") {
@@ -88,13 +91,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("spindle: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Query planning recurses over expression trees (DataFusion's and TraceQL's); the parsers
+    // bound a query's size, and 8 MiB per thread (Tokio's default is 2 MiB) keeps the largest
+    // allowed query, compiled with array-aware comparisons, well inside the stack.
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().thread_stack_size(THREAD_STACK_BYTES).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("spindle: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let result =
         if config.leave { runtime.block_on(leave::run(config)) } else { runtime.block_on(roles::run(role, config)) };
     match result {
