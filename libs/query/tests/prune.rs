@@ -7,14 +7,13 @@ use spindle_query::prune::{access_plan, map_value_filters};
 use spindle_storage::BlockOptions;
 use support::data;
 
-#[tokio::test]
-async fn a_rare_value_reads_only_its_row_groups() {
-    let traces = data::traces(11, 300);
-    let mut needle = traces[5][0].clone();
-    needle.span_id = [9; 8];
-    needle.attrs.push(("user.id".into(), data::Val::Str("needle".into())));
+/// One block of `traces` plus `needle`, in row groups of 64 spans, in memory.
+async fn block_of(
+    traces: &[Vec<data::TSpan>],
+    needle: &data::TSpan,
+) -> (std::sync::Arc<dyn object_store::ObjectStore>, spindle_storage::BlockMeta) {
     let mut spans: Vec<&data::TSpan> = traces.iter().flatten().collect();
-    spans.push(&needle);
+    spans.push(needle);
     let store: std::sync::Arc<dyn object_store::ObjectStore> =
         std::sync::Arc::new(object_store::memory::InMemory::new());
     let tenant = spindle_storage::TenantId::default_tenant();
@@ -24,6 +23,16 @@ async fn a_rare_value_reads_only_its_row_groups() {
             .await
             .unwrap()
             .unwrap();
+    (store, block)
+}
+
+#[tokio::test]
+async fn a_rare_value_reads_only_its_row_groups() {
+    let traces = data::traces(11, 300);
+    let mut needle = traces[5][0].clone();
+    needle.span_id = [9; 8];
+    needle.attrs.push(("user.id".into(), data::Val::Str("needle".into())));
+    let (store, block) = block_of(&traces, &needle).await;
     let filter = datafusion::functions::core::expr_fn::get_field(ident("span_attrs_str"), "user.id").eq(lit("needle"));
     let filters = map_value_filters(&[filter.and(ident("name").eq(lit("x")))]);
     assert_eq!(filters.len(), 1);
@@ -49,17 +58,7 @@ async fn a_value_inside_an_array_is_not_pruned_away() {
     needle.span_id = [9; 8];
     needle.attrs.retain(|(k, _)| k != "user.id");
     needle.attrs.push(("user.id".into(), data::Val::Array(vec![data::Val::Str("in-array".into())])));
-    let mut spans: Vec<&data::TSpan> = traces.iter().flatten().collect();
-    spans.push(&needle);
-    let store: std::sync::Arc<dyn object_store::ObjectStore> =
-        std::sync::Arc::new(object_store::memory::InMemory::new());
-    let tenant = spindle_storage::TenantId::default_tenant();
-    let options = BlockOptions { row_group_rows: 64, page_rows: 16, ..BlockOptions::default() };
-    let block =
-        spindle_storage::write_block(store.clone(), &tenant, "c", 0, (1, 2), vec![data::batch(&spans)], &options)
-            .await
-            .unwrap()
-            .unwrap();
+    let (store, block) = block_of(&traces, &needle).await;
     let get = datafusion::functions::core::expr_fn::get_field;
     let condition = |value: &str| {
         get(ident("span_attrs_str"), "user.id")
@@ -92,17 +91,7 @@ async fn array_keys_around_the_wanted_one_keep_the_pruning() {
     let mut needle = traces[5][0].clone();
     needle.span_id = [9; 8];
     needle.attrs.push(("user.id".into(), data::Val::Str("needle".into())));
-    let mut spans: Vec<&data::TSpan> = traces.iter().flatten().collect();
-    spans.push(&needle);
-    let store: std::sync::Arc<dyn object_store::ObjectStore> =
-        std::sync::Arc::new(object_store::memory::InMemory::new());
-    let tenant = spindle_storage::TenantId::default_tenant();
-    let options = BlockOptions { row_group_rows: 64, page_rows: 16, ..BlockOptions::default() };
-    let block =
-        spindle_storage::write_block(store.clone(), &tenant, "c", 0, (1, 2), vec![data::batch(&spans)], &options)
-            .await
-            .unwrap()
-            .unwrap();
+    let (store, block) = block_of(&traces, &needle).await;
     let get = datafusion::functions::core::expr_fn::get_field;
     let condition = get(ident("span_attrs_str"), "user.id")
         .eq(lit("needle"))
