@@ -26,6 +26,11 @@ pub fn trace_id_literal(id: [u8; 16]) -> Expr {
 /// text or, when it reads as one, the number or boolean; `name` and `status` also match the
 /// intrinsics.
 pub fn tags_to_traceql(tags: &[(String, String)]) -> SpansetExpr {
+    SpansetExpr::Filter(tags_condition(tags))
+}
+
+/// The condition of [`tags_to_traceql`], for callers that add their own (true for no tags).
+pub fn tags_condition(tags: &[(String, String)]) -> FieldExpr {
     let eq = |field: Field, value: Static| FieldExpr::Binary {
         op: BinaryOp::Eq,
         lhs: Box::new(FieldExpr::Field(field)),
@@ -77,5 +82,5 @@ pub fn tags_to_traceql(tags: &[(String, String)]) -> SpansetExpr {
             Some(prev) => FieldExpr::Binary { op: BinaryOp::And, lhs: Box::new(prev), rhs: Box::new(cond) },
         });
     }
-    SpansetExpr::Filter(all.unwrap_or(FieldExpr::Static(Static::Bool(true))))
+    all.unwrap_or(FieldExpr::Static(Static::Bool(true)))
 }

@@ -21,6 +21,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use spindle_query::filter::tags_condition;
 use spindle_query::tags::TagQuery;
 use spindle_query::traceql::search::{SearchRequest, TraceHit};
 use spindle_storage::TenantId;
@@ -104,22 +105,11 @@ fn intrinsic_tag(key: &str, value: &str) -> Option<FieldExpr> {
     let status = |s| Some(compare(Field::Intrinsic(Intrinsic::Status), BinaryOp::Eq, Static::Status(s)));
     match (key, value.to_ascii_lowercase().as_str()) {
         // Jaeger's error tag: the status, or an `error` attribute some instrumentations set.
-        ("error", "true") => {
-            let SpansetExpr::Filter(attribute) =
-                spindle_query::filter::tags_to_traceql(&[("error".into(), "true".into())])
-            else {
-                return status(Status::Error);
-            };
-            Some(FieldExpr::Binary {
-                op: BinaryOp::Or,
-                lhs: Box::new(compare(
-                    Field::Intrinsic(Intrinsic::Status),
-                    BinaryOp::Eq,
-                    Static::Status(Status::Error),
-                )),
-                rhs: Box::new(attribute),
-            })
-        }
+        ("error", "true") => Some(FieldExpr::Binary {
+            op: BinaryOp::Or,
+            lhs: Box::new(compare(Field::Intrinsic(Intrinsic::Status), BinaryOp::Eq, Static::Status(Status::Error))),
+            rhs: Box::new(tags_condition(&[("error".into(), "true".into())])),
+        }),
         ("error", "false") => {
             Some(compare(Field::Intrinsic(Intrinsic::Status), BinaryOp::Ne, Static::Status(Status::Error)))
         }
@@ -163,13 +153,7 @@ impl Search {
         if let Some(d) = self.max_duration_ns {
             conds.push(compare(Field::Intrinsic(Intrinsic::Duration), BinaryOp::Le, Static::Duration(d)));
         }
-        let SpansetExpr::Filter(mut all) = spindle_query::filter::tags_to_traceql(&plain) else {
-            unreachable!("tags_to_traceql returns a filter")
-        };
-        for c in conds {
-            all = and(all, c);
-        }
-        SpansetExpr::Filter(all)
+        SpansetExpr::Filter(conds.into_iter().fold(tags_condition(&plain), and))
     }
 
     /// The matching traces of every tenant, newest first, at most `limit`.
