@@ -308,8 +308,13 @@ def test_node_with_a_wiped_data_dir_stays_out_until_its_old_self_is_drained():
         )
         assert leave.returncode == 0, leave.stderr[-3000:] + leave.stdout
         wait_until(lambda: victim.is_ready(), 90, "the wiped node joining as a new node")
-        state = c.cluster_state()
-        assert state["nodes"][str(victim.node_id)]["state"] == "Active"
+        # The node is ready once its own copy of the metadata shows it active; the node this
+        # reads from may apply that entry a moment later.
+        wait_until(
+            lambda: c.cluster_state()["nodes"][str(victim.node_id)]["state"] == "Active",
+            15,
+            "every node seeing the wiped node active",
+        )
         assert "joining as a new node" in victim.read_log()
 
         probe.stop()
