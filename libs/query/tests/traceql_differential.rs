@@ -124,6 +124,21 @@ fn leaves(traces: &[Vec<TSpan>]) -> Vec<String> {
         "true",
         "false",
         r#"span.user.id = "u3" || span.user.id = "u7""#,
+        // The parent's fields (nil without a parent in the trace), and parent compared with nil.
+        r#"parent.resource.service.name = "api""#,
+        r#"parent.service.name != resource.service.name"#,
+        "parent.duration > 1ms",
+        "parent.span.http.status_code >= 500",
+        "parent.kind = server",
+        "parent.status = error || parent.name =~ \"GET.*\"",
+        "parent.childCount > 1",
+        "parent.retries = nil",
+        "parent.span.arr != nil",
+        "parent.span.flag",
+        "!(parent.ratio < 1.5)",
+        "parent.duration - duration > 0",
+        "parent = nil",
+        "parent != nil",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -145,7 +160,7 @@ fn leaves(traces: &[Vec<TSpan>]) -> Vec<String> {
 const STRUCTURAL: [&str; 17] =
     ["&&", "||", ">", "<", ">>", "<<", "~", "!>", "!<", "!>>", "!<<", "!~", "&>", "&<", "&>>", "&<<", "&~"];
 
-const STAGES: [&str; 20] = [
+const STAGES: [&str; 22] = [
     "count() > 1",
     "count() = 1",
     "avg(duration) > 10ms",
@@ -162,6 +177,8 @@ const STAGES: [&str; 20] = [
     "coalesce()",
     "select(span.user.id, status)",
     "select(childCount, nestedSetLeft, trace:rootService)",
+    "by(parent.resource.service.name)",
+    "avg(parent.duration) > 2ms",
     "{ status = error }",
     "{ kind = server } > { }",
     "{ duration > 1ms }",
@@ -221,6 +238,9 @@ fn queries(traces: &[Vec<TSpan>], random: usize) -> Vec<String> {
     // Tempo 3.0's hint: the most recent matching traces, exactly (what every search returns here).
     out.push("{ } with(most_recent=true)".into());
     out.push("{ span.arr != nil } >> { } with(most_recent=true)".into());
+    // A span value that is a comparison of booleans, inside an event condition.
+    out.push(r#"{ !(event:name = "retry" && span.arr != nil && (.retries = 1) = false) }"#.into());
+    out.push(r#"{ event:name = "retry" && parent.kind = server }"#.into());
     let mut r = Rng::new(99);
     for _ in 0..random {
         out.push(random_query(&mut r, &leaves));
@@ -302,10 +322,11 @@ fn shown_on_span(f: &Field) -> bool {
                 | Intrinsic::EventTimeSinceStart
                 | Intrinsic::LinkTraceId
                 | Intrinsic::LinkSpanId
+                | Intrinsic::Parent
         ) | Field::Attribute(spindle_traceql::Attribute {
             scope: spindle_traceql::AttributeScope::Event | spindle_traceql::AttributeScope::Link,
             ..
-        })
+        }) | Field::Attribute(spindle_traceql::Attribute { parent: true, .. })
     )
 }
 
@@ -426,6 +447,7 @@ async fn search_matches_the_reference_evaluator() {
     let random: usize = std::env::var("SPINDLE_TRACEQL_QUERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(250);
     let mut r = Rng::new(5);
     let (mut ran, mut refused, mut answered, mut failures) = (0, 0, 0, Vec::new());
+    let mut parent_queries = (0usize, 0usize);
     for q in queries(&traces, random) {
         let query = match spindle_traceql::compile(&q) {
             Ok(query) => query,
@@ -453,6 +475,10 @@ async fn search_matches_the_reference_evaluator() {
             (Ok(_), Some(e)) => failures.push(format!("{q}: engine answered, reference refused: {e:?}")),
             (Ok(got), None) => {
                 answered += usize::from(!got.traces.is_empty());
+                if q.contains("parent") {
+                    parent_queries.0 += 1;
+                    parent_queries.1 += usize::from(!got.traces.is_empty());
+                }
                 if let Err(diff) = check(&traces, &query, &request, &got.traces) {
                     failures.push(format!("{q} (range {time_range:?}, limit {}): {diff}", request.limit));
                 }
@@ -460,6 +486,8 @@ async fn search_matches_the_reference_evaluator() {
         }
     }
     println!("{ran} queries ran, {answered} found traces, {refused} generated queries did not compile");
+    println!("parent queries: {} ran, {} found traces", parent_queries.0, parent_queries.1);
+    assert!(parent_queries.1 * 3 > parent_queries.0 * 2, "parent queries found too little: {parent_queries:?}");
     // Most queries must find something, or agreement proves little.
     assert!(answered * 3 > ran * 2, "only {answered} of {ran} queries found traces");
     assert!(ran > 300, "only {ran} queries ran ({refused} did not compile)");

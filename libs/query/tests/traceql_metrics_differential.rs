@@ -283,6 +283,7 @@ async fn metrics_match_the_reference() {
         "{ } | count() > 2",
         "{ childCount > 0 }",
         "{ .mixed != nil } &> { kind = client }",
+        "{ parent.kind = server && parent.duration > duration }",
     ];
     let functions = [
         "rate()",
@@ -295,8 +296,15 @@ async fn metrics_match_the_reference() {
         "quantile_over_time(duration, 0.5, .9, 0.99)",
         "quantile_over_time(span.http.status_code, .5)",
         "histogram_over_time(duration)",
+        "max_over_time(parent.duration)",
     ];
-    let bys = ["", " by (resource.service.name)", " by (kind, .mixed)", " by (span.user.id)"];
+    let bys = [
+        "",
+        " by (resource.service.name)",
+        " by (kind, .mixed)",
+        " by (span.user.id)",
+        " by (parent.resource.service.name)",
+    ];
     // Comparisons (Tempo 3.0) come before any topk/bottomk here: the model applies them first.
     let seconds = ["", " | topk(2)", " | bottomk(1)", " > 1", " != 0 | topk(2)", " <= 0.5"];
     let (mut ran, mut failures) = (0, Vec::new());

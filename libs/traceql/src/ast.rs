@@ -503,6 +503,22 @@ pub struct Attribute {
     pub name: String,
 }
 
+impl Attribute {
+    /// The intrinsic a `parent.` field reads on the parent span (`parent.duration`,
+    /// `parent.name`, ...): an unscoped `parent.` name that names an intrinsic, as in Tempo.
+    pub fn parent_intrinsic(&self) -> Option<Intrinsic> {
+        (self.parent && self.scope == AttributeScope::Unscoped).then(|| Intrinsic::unscoped(&self.name)).flatten()
+    }
+
+    /// The same field read on the span itself (without `parent.`).
+    pub fn on_span(&self) -> Field {
+        match self.parent_intrinsic() {
+            Some(i) => Field::Intrinsic(i),
+            None => Field::Attribute(Attribute { parent: false, ..self.clone() }),
+        }
+    }
+}
+
 /// Where an attribute is looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttributeScope {
@@ -549,7 +565,8 @@ pub enum Intrinsic {
     Kind,
     /// `childCount`, `span:childCount`: how many spans name this one as parent.
     ChildCount,
-    /// `parent` (not supported: only `parent != nil` style existence would make sense).
+    /// `parent`: only compared with nil (`parent = nil` holds for root spans, which have no
+    /// parent span id); the parent's fields are read with `parent.<field>`.
     Parent,
     /// `rootName`, `trace:rootName`
     RootName,

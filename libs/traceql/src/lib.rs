@@ -12,15 +12,17 @@
 //! operators, so no query can exhaust the stack of the code that walks it.
 //!
 //! ## Unsupported
-//! These parse but fail validation with [`ValidationError::Unsupported`]:
-//! - `parent.` attributes (`{ parent.span.a = 1 }`) and the `parent` intrinsic;
-//! - comparisons between whole pipelines (`({ .a } | count()) > ({ .b } | count())`).
+//! These parse but fail validation with [`ValidationError::Unsupported`]: comparisons between
+//! whole pipelines (`({ .a } | count()) > ({ .b } | count())`).
 //!
 //! From Tempo 3.0 (array-aware comparisons are the query engine's, `libs/query`): comparisons after metrics functions and `topk`/`bottomk`
 //! ([`MetricsStage::Compare`]), `x = nil` ([`UnaryOp::Missing`]), and the hints `sample`,
 //! `span_sample`, `trace_sample`, `most_recent`, `exemplars` (values checked).
 //!
-//! Beyond Tempo, these run: `childCount`, scalar filters comparing aggregates with
+//! Beyond Tempo, these run: the `parent.` scope (`{ parent.span.a = 1 }`, `parent.duration`:
+//! the field read on the span's parent, nil where the span has none in the trace) and `parent`
+//! compared with nil (`{ parent = nil }`: root spans); other uses of a bare `parent`
+//! (`{ parent }`, `{ 1 >= parent }`) are invalid, as Tempo's corpus says they will be; `childCount`, scalar filters comparing aggregates with
 //! aggregates or arithmetic (`min(.field) < max(duration)`, `count() + count() = 2`), and
 //! constant scalar filters (`3 = 2`).
 

@@ -92,7 +92,7 @@ impl Field {
     pub fn value_type(&self) -> ValueType {
         match self {
             Field::Intrinsic(i) => i.value_type(),
-            Field::Attribute(_) => ValueType::Attribute,
+            Field::Attribute(a) => a.parent_intrinsic().map_or(ValueType::Attribute, Intrinsic::value_type),
         }
     }
 }
@@ -357,8 +357,17 @@ impl Aggregate {
 impl Field {
     fn validate(&self) -> Result<(), ValidationError> {
         match self {
-            Field::Intrinsic(Intrinsic::Parent) => Err(unsupported("the parent intrinsic")),
-            Field::Attribute(a) if a.parent => Err(unsupported("parent. attributes")),
+            Field::Intrinsic(Intrinsic::Parent) => Err(invalid(
+                "parent can only be compared with nil (parent = nil: a root span); read the parent's fields with \
+                 parent.<field>, e.g. parent.duration or parent.span.http.route"
+                    .into(),
+            )),
+            Field::Attribute(a) if a.parent => match a.on_span() {
+                Field::Intrinsic(Intrinsic::Parent) => Err(invalid(
+                    "parent.parent is not a field: compare parent with nil, or use structural operators".into(),
+                )),
+                on_span => on_span.validate(),
+            },
             _ => Ok(()),
         }
     }
@@ -386,6 +395,11 @@ impl FieldExpr {
                     regex::Regex::new(pattern)
                         .map_err(|e| invalid(format!("invalid regular expression {pattern:?}: {e}")))?;
                 }
+                Ok(())
+            }
+            FieldExpr::Unary { op: UnaryOp::Exists | UnaryOp::Missing, expr }
+                if matches!(expr.as_ref(), FieldExpr::Field(Field::Intrinsic(Intrinsic::Parent))) =>
+            {
                 Ok(())
             }
             FieldExpr::Unary { op, expr } => {
@@ -438,6 +452,10 @@ mod tests {
             "{ } | rate() with(exemplars=false)",
             "{ .foo = nil }",
             "{ nil = span.foo && name != nil }",
+            "{ parent.span.a = 1 && parent.duration > 1s }",
+            "{ parent = nil }",
+            "{ parent != nil && parent.duration = nil }",
+            "{ } | rate() by (parent.resource.service.name)",
         ] {
             assert!(compile(ok).is_ok(), "{ok}: {:?}", compile(ok));
         }
@@ -450,6 +468,11 @@ mod tests {
             "{ resource.service.name = nil }",
             "{ } | compare({ status = error }) > 1",
             "{ } | rate() | topk(0) > 1",
+            "{ parent }",
+            "{ 1 >= parent }",
+            "{ parent.duration = \"x\" }",
+            "{ parent.parent = nil }",
+            "{ } | rate() by (parent)",
         ] {
             assert!(invalid(bad), "{bad}: {:?}", compile(bad));
         }

@@ -22,7 +22,7 @@ use spindle_schema::{attr_map_column, col as c, AttrScope, AttrType, DEDICATED_C
 use spindle_storage::TenantId;
 use spindle_traceql::MetricsFunction;
 
-use super::fields::{FieldCompiler, Frame};
+use super::fields::{needs_trace_frame, FieldCompiler, Frame};
 use super::metrics::{candidates, sort_series, Grid, MetricsRequest, MetricsResult, Series, CHUNK};
 use super::plan::{evaluate, CandidatePlan};
 use crate::filter::trace_id_literal;
@@ -107,7 +107,11 @@ impl QueryEngine {
         let plan = CandidatePlan::new(&request.query.spans)?;
         let mut frames = Vec::new();
         let mut inspected_traces = 0;
-        if plan.single_exact_filter {
+        // Fields of the selection that need whole traces (a parent's, the root's) are read
+        // after the trace-complete evaluation.
+        let also: Vec<spindle_traceql::Field> =
+            selection.fields().into_iter().filter(|f| needs_trace_frame(f)).cloned().collect();
+        if plan.single_exact_filter && also.is_empty() {
             frames.push((ctx.table("spans").await?.filter(grid.span_filter().and(plan.span_filter()))?, Frame::Spans));
         } else {
             let ids = candidates(&ctx, &plan, &grid).await?;
@@ -115,7 +119,7 @@ impl QueryEngine {
                 inspected_traces += chunk.len() as u64;
                 let list: Vec<Expr> = chunk.iter().map(|id| trace_id_literal(*id)).collect();
                 let frame = ctx.table("spans").await?.filter(ident(c::TRACE_ID).in_list(list, false))?;
-                let eval = evaluate(frame, &request.query.spans, grid.span_filter(), &[])?;
+                let eval = evaluate(frame, &request.query.spans, grid.span_filter(), &also)?;
                 frames.push((eval.frame.filter(ident(&eval.matched))?, Frame::Traces));
             }
         }

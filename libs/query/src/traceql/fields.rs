@@ -45,6 +45,26 @@ pub fn trace_level_column(i: Intrinsic) -> Option<&'static str> {
     })
 }
 
+/// Whether reading `f` needs whole traces (a trace-level intrinsic or a `parent.` field).
+pub fn needs_trace_frame(f: &Field) -> bool {
+    match f {
+        Field::Intrinsic(i) => trace_level_column(*i).is_some(),
+        Field::Attribute(a) => a.parent,
+    }
+}
+
+/// The columns a trace-complete frame holds for a `parent.` field: `(component, the field's
+/// value on the span itself, column of that value at the span's parent)`. `plan.rs` adds them
+/// with [`super::tree::TreeFunction::ParentValue`]; the compiler reads them.
+pub fn parent_columns(a: &Attribute) -> Result<Vec<(&'static str, Expr, String)>> {
+    let own = FieldCompiler::new(Frame::Traces).field(&a.on_span())?;
+    Ok(own
+        .named_components()
+        .into_iter()
+        .map(|(name, e)| (name, e.clone(), format!("__parent:{}:{}:{name}", a.scope.name(), a.name)))
+        .collect())
+}
+
 /// A value: one expression per type it may have in a row.
 #[derive(Debug, Clone, Default)]
 pub struct Typed {
@@ -117,6 +137,29 @@ impl Typed {
             ("kind", &self.kind, D::Utf8),
         ];
         all.into_iter().filter_map(|(n, e, t)| e.as_ref().map(|e| (n, e, t))).collect()
+    }
+
+    /// Every component by name, the encoded `array` included.
+    fn named_components(&self) -> Vec<(&'static str, &Expr)> {
+        let mut out: Vec<(&'static str, &Expr)> = self.components().into_iter().map(|(n, e, _)| (n, e)).collect();
+        if let Some(a) = &self.array {
+            out.push(("array", a));
+        }
+        out
+    }
+
+    /// The component called `name` (see [`Typed::named_components`]).
+    fn component_mut(&mut self, name: &str) -> &mut Option<Expr> {
+        match name {
+            "str" => &mut self.str,
+            "int" => &mut self.int,
+            "float" => &mut self.float,
+            "bool" => &mut self.bool,
+            "duration" => &mut self.duration,
+            "status" => &mut self.status,
+            "kind" => &mut self.kind,
+            _ => &mut self.array,
+        }
     }
 
     /// As a condition: the boolean component, false when there is none.
@@ -257,6 +300,28 @@ impl FieldCompiler {
         }
         let v = self.value(e)?;
         Ok(Typed::boolean(v.condition(), v.exact))
+    }
+
+    /// A spanset filter's condition over stored spans, for finding candidate traces: as
+    /// [`Self::condition`], except that a comparison of `parent.` fields in the filter's
+    /// top-level disjunction becomes the same comparison on the span itself. A comparison with
+    /// a missing value is false, so a span matching it has a parent in the trace, and that
+    /// parent matches the rewritten one: the trace is a candidate. (Under `&&` or `!` the
+    /// rewrite would mix two spans' fields in one row, so there the parent field stays unknown.)
+    #[recursive::recursive]
+    pub fn candidate_condition(&mut self, e: &FieldExpr) -> Result<Typed> {
+        let reads_parent = || e.fields().iter().any(|f| matches!(f, Field::Attribute(a) if a.parent));
+        if self.frame == Frame::Spans && self.element.is_none() && reads_parent() {
+            if let Some(own) = on_parent(e) {
+                let v = self.condition(&own)?;
+                return Ok(Typed::boolean(v.condition(), false));
+            }
+            if let FieldExpr::Binary { op: BinaryOp::Or, lhs, rhs } = e {
+                let (l, r) = (self.candidate_condition(lhs)?, self.candidate_condition(rhs)?);
+                return Ok(Typed::boolean(l.condition().or(r.condition()), l.exact && r.exact));
+            }
+        }
+        self.condition(e)
     }
 
     /// A condition that reads events or links: the largest subexpressions reading one kind of
@@ -426,29 +491,27 @@ impl FieldCompiler {
             }
             let (_, values) = self.element.as_mut().expect("restored");
             let mut out = Typed::exact();
-            for (name, e, ty) in v.components() {
+            let typed = v.components().into_iter();
+            for (name, e, ty) in typed.chain(v.array.as_ref().map(|a| ("array", a, arrow::datatypes::DataType::Binary)))
+            {
                 let i = values.len();
                 values.push((e.clone(), ty));
-                let column = Some(ident(format!("__span_{i}")));
-                match name {
-                    "str" => out.str = column,
-                    "int" => out.int = column,
-                    "float" => out.float = column,
-                    "bool" => out.bool = column,
-                    "duration" => out.duration = column,
-                    "status" => out.status = column,
-                    _ => out.kind = column,
-                }
-            }
-            if let Some(array) = v.array {
-                let i = values.len();
-                values.push((array, arrow::datatypes::DataType::Binary));
-                out.array = Some(ident(format!("__span_{i}")));
+                *out.component_mut(name) = Some(ident(format!("__span_{i}")));
             }
             return Ok(out);
         }
         match f {
             Field::Intrinsic(i) => self.intrinsic(*i),
+            Field::Attribute(a) if a.parent => {
+                if self.frame == Frame::Spans {
+                    return Ok(Typed::unknown());
+                }
+                let mut out = Typed::exact();
+                for (name, _, column) in parent_columns(a)? {
+                    *out.component_mut(name) = Some(ident(column));
+                }
+                Ok(out)
+            }
             Field::Attribute(a) => Ok(self.attribute(a)),
         }
     }
@@ -485,7 +548,8 @@ impl FieldCompiler {
             }
             Intrinsic::LinkTraceId => Typed::str(hex_id(true).call(vec![ident("trace_id")])),
             Intrinsic::LinkSpanId => Typed::str(hex_id(false).call(vec![ident("span_id")])),
-            Intrinsic::Parent => return Err(QueryError::BadRequest("the parent intrinsic is not supported".into())),
+            // Only compared with nil (validation): a root span has no parent id.
+            Intrinsic::Parent => Typed::str(hex_id(false).call(vec![ident(c::PARENT_SPAN_ID)])),
             _ => return Err(QueryError::Internal(format!("intrinsic {} has no column", i.name()))),
         })
     }
@@ -530,6 +594,34 @@ impl FieldCompiler {
             AttributeScope::Instrumentation => encoded_attribute(ident(c::SCOPE_ATTRS), &a.name),
             AttributeScope::Event | AttributeScope::Link => encoded_attribute(ident("attrs"), &a.name),
         }
+    }
+}
+
+/// A comparison that reads only `parent.` fields (and literals, through arithmetic), rewritten
+/// to read the same fields on the span itself; `None` for anything else.
+fn on_parent(e: &FieldExpr) -> Option<FieldExpr> {
+    #[recursive::recursive]
+    fn rewrite(e: &FieldExpr) -> Option<FieldExpr> {
+        Some(match e {
+            FieldExpr::Static(_) => e.clone(),
+            FieldExpr::Field(Field::Attribute(a)) if a.parent && a.parent_intrinsic() != Some(Intrinsic::Parent) => {
+                FieldExpr::Field(a.on_span())
+            }
+            FieldExpr::Binary { op, lhs, rhs } if op.is_arithmetic() => {
+                FieldExpr::Binary { op: *op, lhs: Box::new(rewrite(lhs)?), rhs: Box::new(rewrite(rhs)?) }
+            }
+            FieldExpr::Unary { op: UnaryOp::Neg, expr } => {
+                FieldExpr::Unary { op: UnaryOp::Neg, expr: Box::new(rewrite(expr)?) }
+            }
+            _ => return None,
+        })
+    }
+    match e {
+        FieldExpr::Binary { op, lhs, rhs } if !op.is_arithmetic() && !matches!(op, BinaryOp::And | BinaryOp::Or) => {
+            let (l, r) = (rewrite(lhs)?, rewrite(rhs)?);
+            (!e.fields().is_empty()).then(|| FieldExpr::Binary { op: *op, lhs: Box::new(l), rhs: Box::new(r) })
+        }
+        _ => None,
     }
 }
 

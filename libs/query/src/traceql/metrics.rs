@@ -23,7 +23,7 @@ use spindle_schema::col as c;
 use spindle_storage::TenantId;
 use spindle_traceql::{FieldExpr, MetricsFunction, MetricsQuery, MetricsStage, Query, SpansetExpr, ValueType};
 
-use super::fields::{FieldCompiler, Frame, Typed};
+use super::fields::{needs_trace_frame, FieldCompiler, Frame, Typed};
 use super::plan::{evaluate, CandidatePlan};
 use crate::filter::trace_id_literal;
 use crate::hints::time_filter;
@@ -424,9 +424,7 @@ impl QueryEngine {
         let mut inspected_traces = 0;
         let plan = CandidatePlan::new(&request.query.spans)?;
         let limit = request.max_series;
-        let trace_level = metrics.function.field().into_iter().chain(metrics.by.iter()).any(
-            |f| matches!(f, spindle_traceql::Field::Intrinsic(i) if super::fields::trace_level_column(*i).is_some()),
-        );
+        let trace_level = metrics.function.field().into_iter().chain(metrics.by.iter()).any(needs_trace_frame);
         if plan.single_exact_filter && !trace_level {
             let SpansetExpr::Filter(_) = &request.query.spans else { unreachable!("single filter") };
             let frame = ctx.table("spans").await?.filter(grid.span_filter().and(plan.span_filter()))?;

@@ -28,7 +28,7 @@ use spindle_traceql::{
     SpansetExpr, SpansetOp, Stage, ValueType,
 };
 
-use super::fields::{tree_col, FieldCompiler, Frame, Typed};
+use super::fields::{needs_trace_frame, parent_columns, trace_level_column, tree_col, FieldCompiler, Frame, Typed};
 use super::tree::TreeFunction;
 use crate::{QueryError, Result};
 
@@ -112,7 +112,7 @@ fn requirement(
 ) -> Result<Requirement> {
     Ok(match expr {
         SpansetExpr::Filter(e) => {
-            let cond = compiler.condition(e)?;
+            let cond = compiler.candidate_condition(e)?;
             leaves.push(cond.condition());
             exact.push(cond.exact);
             Requirement::Leaf(leaves.len() - 1)
@@ -169,18 +169,16 @@ pub struct Evaluation {
     pub selected: Vec<Field>,
 }
 
-/// The trace-level intrinsics a query reads.
-fn trace_level_fields(expr: &SpansetExpr, out: &mut Vec<Intrinsic>) {
-    fn add(fields: Vec<&Field>, out: &mut Vec<Intrinsic>) {
+/// The fields a query reads that need whole traces (see [`needs_trace_frame`]).
+fn trace_level_fields(expr: &SpansetExpr, out: &mut Vec<Field>) {
+    fn add(fields: Vec<&Field>, out: &mut Vec<Field>) {
         for f in fields {
-            if let Field::Intrinsic(i) = f {
-                if super::fields::trace_level_column(*i).is_some() && !out.contains(i) {
-                    out.push(*i);
-                }
+            if needs_trace_frame(f) && !out.contains(f) {
+                out.push(f.clone());
             }
         }
     }
-    fn scalar(s: &ScalarExpr, out: &mut Vec<Intrinsic>) {
+    fn scalar(s: &ScalarExpr, out: &mut Vec<Field>) {
         match s {
             ScalarExpr::Aggregate(Aggregate { expr: Some(e), .. }) => add(e.fields(), out),
             ScalarExpr::Op { lhs, rhs, .. } => {
@@ -225,8 +223,43 @@ fn tree_args(extra: Expr) -> Vec<Expr> {
     vec![ident(c::SPAN_ID), ident(c::PARENT_SPAN_ID), ident(c::START_TIME), extra]
 }
 
+/// Adds the columns `fields` need to a frame of whole traces: the tree columns of trace-level
+/// intrinsics, then each `parent.` field's values at the span's parent.
+pub fn add_trace_columns(frame: DataFrame, fields: &[Field]) -> Result<DataFrame> {
+    let mut intrinsics = Vec::new();
+    let mut parents = Vec::new();
+    for f in fields {
+        let own = match f {
+            Field::Attribute(a) if a.parent => {
+                parents.push(a);
+                a.on_span()
+            }
+            other => other.clone(),
+        };
+        if let Field::Intrinsic(i) = own {
+            if trace_level_column(i).is_some() && !intrinsics.contains(&i) {
+                intrinsics.push(i);
+            }
+        }
+    }
+    let mut frame = add_tree_columns(frame, &intrinsics)?;
+    let mut windows = Vec::new();
+    for a in parents {
+        for (_, own, column) in parent_columns(a)? {
+            if !windows.iter().any(|(c, _)| *c == column) {
+                let value = window_udf(TreeFunction::ParentValue.udwf(), tree_args(own), vec![ident(c::TRACE_ID)])?;
+                windows.push((column, value));
+            }
+        }
+    }
+    if !windows.is_empty() {
+        frame = frame.window(windows.into_iter().map(|(column, value)| value.alias(column)).collect())?;
+    }
+    Ok(frame)
+}
+
 /// Adds the tree columns the intrinsics need to a frame of whole traces.
-pub fn add_trace_columns(mut frame: DataFrame, intrinsics: &[Intrinsic]) -> Result<DataFrame> {
+fn add_tree_columns(mut frame: DataFrame, intrinsics: &[Intrinsic]) -> Result<DataFrame> {
     let trace = || vec![ident(c::TRACE_ID)];
     for i in intrinsics {
         let (name, expr) = match i {
@@ -274,16 +307,14 @@ fn root_value(value: Expr) -> Result<Expr> {
 /// may be selected (their start is in the query's time range). `also` are trace-level
 /// intrinsics read after the evaluation (by metrics functions, say).
 pub fn evaluate(frame: DataFrame, expr: &SpansetExpr, in_range: Expr, also: &[Field]) -> Result<Evaluation> {
-    let mut intrinsics = Vec::new();
-    trace_level_fields(expr, &mut intrinsics);
+    let mut fields = Vec::new();
+    trace_level_fields(expr, &mut fields);
     for f in also {
-        if let Field::Intrinsic(i) = f {
-            if super::fields::trace_level_column(*i).is_some() && !intrinsics.contains(i) {
-                intrinsics.push(*i);
-            }
+        if needs_trace_frame(f) && !fields.contains(f) {
+            fields.push(f.clone());
         }
     }
-    let frame = add_trace_columns(frame, &intrinsics)?;
+    let frame = add_trace_columns(frame, &fields)?;
     let mut e =
         Evaluator { frame: Some(frame), next: 0, compiler: FieldCompiler::new(Frame::Traces), selected: Vec::new() };
     let input = e.column(in_range)?;

@@ -122,10 +122,11 @@ fn shown_as_attribute(f: &Field) -> bool {
                 | Intrinsic::EventTimeSinceStart
                 | Intrinsic::LinkTraceId
                 | Intrinsic::LinkSpanId
+                | Intrinsic::Parent
         ) | Field::Attribute(spindle_traceql::Attribute {
             scope: spindle_traceql::AttributeScope::Event | spindle_traceql::AttributeScope::Link,
             ..
-        })
+        }) | Field::Attribute(spindle_traceql::Attribute { parent: true, .. })
     )
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, FieldRef, TimestampNanosecondType};
 use datafusion::common::Result as DfResult;
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
@@ -215,6 +215,9 @@ pub enum TreeFunction {
     /// The 4th argument's value at the trace's root span, on every row (Utf8; "" without a
     /// root, as Tempo has it).
     RootValue,
+    /// The 4th argument's value at the row's parent span (its type; null where the parent is
+    /// not in the trace), for `parent.` fields.
+    ParentValue,
 }
 
 impl TreeFunction {
@@ -230,6 +233,7 @@ impl TreeFunction {
             TreeFunction::RelatedTo(Relation::Ancestor) => "tql_is_ancestor_of",
             TreeFunction::RelatedTo(Relation::Sibling) => "tql_is_sibling_of",
             TreeFunction::RootValue => "tql_root_value",
+            TreeFunction::ParentValue => "tql_parent_value",
         }
     }
 
@@ -242,7 +246,8 @@ impl TreeFunction {
     }
 
     /// The window function. Arguments: `span_id`, `parent_span_id`, `start_time`, and for
-    /// `RelatedTo` a boolean mask, for `RootValue` a string value. Partition by trace id.
+    /// `RelatedTo` a boolean mask, for `RootValue` a string value, for `ParentValue` any
+    /// value. Partition by trace id.
     pub fn udwf(self) -> Arc<WindowUDF> {
         Arc::new(WindowUDF::new_from_impl(TreeUdwf {
             function: self,
@@ -271,7 +276,11 @@ impl WindowUDFImpl for TreeUdwf {
     }
 
     fn field(&self, args: WindowUDFFieldArgs) -> DfResult<FieldRef> {
-        Ok(Arc::new(Field::new(args.name(), self.function.output(), true)))
+        let output = match (self.function, args.input_fields().get(3)) {
+            (TreeFunction::ParentValue, Some(value)) => value.data_type().clone(),
+            (function, _) => function.output(),
+        };
+        Ok(Arc::new(Field::new(args.name(), output, true)))
     }
 }
 
@@ -328,6 +337,10 @@ impl PartitionEvaluator for TreeEvaluator {
                     .unwrap_or_default();
                 Arc::new(StringArray::from(vec![value; num_rows]))
             }
+            TreeFunction::ParentValue => {
+                let rows = UInt32Array::from_iter(tree.parent.iter().map(|p| p.and_then(|p| u32::try_from(p).ok())));
+                arrow::compute::take(extra.as_ref(), &rows, None)?
+            }
         })
     }
 }
@@ -369,6 +382,29 @@ mod tests {
         assert_eq!(sets[3], (3, 4, 2));
         assert_eq!(sets[5], (11, 12, -1));
         assert_eq!(t.root(key), Some(0));
+    }
+
+    #[test]
+    fn parent_values() {
+        let t = sample();
+        let values: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e", "f"]));
+        let span_ids: ArrayRef =
+            Arc::new(arrow::array::FixedSizeBinaryArray::try_from_iter((1..=6u8).map(|n| [n; 8])).expect("ids"));
+        let parents: ArrayRef = Arc::new(
+            arrow::array::FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                [None, Some([1u8; 8]), Some([1; 8]), Some([2; 8]), Some([2; 8]), Some([9; 8])].into_iter(),
+                8,
+            )
+            .expect("parents"),
+        );
+        let starts: ArrayRef = Arc::new(arrow::array::TimestampNanosecondArray::from(vec![0, 1, 2, 3, 4, 5]));
+        let out = TreeEvaluator(TreeFunction::ParentValue)
+            .evaluate_all(&[span_ids, parents, starts, values], 6)
+            .expect("evaluates");
+        let out = out.as_string::<i32>();
+        let got: Vec<Option<&str>> = (0..6).map(|i| out.is_valid(i).then(|| out.value(i))).collect();
+        assert_eq!(got, [None, Some("a"), Some("a"), Some("b"), Some("b"), None]);
+        assert_eq!(t.parent[5], None, "an orphan has no parent row");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContext};
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use spindle_otlp::otlp::common::v1::any_value::Value;
 use spindle_schema::AttrType;
@@ -320,7 +321,11 @@ pub fn any_element(
         fields.push(Field::new(format!("__span_{i}"), ty.clone(), true));
     }
     let schema = Arc::new(Schema::new(fields));
-    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let df_schema = Arc::new(DFSchema::try_from(schema.as_ref().clone())?);
+    // Simplified first, as the optimizer does for plan expressions: some functions (coalesce)
+    // have no physical form of their own.
+    let context = SimplifyContext::builder().with_schema(df_schema.clone()).build();
+    let condition = ExprSimplifier::new(context).simplify(condition)?;
     let predicate =
         create_physical_expr(&condition, &df_schema, &ExecutionProps::new(), &PhysicalPlanningContext::default())?;
     let udf = ScalarUDF::new_from_impl(AnyElement {

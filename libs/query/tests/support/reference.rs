@@ -121,6 +121,8 @@ impl<'a> Part<'a> {
 
 /// Trace-level facts, over the whole trace.
 struct TraceFacts {
+    /// Each span's parent row (the span of the trace with its parent id), if any.
+    parent: Vec<Option<usize>>,
     child_count: Vec<i64>,
     nested: Vec<(i64, i64, i64)>,
     root_name: String,
@@ -166,6 +168,7 @@ fn trace_facts(spans: &[TSpan]) -> TraceFacts {
     let start = spans.iter().map(|s| s.start).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.start + s.duration).max().unwrap_or(0);
     TraceFacts {
+        parent: part.parent.clone(),
         child_count: children.iter().map(|c| c.len() as i64).collect(),
         nested,
         root_name: root.map(|r| r.name.clone()).unwrap_or_default(),
@@ -202,6 +205,7 @@ fn reads_elements(e: &FieldExpr) -> bool {
 
 /// Evaluates field expressions for one span.
 struct Ctx<'a> {
+    all: &'a [TSpan],
     span: &'a TSpan,
     facts: &'a TraceFacts,
     row: usize,
@@ -211,6 +215,16 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn field(&self, f: &Field) -> RV {
         let s = self.span;
+        if let Field::Attribute(a) = f {
+            if a.parent {
+                // The field on the parent span; nil without one.
+                return match self.facts.parent[self.row] {
+                    Some(p) => Ctx { all: self.all, span: &self.all[p], facts: self.facts, row: p, element: None }
+                        .field(&a.on_span()),
+                    None => RV::Nil,
+                };
+            }
+        }
         match f {
             Field::Attribute(a) => match a.scope {
                 AttributeScope::Span => lookup(&s.attrs, &a.name),
@@ -266,7 +280,8 @@ impl Ctx<'_> {
                     Some(Element::Link(l)) => RV::Str(hex::encode(l.span_id)),
                     _ => RV::Nil,
                 },
-                Intrinsic::Parent => RV::Nil,
+                // Compared with nil only: a root span has no parent id.
+                Intrinsic::Parent => s.parent.map_or(RV::Nil, |p| RV::Str(hex::encode(p))),
             },
         }
     }
@@ -376,7 +391,7 @@ impl Ctx<'_> {
             self.span.links.iter().map(Element::Link).collect()
         };
         elements.into_iter().any(|el| {
-            let ctx = Ctx { span: self.span, facts: self.facts, row: self.row, element: Some(el) };
+            let ctx = Ctx { all: self.all, span: self.span, facts: self.facts, row: self.row, element: Some(el) };
             ctx.value(e).truthy()
         })
     }
@@ -505,7 +520,7 @@ type Groups = Vec<Vec<String>>;
 
 impl<'a> Eval<'a> {
     fn ctx(&self, i: usize) -> Ctx<'_> {
-        Ctx { span: &self.spans[i], facts: &self.facts, row: i, element: None }
+        Ctx { all: self.spans, span: &self.spans[i], facts: &self.facts, row: i, element: None }
     }
 
     fn partitions(&self, groups: &Groups) -> BTreeMap<Vec<String>, Vec<usize>> {
@@ -785,7 +800,7 @@ pub fn summary(spans: &[TSpan]) -> RefSummary {
 /// The value of `field` on span `row` of a trace (for the attributes search shows).
 pub fn field_value(spans: &[TSpan], row: usize, field: &Field) -> RV {
     let facts = trace_facts(spans);
-    Ctx { span: &spans[row], facts: &facts, row, element: None }.field(field)
+    Ctx { all: spans, span: &spans[row], facts: &facts, row, element: None }.field(field)
 }
 
 /// Traces grouped by id.
