@@ -47,6 +47,8 @@ fn leaves(traces: &[Vec<TSpan>]) -> Vec<String> {
         r#"span.arr !~ "b.*""#,
         "span.arr > 2",
         "span.arr = 2",
+        "span.arr = -1",
+        "span.arr < -0.5",
         "span.arr != 2.0",
         "span.arr = true",
         r#""a" = span.arr"#,

@@ -392,6 +392,18 @@ impl FieldCompiler {
                 if *op == UnaryOp::Not && self.element.is_none() && reads_elements(expr) {
                     return self.nested_condition(e);
                 }
+                if let (UnaryOp::Neg, FieldExpr::Static(s)) = (op, expr.as_ref()) {
+                    // A negative literal stays a literal (arrays compare with literals).
+                    let negated = match s {
+                        Static::Int(v) => v.checked_neg().map(Static::Int),
+                        Static::Float(v) => Some(Static::Float(-v)),
+                        Static::Duration(v) => v.checked_neg().map(Static::Duration),
+                        _ => None,
+                    };
+                    if let Some(n) = negated {
+                        return Ok(static_value(&n));
+                    }
+                }
                 let v = self.value(expr)?;
                 if !v.exact {
                     return Ok(Typed::unknown());

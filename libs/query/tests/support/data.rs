@@ -215,7 +215,7 @@ fn trace(r: &mut Rng, t: usize) -> Vec<TSpan> {
             let n = r.below(3) + 1;
             let items = match r.below(4) {
                 0 => (0..n).map(|_| Val::Str(r.pick(&["a", "b", "bb", "c"]).to_string())).collect(),
-                1 => (0..n).map(|_| Val::Int(r.below(4) as i64)).collect(),
+                1 => (0..n).map(|_| Val::Int(r.below(5) as i64 - 1)).collect(),
                 2 => vec![Val::Str("a".into()), Val::Int(2), Val::Bool(true)],
                 _ => Vec::new(),
             };

@@ -332,9 +332,15 @@ impl Ctx<'_> {
                     arithmetic(*op, &l, &r)
                 } else {
                     // Tempo 3.0: an array compares element by element with a literal.
-                    match (&l, &r, lhs.as_ref(), rhs.as_ref()) {
-                        (RV::Array(items), _, _, FieldExpr::Static(_)) => RV::Bool(array_compare(*op, items, &r)),
-                        (_, RV::Array(items), FieldExpr::Static(_), _) => {
+                    // (`-1` is a literal too.)
+                    let literal = |e: &FieldExpr| match e {
+                        FieldExpr::Static(_) => true,
+                        FieldExpr::Unary { op: UnaryOp::Neg, expr } => matches!(expr.as_ref(), FieldExpr::Static(_)),
+                        _ => false,
+                    };
+                    match (&l, &r) {
+                        (RV::Array(items), _) if literal(rhs) => RV::Bool(array_compare(*op, items, &r)),
+                        (_, RV::Array(items)) if literal(lhs) => {
                             RV::Bool(flipped(*op).is_some_and(|f| array_compare(f, items, &l)))
                         }
                         _ => RV::Bool(compare(*op, &l, &r)),
