@@ -1,6 +1,6 @@
 //! Differential test of TraceQL metrics: for generated traces split over blocks and unflushed
 //! data, `rate`, `count_over_time`, `min/max/sum/avg_over_time`, `quantile_over_time`,
-//! `histogram_over_time`, `by(...)`, `topk`/`bottomk` and comparisons of the values (`> 1`), over simple filters and over queries
+//! `histogram_over_time`, `by(...)`, `topk`/`bottomk` and comparisons of the values (`> 1`, before and after topk/bottomk), over simple filters and over queries
 //! that need whole traces, must equal a direct computation from the reference evaluator.
 
 mod support;
@@ -223,14 +223,21 @@ fn top_k_agrees(
     want: &BTreeMap<String, BTreeMap<i64, f64>>,
     got: &BTreeMap<String, BTreeMap<i64, f64>>,
     stage: MetricsStage,
+    after: &[(spindle_traceql::BinaryOp, f64)],
 ) -> bool {
+    let keeps = |v: f64| after.iter().all(|(op, threshold)| passes(*op, *threshold, v));
     let (k, top) = match stage {
         MetricsStage::TopK(k) => (k as usize, true),
         MetricsStage::BottomK(k) => (k as usize, false),
         MetricsStage::Compare { .. } => unreachable!("comparisons are applied to the model"),
     };
     if want.len() <= k {
-        return agree(want, got);
+        let mut want = want.clone();
+        for s in want.values_mut() {
+            s.retain(|_, v| keeps(*v));
+        }
+        want.retain(|_, s| !s.is_empty());
+        return agree(&want, got);
     }
     let mut times: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     for s in want.values() {
@@ -241,6 +248,8 @@ fn top_k_agrees(
     for (t, mut values) in times {
         values.sort_by(|a, b| if top { b.total_cmp(a) } else { a.total_cmp(b) });
         values.truncate(k);
+        // Comparisons after topk/bottomk filter what it kept.
+        values.retain(|v| keeps(*v));
         let mut kept: Vec<f64> = Vec::new();
         for (l, s) in got {
             if let Some(v) = s.get(&t) {
@@ -305,8 +314,17 @@ async fn metrics_match_the_reference() {
         " by (span.user.id)",
         " by (parent.resource.service.name)",
     ];
-    // Comparisons (Tempo 3.0) come before any topk/bottomk here: the model applies them first.
-    let seconds = ["", " | topk(2)", " | bottomk(1)", " > 1", " != 0 | topk(2)", " <= 0.5"];
+    // Comparisons (Tempo 3.0) before and after topk/bottomk.
+    let seconds = [
+        "",
+        " | topk(2)",
+        " | bottomk(1)",
+        " > 1",
+        " != 0 | topk(2)",
+        " <= 0.5",
+        " | topk(2) > 1",
+        " | bottomk(2) <= 0.5",
+    ];
     let (mut ran, mut failures) = (0, Vec::new());
     let mut i = 0usize;
     for f in filters {
@@ -331,12 +349,15 @@ async fn metrics_match_the_reference() {
                 let want = expected(&traces, &request);
                 let got_map = engine_series(&got.series);
                 let m = request.query.metrics.as_ref().unwrap();
-                // Comparisons filter the model's samples as the engine must; one topk/bottomk
-                // is checked by its own rule (ties may pick either series).
+                // Comparisons before a topk/bottomk filter the model's samples as the engine
+                // must; one topk/bottomk is checked by its own rule (ties may pick either
+                // series), with the comparisons after it applied to what it keeps.
                 let mut want = want;
                 let mut top = None;
+                let mut after = Vec::new();
                 for stage in &m.stages {
                     match *stage {
+                        MetricsStage::Compare { op, value } if top.is_some() => after.push((op, value)),
                         MetricsStage::Compare { op, value } => {
                             for s in want.values_mut() {
                                 s.retain(|_, v| passes(op, value, *v));
@@ -348,7 +369,7 @@ async fn metrics_match_the_reference() {
                 }
                 let same = match top {
                     None => agree(&want, &got_map),
-                    Some(stage) => top_k_agrees(&want, &got_map, stage),
+                    Some(stage) => top_k_agrees(&want, &got_map, stage, &after),
                 };
                 if !same {
                     let only_got: Vec<_> = got_map.keys().filter(|k| !want.contains_key(*k)).collect();
