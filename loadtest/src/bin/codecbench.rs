@@ -1,6 +1,7 @@
 //! `codecbench`: what encoding one export's spans for the storage nodes costs, per span, with
 //! each candidate wire format (realistic `loadsim` spans, 500 per export, cut into 8 shards):
-//! `cargo run --release -p spindle-loadtest --bin codecbench`.
+//! `cargo run --release -p spindle-loadtest --bin codecbench` (`-- block`: only the Parquet
+//! block a leader's flush writes).
 
 use std::time::Instant;
 
@@ -17,6 +18,11 @@ fn time<T>(rounds: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("block") {
+        // Only the flush (for profiling it).
+        block_encode();
+        return;
+    }
     let mut traffic = Traffic::new(200, 1, 0.01);
     let requests: Vec<_> = (0..20).map(|_| traffic.request(500)).collect();
     let spans_in: usize =
@@ -169,5 +175,30 @@ fn main() {
         us(t),
         us(td),
         size / spans
+    );
+    block_encode();
+}
+
+/// What a storage leader's flush costs: 50,000 realistic spans sorted and written as one
+/// Parquet block with the default block options.
+fn block_encode() {
+    let mut traffic = Traffic::new(200, 1, 0.01);
+    let batches: Vec<RecordBatch> = (0..100)
+        .map(|_| {
+            let request = traffic.request(500);
+            spindle_otlp::to_arrow::resource_spans_to_batches(&request, usize::MAX, false, 1, |_| 0)
+                .unwrap()
+                .batches
+                .remove(0)
+                .batch
+        })
+        .collect();
+    let spans: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let options = spindle_storage::BlockOptions::default();
+    let (t, block) = time(3, || spindle_storage::block::encode_block(&batches, &options).unwrap().unwrap());
+    println!(
+        "parquet block of {spans} spans: encode {:.2} us/span, {} B/span",
+        t * 1e6 / spans as f64,
+        block.parquet.len() / spans
     );
 }
