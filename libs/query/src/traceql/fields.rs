@@ -10,7 +10,7 @@
 //! conditions hold when one event (link) satisfies all of the conditions on it together.
 
 use datafusion::common::ScalarValue;
-use datafusion::functions::core::expr_fn::{coalesce, get_field};
+use datafusion::functions::core::expr_fn::{coalesce, get_field, named_struct};
 use datafusion::functions::math::expr_fn::power;
 use datafusion::logical_expr::{binary_expr, case, cast, when, Expr, Operator};
 use datafusion::prelude::{ident, lit};
@@ -53,16 +53,17 @@ pub fn needs_trace_frame(f: &Field) -> bool {
     }
 }
 
-/// The columns a trace-complete frame holds for a `parent.` field: `(component, the field's
-/// value on the span itself, column of that value at the span's parent)`. `plan.rs` adds them
-/// with [`super::tree::TreeFunction::ParentValue`]; the compiler reads them.
-pub fn parent_columns(a: &Attribute) -> Result<Vec<(&'static str, Expr, String)>> {
+/// The column a trace-complete frame holds for a `parent.` field, and what goes into it: the
+/// field's components on the span itself as one struct (`str`, `int`, ... as named by
+/// [`Typed`]), which `plan.rs` moves to each span's children with
+/// [`super::tree::TreeFunction::ParentValue`] (one tree walk for all of them); the compiler
+/// reads the components back from that column.
+pub fn parent_column(a: &Attribute) -> Result<(String, Vec<&'static str>, Expr)> {
     let own = FieldCompiler::new(Frame::Traces).field(&a.on_span())?;
-    Ok(own
-        .named_components()
-        .into_iter()
-        .map(|(name, e)| (name, e.clone(), format!("__parent:{}:{}:{name}", a.scope.name(), a.name)))
-        .collect())
+    let components = own.named_components();
+    let names = components.iter().map(|(name, _)| *name).collect();
+    let args = components.into_iter().flat_map(|(name, e)| [lit(name), e.clone()]).collect();
+    Ok((format!("__parent:{}:{}", a.scope.name(), a.name), names, named_struct(args)))
 }
 
 /// A value: one expression per type it may have in a row.
@@ -518,9 +519,10 @@ impl FieldCompiler {
                 if self.frame == Frame::Spans {
                     return Ok(Typed::unknown());
                 }
+                let (column, names, _) = parent_column(a)?;
                 let mut out = Typed::exact();
-                for (name, _, column) in parent_columns(a)? {
-                    *out.component_mut(name) = Some(ident(column));
+                for name in names {
+                    *out.component_mut(name) = Some(get_field(ident(&column), name));
                 }
                 Ok(out)
             }

@@ -28,7 +28,7 @@ use spindle_traceql::{
     SpansetExpr, SpansetOp, Stage, ValueType,
 };
 
-use super::fields::{needs_trace_frame, parent_columns, trace_level_column, tree_col, FieldCompiler, Frame, Typed};
+use super::fields::{needs_trace_frame, parent_column, trace_level_column, tree_col, FieldCompiler, Frame, Typed};
 use super::tree::TreeFunction;
 use crate::{QueryError, Result};
 
@@ -245,11 +245,10 @@ pub fn add_trace_columns(frame: DataFrame, fields: &[Field]) -> Result<DataFrame
     let mut frame = add_tree_columns(frame, &intrinsics)?;
     let mut windows = Vec::new();
     for a in parents {
-        for (_, own, column) in parent_columns(a)? {
-            if !windows.iter().any(|(c, _)| *c == column) {
-                let value = window_udf(TreeFunction::ParentValue.udwf(), tree_args(own), vec![ident(c::TRACE_ID)])?;
-                windows.push((column, value));
-            }
+        let (column, _, own) = parent_column(a)?;
+        if !windows.iter().any(|(c, _)| *c == column) {
+            let value = window_udf(TreeFunction::ParentValue.udwf(), tree_args(own), vec![ident(c::TRACE_ID)])?;
+            windows.push((column, value));
         }
     }
     if !windows.is_empty() {
