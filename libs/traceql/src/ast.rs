@@ -382,6 +382,19 @@ impl BinaryOp {
     pub fn is_comparison(self) -> bool {
         matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
     }
+
+    /// The operator with its operands swapped (`1 < x` is `x > 1`); `None` for regexes, whose
+    /// pattern must be on the right.
+    pub fn swapped(self) -> Option<BinaryOp> {
+        Some(match self {
+            BinaryOp::Lt => BinaryOp::Gt,
+            BinaryOp::Le => BinaryOp::Ge,
+            BinaryOp::Gt => BinaryOp::Lt,
+            BinaryOp::Ge => BinaryOp::Le,
+            BinaryOp::Regex | BinaryOp::NotRegex => return None,
+            other => other,
+        })
+    }
 }
 
 /// Unary operators.

@@ -716,7 +716,7 @@ fn compare(op: BinaryOp, l: &Typed, r: &Typed) -> Result<Expr> {
     let o = operator(op);
     let array = match (&l.array, r.literal(), &r.array, l.literal()) {
         (Some(a), Some(v), _, _) => Some(array_compare(op).call(vec![a.clone(), v])),
-        (_, _, Some(a), Some(v)) => flipped(op).map(|f| array_compare(f).call(vec![a.clone(), v])),
+        (_, _, Some(a), Some(v)) => op.swapped().map(|f| array_compare(f).call(vec![a.clone(), v])),
         _ => None,
     };
     if let (Some(a), Some(b)) = (&l.str, &r.str) {
@@ -753,19 +753,6 @@ fn compare(op: BinaryOp, l: &Typed, r: &Typed) -> Result<Expr> {
         }
     }
     Ok(parts.into_iter().chain(array).reduce(Expr::or).unwrap_or(lit(false)))
-}
-
-/// The operator with its operands swapped (`1 < x` is `x > 1`); `None` for regexes, whose
-/// pattern must be on the right.
-fn flipped(op: BinaryOp) -> Option<BinaryOp> {
-    Some(match op {
-        BinaryOp::Lt => BinaryOp::Gt,
-        BinaryOp::Le => BinaryOp::Ge,
-        BinaryOp::Gt => BinaryOp::Lt,
-        BinaryOp::Ge => BinaryOp::Le,
-        BinaryOp::Regex | BinaryOp::NotRegex => return None,
-        other => other,
-    })
 }
 
 /// `l op r` for an arithmetic operator. Two integers stay integers (division truncates, by zero

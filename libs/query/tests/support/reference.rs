@@ -341,7 +341,7 @@ impl Ctx<'_> {
                     match (&l, &r) {
                         (RV::Array(items), _) if literal(rhs) => RV::Bool(array_compare(*op, items, &r)),
                         (_, RV::Array(items)) if literal(lhs) => {
-                            RV::Bool(flipped(*op).is_some_and(|f| array_compare(f, items, &l)))
+                            RV::Bool(op.swapped().is_some_and(|f| array_compare(f, items, &l)))
                         }
                         _ => RV::Bool(compare(*op, &l, &r)),
                     }
@@ -426,18 +426,6 @@ fn array_compare(op: BinaryOp, items: &[RV], literal: &RV) -> bool {
         }
         _ => items.iter().any(|e| compare(op, e, literal)),
     }
-}
-
-/// The operator with its operands swapped; `None` for regexes.
-fn flipped(op: BinaryOp) -> Option<BinaryOp> {
-    Some(match op {
-        BinaryOp::Lt => BinaryOp::Gt,
-        BinaryOp::Le => BinaryOp::Ge,
-        BinaryOp::Gt => BinaryOp::Lt,
-        BinaryOp::Ge => BinaryOp::Le,
-        BinaryOp::Regex | BinaryOp::NotRegex => return None,
-        other => other,
-    })
 }
 
 fn compare(op: BinaryOp, l: &RV, r: &RV) -> bool {
