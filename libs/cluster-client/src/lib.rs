@@ -14,7 +14,7 @@ pub mod watch;
 
 pub use channels::{Channels, InternalChannel};
 pub use control::ControlClient;
-pub use router::{RouterConfig, ShardRouter};
+pub use router::{Attempt, RouterConfig, ShardRouter};
 
 /// Failures of control-plane calls.
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,15 @@ impl Default for RouterConfig {
     }
 }
 
+/// What the first attempt of a push came to ([`ShardRouter::push_once`]).
+#[derive(Debug)]
+pub enum Attempt {
+    /// Stored (the rows), or failed for good.
+    Done(Result<u64, ApiError>),
+    /// Not stored yet: send it again with [`ShardRouter::push_one`].
+    Retry(Push),
+}
+
 /// Sends shard calls to shard leaders.
 pub struct ShardRouter {
     topology: TopologyWatch,
@@ -84,37 +93,44 @@ impl ShardRouter {
 
     /// Appends a batch to a shard; see [`StorageApi::push`].
     pub async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
+        self.push_one(Push::whole(shard, tenant.clone(), batch)).await
+    }
+
+    /// One push, retried across leader changes until the write deadline (a push that
+    /// [`ShardRouter::push_once`] left to retry).
+    pub async fn push_one(&self, push: Push) -> Result<u64, ApiError> {
+        let shard = push.shard;
         self.call(shard, self.config.write_deadline, self.config.attempt_timeout, |api| {
-            let (tenant, batch) = (tenant.clone(), batch.clone());
-            async move { api.push(shard, &tenant, batch).await }
+            let push = push.clone();
+            async move {
+                let mut results = api.push_many(vec![push]).await;
+                results.pop().unwrap_or_else(|| Err(ApiError::Internal("no result".into())))
+            }
         })
         .await
     }
 
-    /// Appends batches to their shards (see [`StorageApi::push`]); the rows stored in all.
-    /// The batches bound for the shards one node leads go to it in one call; a batch that
-    /// call does not store (a leader moved, a node is down) is retried on its own as
-    /// [`ShardRouter::push`] does.
-    pub async fn push_all(&self, tenant: &TenantId, parts: Vec<(ShardId, EncodedBatch)>) -> Result<u64, ApiError> {
-        if parts.len() == 1 {
-            let (shard, batch) = parts.into_iter().next().ok_or_else(|| ApiError::Internal("no part".into()))?;
-            return self.push(shard, tenant, batch).await;
-        }
+    /// The first attempt of pushes to their shards (see [`StorageApi::push_many`]): the pushes
+    /// bound for the shards one node leads go to it in one call. The outcome of each, in order:
+    /// settled, or to send again with [`ShardRouter::push_one`] (a leader moved, a node is down),
+    /// after this call has learnt what the failure taught.
+    pub async fn push_once(&self, pushes: Vec<Push>) -> Vec<Attempt> {
+        let mut out: Vec<Option<Attempt>> = pushes.iter().map(|_| None).collect();
         let topology = self.topology.current();
-        let mut by_node: HashMap<NodeId, Vec<Push>> = HashMap::new();
-        let mut unrouted = Vec::new();
-        for (shard, batch) in parts {
+        let mut by_node: HashMap<NodeId, Vec<(usize, Push)>> = HashMap::new();
+        for (i, push) in pushes.into_iter().enumerate() {
             let replicas: Vec<NodeId> =
-                topology.state.shards.get(&shard).map(|s| s.hosts().collect()).unwrap_or_default();
-            match self.target(shard, &replicas, &mut 0) {
-                Some(node) => by_node.entry(node).or_default().push(Push { shard, tenant: tenant.clone(), batch }),
-                None => unrouted.push((shard, batch)),
+                topology.state.shards.get(&push.shard).map(|s| s.hosts().collect()).unwrap_or_default();
+            match self.target(push.shard, &replicas, &mut 0) {
+                Some(node) => by_node.entry(node).or_default().push((i, push)),
+                None => out[i] = Some(Attempt::Retry(push)),
             }
         }
         let attempt = self.config.attempt_timeout;
         let calls = by_node.into_iter().map(|(node, pushes)| async move {
+            let batch: Vec<Push> = pushes.iter().map(|(_, p)| p.clone()).collect();
             let results = match self.api(node) {
-                Ok(api) => match tokio::time::timeout(attempt, api.push_many(pushes.clone())).await {
+                Ok(api) => match tokio::time::timeout(attempt, api.push_many(batch)).await {
                     Ok(results) => results,
                     Err(_) => {
                         let e = ApiError::Unreachable(format!("node {node} did not answer within {attempt:?}"));
@@ -125,14 +141,14 @@ impl ShardRouter {
             };
             (node, pushes, results)
         });
-        let mut rows = 0;
-        let mut retries = Vec::new();
         for (node, pushes, results) in futures::future::join_all(calls).await {
-            for (push, result) in pushes.into_iter().zip(results) {
-                match result {
+            let mut results = results.into_iter();
+            for (i, push) in pushes {
+                let result = results.next().unwrap_or_else(|| Err(ApiError::Internal("missing result".into())));
+                out[i] = Some(match result {
                     Ok(n) => {
                         self.set_leader(push.shard, Some(node));
-                        rows += n;
+                        Attempt::Done(Ok(n))
                     }
                     Err(e) if e.is_retryable() => {
                         // Learn what the call taught, as a single push would, before retrying.
@@ -147,16 +163,15 @@ impl ShardRouter {
                             }
                             _ => {}
                         }
-                        retries.push((push.shard, push.batch));
+                        Attempt::Retry(push)
                     }
-                    Err(e) => return Err(e),
-                }
+                    Err(e) => Attempt::Done(Err(e)),
+                });
             }
         }
-        retries.extend(unrouted);
-        let again =
-            futures::future::try_join_all(retries.into_iter().map(|(shard, batch)| self.push(shard, tenant, batch)));
-        Ok(rows + again.await?.into_iter().sum::<u64>())
+        out.into_iter()
+            .map(|a| a.unwrap_or_else(|| Attempt::Done(Err(ApiError::Internal("a push got no result".into())))))
+            .collect()
     }
 
     /// Reads a shard; see [`StorageApi::read`].

@@ -8,6 +8,7 @@
 //! their attributes as protobuf-encoded `AnyValue`s. Rows in blocks are sorted by
 //! `trace_id`, then `start_time`.
 
+pub mod digest;
 pub mod ipc;
 pub mod metrics;
 

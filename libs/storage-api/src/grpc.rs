@@ -19,7 +19,9 @@ use spindle_storage::{BlockMeta, TenantId};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
-use crate::{ApiError, CompactionJob, CompactionPolicy, Push, ShardId, ShardRead, ShardReadRequest, StorageApi};
+use crate::{
+    ApiError, CompactionJob, CompactionPolicy, Push, PushPart, ShardId, ShardRead, ShardReadRequest, StorageApi,
+};
 
 /// Largest internal message: a push of one chunk of an OTLP request, or one slice of a read.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -100,6 +102,14 @@ fn from_push_result(r: PushResult, shard: ShardId) -> Result<u64, ApiError> {
     Err(ApiError::from_status(&Status::with_metadata(Code::from_i32(r.error_code), r.error, metadata), shard))
 }
 
+fn to_proto_part(p: &PushPart) -> spindle_proto::storage::PushPart {
+    spindle_proto::storage::PushPart { digest_lo: p.digest[0], digest_hi: p.digest[1], rows: p.rows }
+}
+
+fn from_proto_part(p: &spindle_proto::storage::PushPart) -> PushPart {
+    PushPart { digest: [p.digest_lo, p.digest_hi], rows: p.rows }
+}
+
 /// Body of a `CommitCompaction` call.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CommitBody {
@@ -138,13 +148,19 @@ impl GrpcStorageClient {
 #[async_trait::async_trait]
 impl StorageApi for GrpcStorageClient {
     async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
-        let request = PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: batch.ipc().clone() };
+        let request =
+            PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: batch.ipc().clone(), parts: Vec::new() };
         match self.client.clone().push(request).await {
             Ok(r) => Ok(r.into_inner().rows),
             // A node of an earlier version reads only plain IPC streams: once more in that form.
             Err(s) if s.code() == Code::InvalidArgument && ipc::is_compressed(batch.ipc()) => {
                 let plain = batch.to_plain().map_err(|e| ApiError::Internal(format!("encoding spans: {e}")))?;
-                let request = PushRequest { shard, tenant: tenant.to_string(), arrow_ipc: plain.ipc().clone() };
+                let request = PushRequest {
+                    shard,
+                    tenant: tenant.to_string(),
+                    arrow_ipc: plain.ipc().clone(),
+                    parts: Vec::new(),
+                };
                 let r = self.client.clone().push(request).await.map_err(|s| ApiError::from_status(&s, shard))?;
                 Ok(r.into_inner().rows)
             }
@@ -156,7 +172,12 @@ impl StorageApi for GrpcStorageClient {
         let request = PushManyRequest {
             pushes: pushes
                 .iter()
-                .map(|p| PushRequest { shard: p.shard, tenant: p.tenant.to_string(), arrow_ipc: p.batch.ipc().clone() })
+                .map(|p| PushRequest {
+                    shard: p.shard,
+                    tenant: p.tenant.to_string(),
+                    arrow_ipc: p.batch.ipc().clone(),
+                    parts: p.parts.iter().map(to_proto_part).collect(),
+                })
                 .collect(),
         };
         match self.client.clone().push_many(request).await {
@@ -270,7 +291,14 @@ impl Storage for StorageGrpcServer {
         if batch.num_rows() == 0 {
             return Ok(Response::new(PushResponse { rows: 0 }));
         }
-        let rows = self.api.push(r.shard, &tenant, batch).await?;
+        let parts = r.parts.iter().map(from_proto_part).collect();
+        let push = Push { shard: r.shard, tenant, batch, parts };
+        let rows = self
+            .api
+            .push_many(vec![push])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::Internal("no result".into())))?;
         Ok(Response::new(PushResponse { rows }))
     }
 
@@ -286,7 +314,8 @@ impl Storage for StorageGrpcServer {
                 Ok((_, batch)) if batch.num_rows() == 0 => results.push(Some(push_result(Ok(0)))),
                 Ok((tenant, batch)) => {
                     results.push(None);
-                    valid.push(Push { shard: p.shard, tenant, batch });
+                    let parts = p.parts.iter().map(from_proto_part).collect();
+                    valid.push(Push { shard: p.shard, tenant, batch, parts });
                 }
                 Err(e) => results.push(Some(push_result(Err(e)))),
             }

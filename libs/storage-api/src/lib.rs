@@ -9,6 +9,7 @@ pub mod grpc;
 
 use arrow::record_batch::RecordBatch;
 use futures::stream::BoxStream;
+pub use spindle_schema::digest::PushPart;
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{BlockMeta, TenantId};
 
@@ -90,6 +91,16 @@ pub struct Push {
     pub tenant: TenantId,
     /// The spans.
     pub batch: EncodedBatch,
+    /// The exports whose rows the batch holds, in row order; empty when the batch is one part
+    /// (the leader then takes the digest of its bytes).
+    pub parts: Vec<PushPart>,
+}
+
+impl Push {
+    /// A push of one part.
+    pub fn whole(shard: ShardId, tenant: TenantId, batch: EncodedBatch) -> Self {
+        Self { shard, tenant, batch, parts: Vec::new() }
+    }
 }
 
 /// Calls an ingester or querier makes to one storage node.
@@ -101,10 +112,10 @@ pub trait StorageApi: Send + Sync + 'static {
     async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError>;
 
     /// Appends several batches, each to its shard as [`StorageApi::push`] would, in one call to
-    /// the node; the result of each, in order. The pushes are committed concurrently.
-    async fn push_many(&self, pushes: Vec<Push>) -> Vec<Result<u64, ApiError>> {
-        futures::future::join_all(pushes.iter().map(|p| self.push(p.shard, &p.tenant, p.batch.clone()))).await
-    }
+    /// the node; the result of each, in order. The pushes are committed concurrently. A push's
+    /// parts are recognised one by one: a part committed before is acknowledged, not stored
+    /// again, whatever it travelled with.
+    async fn push_many(&self, pushes: Vec<Push>) -> Vec<Result<u64, ApiError>>;
 
     /// Reads a shard's committed blocks and unflushed spans (linearizable: everything
     /// acknowledged before the call is included).

@@ -123,8 +123,25 @@ pub struct RaftLinks {
     channels: Channels,
     links: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>>,
     stats: Arc<LinkCounters>,
-    streaming: Arc<Mutex<HashMap<String, bool>>>,
+    reads: Arc<Mutex<HashMap<String, PeerReads>>>,
 }
+
+/// What a peer's version reads of what shard leaders write, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeerReads {
+    /// Plain Arrow IPC only (no Raft stream: an earlier version).
+    PlainIpc,
+    /// Compressed span batches, one export per push.
+    Compressed,
+    /// Pushes holding several exports too (`ShardCommand::AppendParts`).
+    Parts,
+}
+
+/// Response header of the Raft stream naming what the serving version reads (absent: only
+/// [`PeerReads::Compressed`]).
+const READS_HEADER: &str = "x-spindle-raft-reads";
+/// Its value for [`PeerReads::Parts`].
+const READS_PARTS: &str = "parts";
 
 /// What the links have sent since start.
 #[derive(Debug, Default)]
@@ -148,15 +165,19 @@ pub struct LinkStats {
 impl RaftLinks {
     /// Links over `channels`.
     pub fn new(channels: Channels) -> Self {
-        Self { channels, links: Arc::default(), stats: Arc::default(), streaming: Arc::default() }
+        Self { channels, links: Arc::default(), stats: Arc::default(), reads: Arc::default() }
     }
 
-    /// Whether every one of `peers` is known to run this version (it served the Raft stream
-    /// when last reached). A peer of an earlier version, or one not reached since this node
-    /// started, is not: it may not read what this version writes.
-    pub fn all_current(&self, peers: impl IntoIterator<Item = impl AsRef<str>>) -> bool {
-        let known = self.streaming.lock().unwrap_or_else(|e| e.into_inner());
-        peers.into_iter().all(|p| known.get(p.as_ref()).copied().unwrap_or(false))
+    /// What all of `peers` are known to read (learnt when their stream last opened). A peer
+    /// not reached since this node started counts as the oldest version: it may not read what
+    /// this version writes.
+    pub fn peers_read(&self, peers: impl IntoIterator<Item = impl AsRef<str>>) -> PeerReads {
+        let known = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .into_iter()
+            .map(|p| known.get(p.as_ref()).copied().unwrap_or(PeerReads::PlainIpc))
+            .min()
+            .unwrap_or(PeerReads::Parts)
     }
 
     /// Raft traffic sent since start.
@@ -197,7 +218,7 @@ impl RaftLinks {
                             self.channels.clone(),
                             rx,
                             self.stats.clone(),
-                            self.streaming.clone(),
+                            self.reads.clone(),
                         ));
                         queue
                     })
@@ -264,7 +285,7 @@ async fn run_link(
     channels: Channels,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     stats: Arc<LinkCounters>,
-    streaming: Arc<Mutex<HashMap<String, bool>>>,
+    reads: Arc<Mutex<HashMap<String, PeerReads>>>,
 ) {
     let mut mode = Mode::Closed;
     let mut next_id = 0u64;
@@ -305,9 +326,8 @@ async fn run_link(
         };
         if stale {
             mode = match open_stream(&addr, &channels).await {
-                Ok(m) => {
-                    let current = matches!(m, Mode::Stream(_));
-                    streaming.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.clone(), current);
+                Ok((m, peer_reads)) => {
+                    reads.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.clone(), peer_reads);
                     m
                 }
                 Err(e) => {
@@ -370,16 +390,20 @@ fn client(
 }
 
 /// Opens the stream to `addr`, and the task that pairs its replies with requests.
-async fn open_stream(addr: &str, channels: &Channels) -> Result<Mode, TransportError> {
+async fn open_stream(addr: &str, channels: &Channels) -> Result<(Mode, PeerReads), TransportError> {
     let mut client = client(addr, channels)?;
     let (frames, outbound) = mpsc::channel::<RaftFrame>(64);
     let response = match client.stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await {
         Ok(r) => r,
         Err(status) if status.code() == Code::Unimplemented => {
             tracing::info!(peer = addr, "peer has no raft stream (an earlier version): one call per message");
-            return Ok(Mode::Unary(std::time::Instant::now()));
+            return Ok((Mode::Unary(std::time::Instant::now()), PeerReads::PlainIpc));
         }
         Err(status) => return Err(TransportError::Rpc { addr: addr.to_string(), status }),
+    };
+    let reads = match response.metadata().get(READS_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(READS_PARTS) => PeerReads::Parts,
+        _ => PeerReads::Compressed,
     };
     let mut inbound = response.into_inner();
     let pending: Pending = Arc::default();
@@ -413,7 +437,7 @@ async fn open_stream(addr: &str, channels: &Channels) -> Result<Mode, TransportE
         reader_broken.store(true, std::sync::atomic::Ordering::Relaxed);
         fail_all(&reader_pending, &peer);
     });
-    Ok(Mode::Stream(OpenStream { frames, pending, broken }))
+    Ok((Mode::Stream(OpenStream { frames, pending, broken }), reads))
 }
 
 /// One message in one call (a peer of an earlier version).
@@ -648,7 +672,9 @@ impl RaftRpc for RaftService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(reply_frames(rx))))
+        let mut response = Response::new(Box::pin(reply_frames(rx)) as Self::StreamStream);
+        response.metadata_mut().insert(READS_HEADER, tonic::metadata::MetadataValue::from_static(READS_PARTS));
+        Ok(response)
     }
 
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

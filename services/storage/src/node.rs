@@ -29,7 +29,7 @@ use spindle_cluster_client::control::Hello;
 use spindle_cluster_client::{Channels, ControlClient};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{BlockMeta, TenantId};
-use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, ShardRead, ShardReadRequest, StorageApi};
+use spindle_storage_api::{ApiError, CompactionJob, CompactionPolicy, Push, ShardRead, ShardReadRequest, StorageApi};
 use spindle_wal::{Wal, WalOptions};
 use tokio::sync::watch;
 
@@ -1087,7 +1087,15 @@ impl RaftGroups for StorageNode {
 impl StorageApi for StorageNode {
     async fn push(&self, shard: ShardId, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
         let s = self.shard(shard).ok_or(ApiError::NotLeader { shard, leader: None })?;
-        s.append(tenant, batch).await
+        s.append(tenant, batch, &[]).await
+    }
+
+    async fn push_many(&self, pushes: Vec<Push>) -> Vec<Result<u64, ApiError>> {
+        futures::future::join_all(pushes.into_iter().map(|p| async move {
+            let s = self.shard(p.shard).ok_or(ApiError::NotLeader { shard: p.shard, leader: None })?;
+            s.append(&p.tenant, p.batch, &p.parts).await
+        }))
+        .await
     }
 
     async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError> {

@@ -8,6 +8,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use spindle_cluster::{MetaCommand, MetaError};
+use spindle_schema::digest::PushPart;
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::BlockMeta;
 
@@ -96,6 +97,18 @@ pub struct AppendItem {
     pub payload: SpanPayload,
 }
 
+/// One push inside an [`ShardCommand::AppendParts`]: the spans of one or more exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsItem {
+    /// Tenant id.
+    pub tenant: String,
+    /// The exports whose rows the payload holds, in row order: how the leader recognises a
+    /// retried export, whatever it was pushed with.
+    pub parts: Vec<PushPart>,
+    /// The spans.
+    pub payload: SpanPayload,
+}
+
 /// A command in a shard's Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardCommand {
@@ -167,6 +180,14 @@ pub enum ShardCommand {
         tenant: String,
         /// Ids of the blocks.
         blocks: Vec<String>,
+    },
+    /// As [`ShardCommand::Append`], with pushes that may hold several exports each. Proposed
+    /// only once every replica reads it (the variant is last: older logs read as before).
+    AppendParts {
+        /// As in `Append`.
+        received_unix_ms: u64,
+        /// The pushes.
+        items: Vec<PartsItem>,
     },
 }
 

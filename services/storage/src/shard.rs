@@ -27,17 +27,17 @@ use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use spindle_cluster::{NodeId, ShardId, Topology};
 use spindle_cluster_client::Channels;
 use spindle_schema::col;
+use spindle_schema::digest::{self, Digest, PushPart};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::{write_block, BlockMeta, BlockOptions, Retention, TenantId};
 use spindle_storage_api::{ApiError, ShardRead, ShardReadRequest};
 use spindle_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::metrics::StorageMetrics;
-use crate::network::{GrpcNetwork, RaftLinks};
+use crate::network::{GrpcNetwork, PeerReads, RaftLinks};
 use crate::raft_log::{self, GroupLog, LogOptions};
-use crate::raft_types::{AppendItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
+use crate::raft_types::{AppendItem, PartsItem, ShardCommand, ShardResponse, ShardTypes, SpanPayload};
 use crate::shard_sm::{self, tenant_loads, ShardStateMachine, SharedState};
 use crate::{now_unix_ms, NodeError, RaftTiming};
 
@@ -145,11 +145,11 @@ impl ShardContext {
     }
 }
 
-/// A push waiting for its commit. It keeps its digest marked as being committed, and its share
-/// of the pending budget, until the commit ends (even if the caller gave up waiting).
+/// A push waiting for its commit. It keeps its parts' digests marked as being committed, and
+/// its share of the pending budget, until the commit ends (even if the caller gave up waiting).
 struct PendingWrite {
     tenant: String,
-    digest: [u64; 2],
+    parts: Vec<PushPart>,
     batch: EncodedBatch,
     reply: oneshot::Sender<Result<u64, ApiError>>,
     _permit: OwnedSemaphorePermit,
@@ -171,7 +171,7 @@ pub struct Shard {
     writes: mpsc::UnboundedSender<PendingWrite>,
     pending: Arc<Semaphore>,
     unflushed: Arc<AtomicUsize>,
-    committing: Arc<Mutex<HashSet<[u64; 2]>>>,
+    committing: Arc<Mutex<HashSet<Digest>>>,
     flush_lock: tokio::sync::Mutex<()>,
     index_synced: AtomicBool,
     index_lock: tokio::sync::Mutex<()>,
@@ -329,21 +329,36 @@ impl Shard {
         }
     }
 
-    /// Appends spans; returns once they are committed by a quorum and applied.
-    pub async fn append(&self, tenant: &TenantId, batch: EncodedBatch) -> Result<u64, ApiError> {
+    /// Appends spans; returns once they are committed by a quorum and applied. `parts` are the
+    /// exports the batch holds, in row order (none: the batch is one); a part committed
+    /// recently (a retry) is acknowledged and not stored again.
+    pub async fn append(&self, tenant: &TenantId, batch: EncodedBatch, parts: &[PushPart]) -> Result<u64, ApiError> {
         if let Some(e) = self.not_leader() {
             return Err(e);
         }
         self.check_quorum()?;
         let rows = batch.num_rows() as u64;
-        let digest = digest(tenant.as_str(), batch.ipc());
-        let seen = shard_sm::read(&self.state).recent.contains(&digest);
-        let unflushed = self.unflushed.load(Ordering::Relaxed);
-        if seen.is_some() {
-            // A retry of a push this shard committed: acknowledge it without storing it again.
-            self.metrics.duplicate_pushes.inc();
+        let parts = match parts {
+            [] => vec![PushPart { digest: digest::of_bytes(tenant.as_str(), batch.ipc()), rows: rows as u32 }],
+            parts if parts.iter().map(|p| u64::from(p.rows)).sum::<u64>() == rows => parts.to_vec(),
+            _ => return Err(ApiError::InvalidArgument(format!("the push's parts do not add up to its {rows} rows"))),
+        };
+        let seen: Vec<bool> = {
+            let state = shard_sm::read(&self.state);
+            parts.iter().map(|p| state.recent.contains(&p.digest).is_some()).collect()
+        };
+        if seen.iter().all(|s| *s) {
+            // A retry of pushes this shard committed: acknowledge them without storing them again.
+            self.metrics.duplicate_pushes.inc_by(parts.len() as u64);
             return Ok(rows);
         }
+        let (batch, parts) = if seen.iter().any(|s| *s) {
+            self.metrics.duplicate_pushes.inc_by(seen.iter().filter(|s| **s).count() as u64);
+            unseen_parts(batch, parts, &seen)?
+        } else {
+            (batch, parts)
+        };
+        let unflushed = self.unflushed.load(Ordering::Relaxed);
         if unflushed >= self.config.max_unflushed_bytes {
             self.metrics.pushes_rejected_overload.inc();
             return Err(ApiError::Overloaded(format!(
@@ -359,18 +374,23 @@ impl Shard {
                 self.config.max_pending_bytes
             )));
         };
-        if !self.committing.lock().unwrap_or_else(|e| e.into_inner()).insert(digest) {
-            return Err(ApiError::Unavailable("the same batch is being committed now; retry shortly".into()));
+        let digests: Vec<Digest> = parts.iter().map(|p| p.digest).collect();
+        {
+            let mut committing = self.committing.lock().unwrap_or_else(|e| e.into_inner());
+            if digests.iter().any(|d| committing.contains(d)) {
+                return Err(ApiError::Unavailable("the same spans are being committed now; retry shortly".into()));
+            }
+            committing.extend(digests.iter().copied());
         }
-        let committing = Committing { set: self.committing.clone(), digest };
+        let committing = Committing { set: self.committing.clone(), digests };
         let (reply, answer) = oneshot::channel();
         let write =
-            PendingWrite { tenant: tenant.to_string(), digest, batch, reply, _permit: permit, _committing: committing };
+            PendingWrite { tenant: tenant.to_string(), parts, batch, reply, _permit: permit, _committing: committing };
         self.writes.send(write).map_err(|_| ApiError::Unavailable(format!("shard {} is stopping", self.id)))?;
-        let rows = answer
+        let stored = answer
             .await
             .map_err(|_| ApiError::Unavailable(format!("shard {} stopped before answering", self.id)))??;
-        self.metrics.spans_appended.inc_by(rows);
+        self.metrics.spans_appended.inc_by(stored);
         Ok(rows)
     }
 
@@ -689,26 +709,47 @@ impl Shard {
     }
 }
 
-/// Removes its digest from the set of pushes being committed when the commit ends.
+/// Removes its digests from the set of pushes being committed when the commit ends.
 struct Committing {
-    set: Arc<Mutex<HashSet<[u64; 2]>>>,
-    digest: [u64; 2],
+    set: Arc<Mutex<HashSet<Digest>>>,
+    digests: Vec<Digest>,
 }
 
 impl Drop for Committing {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.digest);
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        for d in &self.digests {
+            set.remove(d);
+        }
     }
 }
 
-/// The digest that recognises a retried push: xxh3-128 of the tenant and the IPC bytes.
-fn digest(tenant: &str, ipc: &[u8]) -> [u64; 2] {
-    let mut h = Xxh3::new();
-    h.update(tenant.as_bytes());
-    h.update(&[0]);
-    h.update(ipc);
-    let d = h.digest128();
-    [d as u64, (d >> 64) as u64]
+/// The rows of the parts not `seen` before, as one batch (encoded again), and those parts.
+fn unseen_parts(
+    batch: EncodedBatch,
+    parts: Vec<PushPart>,
+    seen: &[bool],
+) -> Result<(EncodedBatch, Vec<PushPart>), ApiError> {
+    let mut slices = Vec::new();
+    let mut kept = Vec::new();
+    let mut offset = 0;
+    for (part, seen) in parts.into_iter().zip(seen) {
+        let rows = part.rows as usize;
+        if !seen {
+            slices.push(batch.batch().slice(offset, rows));
+            kept.push(part);
+        }
+        offset += rows;
+    }
+    let internal = |e: arrow::error::ArrowError| ApiError::Internal(format!("re-encoding spans: {e}"));
+    let merged = arrow::compute::concat_batches(batch.batch().schema_ref(), &slices).map_err(internal)?;
+    Ok((EncodedBatch::encode(merged).map_err(internal)?, kept))
+}
+
+/// One write's rows of part `i` as a push of its own (for replicas that read one part per push).
+fn part_alone(write: &PendingWrite, i: usize) -> Result<EncodedBatch, arrow::error::ArrowError> {
+    let offset: usize = write.parts[..i].iter().map(|p| p.rows as usize).sum();
+    EncodedBatch::encode(write.batch.batch().slice(offset, write.parts[i].rows as usize))
 }
 
 /// Keeps the rows of `ids` (all when `None`) and the columns of `projection`.
@@ -770,46 +811,85 @@ async fn write_loop(
         }
         let raft = raft.clone();
         let timeout = config.commit_timeout;
-        // A replica of an earlier version reads only plain IPC: while one may hold this
-        // group, entries carry that form (see `RaftLinks::all_current`).
-        let plain = {
+        // A replica of an earlier version may not read every form: while one may hold this
+        // group, entries carry the forms it reads (see `RaftLinks::peers_read`).
+        let reads = {
             let metrics = raft.metrics();
             let m = metrics.borrow();
             let peers = m.membership_config.membership().nodes();
-            !links.all_current(peers.filter(|(id, _)| **id != node).map(|(_, n)| n.addr.as_str()))
+            links.peers_read(peers.filter(|(id, _)| **id != node).map(|(_, n)| n.addr.as_str()))
         };
         tokio::spawn(async move {
-            commit(shard, &raft, group, timeout, plain).await;
+            commit(shard, &raft, group, timeout, reads).await;
             drop(slot);
         });
     }
 }
 
-async fn commit(shard: ShardId, raft: &Raft<ShardTypes>, group: Vec<PendingWrite>, timeout: Duration, plain: bool) {
-    let mut items = Vec::with_capacity(group.len());
-    for w in &group {
-        let batch = if plain { w.batch.to_plain() } else { Ok(w.batch.clone()) };
-        match batch {
-            Ok(batch) => items.push(AppendItem {
+/// The entry that stores `group` in a form every replica reads, and for each write the range
+/// of the entry's items that hold it.
+fn append_command(
+    group: &[PendingWrite],
+    reads: PeerReads,
+) -> Result<(ShardCommand, Vec<std::ops::Range<usize>>), arrow::error::ArrowError> {
+    let received_unix_ms = now_unix_ms();
+    if reads >= PeerReads::Parts && group.iter().any(|w| w.parts.len() > 1) {
+        let items = group
+            .iter()
+            .map(|w| PartsItem {
                 tenant: w.tenant.clone(),
-                digest: w.digest,
-                payload: SpanPayload::from_encoded(batch),
-            }),
-            Err(e) => {
-                for w in group {
-                    let _ = w.reply.send(Err(ApiError::Internal(format!("encoding spans: {e}"))));
-                }
-                return;
-            }
-        }
+                parts: w.parts.clone(),
+                payload: SpanPayload::from_encoded(w.batch.clone()),
+            })
+            .collect();
+        return Ok((
+            ShardCommand::AppendParts { received_unix_ms, items },
+            (0..group.len()).map(|i| i..i + 1).collect(),
+        ));
     }
-    let command = ShardCommand::Append { received_unix_ms: now_unix_ms(), items };
+    // One item per part: a write of several parts is cut (encoded again) for older replicas.
+    let plain = reads == PeerReads::PlainIpc;
+    let mut items = Vec::with_capacity(group.len());
+    let mut ranges = Vec::with_capacity(group.len());
+    for w in group {
+        let start = items.len();
+        for (i, part) in w.parts.iter().enumerate() {
+            let batch = if w.parts.len() > 1 { part_alone(w, i)? } else { w.batch.clone() };
+            let batch = if plain { batch.to_plain()? } else { batch };
+            items.push(AppendItem {
+                tenant: w.tenant.clone(),
+                digest: part.digest,
+                payload: SpanPayload::from_encoded(batch),
+            });
+        }
+        ranges.push(start..items.len());
+    }
+    Ok((ShardCommand::Append { received_unix_ms, items }, ranges))
+}
+
+async fn commit(
+    shard: ShardId,
+    raft: &Raft<ShardTypes>,
+    group: Vec<PendingWrite>,
+    timeout: Duration,
+    reads: PeerReads,
+) {
+    let (command, ranges) = match append_command(&group, reads) {
+        Ok(c) => c,
+        Err(e) => {
+            for w in group {
+                let _ = w.reply.send(Err(ApiError::Internal(format!("encoding spans: {e}"))));
+            }
+            return;
+        }
+    };
     let outcome = tokio::time::timeout(timeout, raft.client_write(command)).await;
     match outcome {
         Ok(Ok(response)) => match response.data {
-            ShardResponse::Appended(results) if results.len() == group.len() => {
-                for (w, r) in group.into_iter().zip(results) {
-                    let _ = w.reply.send(r.map_err(ApiError::Internal));
+            ShardResponse::Appended(results) if results.len() == ranges.last().map_or(0, |r| r.end) => {
+                for (w, range) in group.into_iter().zip(ranges) {
+                    let stored = results[range].iter().try_fold(0, |sum, r| r.as_ref().map(|n| sum + n));
+                    let _ = w.reply.send(stored.map_err(|e| ApiError::Internal(e.clone())));
                 }
             }
             other => {
@@ -839,5 +919,79 @@ fn write_error(shard: ShardId, e: RaftError<u64, ClientWriteError<u64, BasicNode
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::NotLeader { shard, leader: f.leader_id },
         RaftError::APIError(other) => ApiError::Internal(other.to_string()),
         RaftError::Fatal(f) => ApiError::Unavailable(format!("shard stopped: {f}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn export(trace: u8, spans: u8) -> RecordBatch {
+        let spans = (0..spans)
+            .map(|i| Span {
+                trace_id: vec![trace; 16],
+                span_id: vec![i + 1; 8],
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                end_time_unix_nano: 1_700_000_000_100_000_000,
+                ..Default::default()
+            })
+            .collect();
+        let rs = ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() };
+        spindle_otlp::to_arrow::resource_spans_to_batch(&[rs]).unwrap().batch
+    }
+
+    fn write(exports: &[RecordBatch]) -> PendingWrite {
+        let merged = arrow::compute::concat_batches(exports[0].schema_ref(), exports).unwrap();
+        let parts =
+            exports.iter().map(|b| PushPart { digest: digest::of_rows("t", b), rows: b.num_rows() as u32 }).collect();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        PendingWrite {
+            tenant: "t".into(),
+            parts,
+            batch: EncodedBatch::encode(merged).unwrap(),
+            reply: oneshot::channel().0,
+            _permit: permit,
+            _committing: Committing { set: Arc::default(), digests: Vec::new() },
+        }
+    }
+
+    fn rows(payload: &SpanPayload) -> Vec<u8> {
+        let batch = EncodedBatch::decode(payload.ipc().clone()).unwrap();
+        let ids = batch.batch().column_by_name(col::TRACE_ID).unwrap().as_fixed_size_binary().clone();
+        ids.iter().map(|id| id.unwrap()[0]).collect()
+    }
+
+    #[test]
+    fn pushes_of_several_exports_are_logged_in_a_form_every_replica_reads() {
+        let group = vec![write(&[export(1, 2), export(2, 1)]), write(&[export(3, 3)])];
+        let digests: Vec<Vec<Digest>> = group.iter().map(|w| w.parts.iter().map(|p| p.digest).collect()).collect();
+        // Replicas that read parts: one item per push, with its parts.
+        let (command, ranges) = append_command(&group, PeerReads::Parts).unwrap();
+        assert_eq!(ranges, vec![0..1, 1..2]);
+        let ShardCommand::AppendParts { items, .. } = command else { panic!("{command:?}") };
+        assert_eq!(items[0].parts.iter().map(|p| p.digest).collect::<Vec<_>>(), digests[0]);
+        assert_eq!(rows(&items[0].payload), vec![1, 1, 2]);
+        // An older replica: one item per export, each with its own digest and rows.
+        for reads in [PeerReads::Compressed, PeerReads::PlainIpc] {
+            let (command, ranges) = append_command(&group, reads).unwrap();
+            assert_eq!(ranges, vec![0..2, 2..3]);
+            let ShardCommand::Append { items, .. } = command else { panic!("{command:?}") };
+            assert_eq!(items.iter().map(|i| i.digest).collect::<Vec<_>>(), digests.concat());
+            let held: Vec<Vec<u8>> = items.iter().map(|i| rows(&i.payload)).collect();
+            assert_eq!(held, vec![vec![1, 1], vec![2], vec![3, 3, 3]]);
+            assert_eq!(reads == PeerReads::PlainIpc, !spindle_schema::ipc::is_compressed(items[0].payload.ipc()));
+        }
+        // Pushes of one export each keep the old form whoever reads.
+        let (command, _) = append_command(&[write(&[export(4, 1)])], PeerReads::Parts).unwrap();
+        assert!(matches!(command, ShardCommand::Append { .. }));
+    }
+
+    #[test]
+    fn only_the_exports_not_seen_before_are_kept() {
+        let w = write(&[export(1, 2), export(2, 1), export(3, 3)]);
+        let (batch, parts) = unseen_parts(w.batch.clone(), w.parts.clone(), &[false, true, false]).unwrap();
+        assert_eq!(parts, vec![w.parts[0], w.parts[2]]);
+        assert_eq!(rows(&SpanPayload::from_encoded(batch)), vec![1, 1, 3, 3, 3]);
     }
 }

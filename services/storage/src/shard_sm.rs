@@ -26,6 +26,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use spindle_schema::col;
+use spindle_schema::digest::Digest;
 use spindle_storage::BlockMeta;
 
 use crate::raft_types::{LogId, Membership, ShardCommand, ShardResponse, ShardTypes, SpanPayload, StorageError};
@@ -178,18 +179,18 @@ pub struct CompactionLease {
 /// Every replica fills it as it applies, so a new leader has it too.
 #[derive(Debug, Default)]
 pub struct RecentDigests {
-    by_digest: HashMap<[u64; 2], u64>,
-    order: VecDeque<([u64; 2], u64, u64)>,
+    by_digest: HashMap<Digest, u64>,
+    order: VecDeque<(Digest, u64, u64)>,
     newest_ms: u64,
 }
 
 impl RecentDigests {
     /// Whether a push with this digest was applied within the window (at which index).
-    pub fn contains(&self, digest: &[u64; 2]) -> Option<u64> {
+    pub fn contains(&self, digest: &Digest) -> Option<u64> {
         self.by_digest.get(digest).copied()
     }
 
-    fn insert(&mut self, digest: [u64; 2], index: u64, received_ms: u64) {
+    fn insert(&mut self, digest: Digest, index: u64, received_ms: u64) {
         self.newest_ms = self.newest_ms.max(received_ms);
         self.by_digest.insert(digest, index);
         self.order.push_back((digest, index, received_ms));
@@ -274,37 +275,60 @@ impl ShardState {
         self.memberships.drain(..m);
     }
 
+    /// Applies one push of an append entry (`at`: its index and position in the entry); the
+    /// rows it holds, or why it cannot be read.
+    fn append(
+        &mut self,
+        at: (u64, u32),
+        received_unix_ms: u64,
+        tenant: &str,
+        digests: &[Digest],
+        payload: &SpanPayload,
+    ) -> Result<u64, String> {
+        let index = at.0;
+        let buffered = Buffered::of_payload(payload, at, received_unix_ms).inspect_err(|e| {
+            tracing::error!(index, error = %e, "unreadable append in the raft log; skipped");
+        })?;
+        let rows = buffered.rows as u64;
+        for digest in digests {
+            self.recent.insert(*digest, index, received_unix_ms);
+        }
+        let flushed = self.tenants.get(tenant).is_some_and(|t| index <= t.flushed_through);
+        if flushed || rows == 0 {
+            // Already in a block (applied again after a snapshot), or nothing to keep.
+            return Ok(rows);
+        }
+        self.grow(buffered.bytes);
+        let t = self.tenants.entry(tenant.to_string()).or_default();
+        t.unflushed_bytes += buffered.bytes;
+        t.unflushed.push(buffered);
+        Ok(rows)
+    }
+
     fn apply_command(&mut self, log_id: LogId, command: &ShardCommand) -> ShardResponse {
         let index = log_id.index;
         match command {
-            ShardCommand::Append { received_unix_ms, items } => {
-                let mut results = Vec::with_capacity(items.len());
-                for (position, item) in items.iter().enumerate() {
-                    let buffered =
-                        match Buffered::of_payload(&item.payload, (index, position as u32), *received_unix_ms) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                tracing::error!(index, error = %e, "unreadable append in the raft log; skipped");
-                                results.push(Err(e));
-                                continue;
-                            }
-                        };
-                    let rows = buffered.rows as u64;
-                    self.recent.insert(item.digest, index, *received_unix_ms);
-                    let flushed = self.tenants.get(&item.tenant).is_some_and(|t| index <= t.flushed_through);
-                    if flushed || rows == 0 {
-                        // Already in a block (applied again after a snapshot), or nothing to keep.
-                        results.push(Ok(rows));
-                        continue;
-                    }
-                    self.grow(buffered.bytes);
-                    let t = self.tenants.entry(item.tenant.clone()).or_default();
-                    t.unflushed_bytes += buffered.bytes;
-                    t.unflushed.push(buffered);
-                    results.push(Ok(rows));
-                }
-                ShardResponse::Appended(results)
-            }
+            ShardCommand::Append { received_unix_ms, items } => ShardResponse::Appended(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(position, item)| {
+                        let at = (index, position as u32);
+                        self.append(at, *received_unix_ms, &item.tenant, &[item.digest], &item.payload)
+                    })
+                    .collect(),
+            ),
+            ShardCommand::AppendParts { received_unix_ms, items } => ShardResponse::Appended(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(position, item)| {
+                        let digests: Vec<Digest> = item.parts.iter().map(|p| p.digest).collect();
+                        let at = (index, position as u32);
+                        self.append(at, *received_unix_ms, &item.tenant, &digests, &item.payload)
+                    })
+                    .collect(),
+            ),
             ShardCommand::BlockFlushed { tenant, term, leader, after_index, through_index, block } => {
                 let t = self.tenants.entry(tenant.clone()).or_default();
                 let refuse = |why: String| {

@@ -7,15 +7,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use spindle_cluster::ClusterConfig;
 use spindle_cluster_client::watch::TopologyWatch;
 use spindle_cluster_client::{Channels, RouterConfig, ShardRouter};
+use spindle_schema::digest::{self, PushPart};
 use spindle_schema::ipc::EncodedBatch;
 use spindle_storage::TenantId;
 use spindle_storage_api::grpc::StorageGrpcServer;
-use spindle_storage_api::{ApiError, ShardReadRequest};
+use spindle_storage_api::{ApiError, Push, ShardReadRequest};
 use spindle_storage_node::network::RaftService;
 use spindle_storage_node::service::ClusterService;
 use spindle_storage_node::{BootstrapConfig, NodeConfig, ShardConfig, StorageMetrics, StorageNode};
@@ -123,9 +125,36 @@ async fn three_nodes_replicate_route_and_flush() {
     // The same batch again (a client retry after an unknown outcome) is acknowledged, not stored.
     assert_eq!(router.push(0, &tenant, batch(8, 2)).await.unwrap(), 2);
 
+    // Pushes holding several exports (an ingester sends concurrent exports together): each
+    // export is recognised on its own when it comes again, whatever it travels with.
+    let export = |trace: u8, spans: u8| batch(trace, spans).batch().clone();
+    let push = |exports: &[RecordBatch]| {
+        let merged = arrow::compute::concat_batches(exports[0].schema_ref(), exports).unwrap();
+        let parts = exports
+            .iter()
+            .map(|b| PushPart { digest: digest::of_rows("acme", b), rows: b.num_rows() as u32 })
+            .collect();
+        Push { shard: 0, tenant: tenant.clone(), batch: EncodedBatch::encode(merged).unwrap(), parts }
+    };
+    let (a, b, c) = (export(10, 2), export(11, 3), export(12, 1));
+    assert_eq!(router.push_one(push(&[a.clone(), b.clone()])).await.unwrap(), 5);
+    // b again with a new export c: both acknowledged, only c stored.
+    assert_eq!(router.push_one(push(&[b.clone(), c.clone()])).await.unwrap(), 4);
+    // a alone again, and the three together: nothing new.
+    assert_eq!(router.push_one(push(std::slice::from_ref(&a))).await.unwrap(), 2);
+    assert_eq!(router.push_one(push(&[c.clone(), a.clone(), b.clone()])).await.unwrap(), 6);
+    // Parts that do not add up to the batch are refused.
+    let mut bad = push(&[export(13, 2), export(14, 2)]);
+    bad.parts[1].rows = 1;
+    assert!(matches!(router.push_one(bad).await, Err(ApiError::InvalidArgument(_))));
+
     let all =
         ShardReadRequest { tenant: tenant.clone(), shard: 0, time_range: None, trace_ids: None, projection: None };
-    assert_eq!(unflushed_rows(&router, all.clone()).await, (5, 0));
+    assert_eq!(unflushed_rows(&router, all.clone()).await, (11, 0));
+    for (trace, rows) in [(10, 2), (11, 3), (12, 1)] {
+        let one = ShardReadRequest { trace_ids: Some(vec![[trace; 16]]), ..all.clone() };
+        assert_eq!(unflushed_rows(&router, one).await.0, rows, "trace {trace} stored once");
+    }
     let one = ShardReadRequest { trace_ids: Some(vec![[8; 16]]), projection: Some(vec![0, 1]), ..all.clone() };
     let read = router.read(one).await.unwrap();
     let batches: Vec<_> = read.batches.try_collect().await.unwrap();
@@ -149,7 +178,7 @@ async fn three_nodes_replicate_route_and_flush() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let read = router.read(all.clone()).await.unwrap();
-    assert_eq!(read.blocks[0].rows, 5);
+    assert_eq!(read.blocks[0].rows, 11);
     assert!(
         read.blocks[0].path.contains(&format!("/blocks/{}/shard-00000/", state.cluster_id)),
         "{}",

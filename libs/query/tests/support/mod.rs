@@ -30,6 +30,10 @@ impl StorageApi for FakeShard {
         Err(ApiError::Unavailable("read-only test shard".into()))
     }
 
+    async fn push_many(&self, pushes: Vec<spindle_storage_api::Push>) -> Vec<Result<u64, ApiError>> {
+        pushes.iter().map(|_| Err(ApiError::Unavailable("read-only test shard".into()))).collect()
+    }
+
     async fn read(&self, request: ShardReadRequest) -> Result<ShardRead, ApiError> {
         let batches: Vec<Result<RecordBatch, ApiError>> = self
             .unflushed
