@@ -38,7 +38,7 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     if batches.is_empty() {
         return Ok(Vec::new());
     }
-    let capacity = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 1024;
+    let capacity = batches.iter().map(crate::batch_bytes).sum::<usize>() + 1024;
     let ipc = if batches.iter().all(|b| is_span_schema(b.schema_ref())) {
         // The span schema's message is encoded once per process, not once per batch.
         let mut ipc = Vec::with_capacity(capacity + span_schema_message().len());
@@ -81,7 +81,7 @@ pub fn encode_plain(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     let Some(first) = batches.first() else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::with_capacity(batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 1024);
+    let mut out = Vec::with_capacity(batches.iter().map(crate::batch_bytes).sum::<usize>() + 1024);
     let mut writer = StreamWriter::try_new(&mut out, first.schema_ref())?;
     for b in batches {
         writer.write(b)?;

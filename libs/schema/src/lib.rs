@@ -14,7 +14,18 @@ pub mod metrics;
 
 use std::sync::{Arc, OnceLock};
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+/// The bytes a batch's rows take in memory: of a slice, its own share only (what
+/// `RecordBatch::get_array_memory_size` counts is every buffer the slice shares).
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
+}
 
 /// Column names of the span schema.
 pub mod col {

@@ -181,7 +181,7 @@ impl Ingester {
     /// the task that sends pushes).
     pub fn new(router: Arc<ShardRouter>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
         let inflight = Semaphore::new((config.max_inflight_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS));
-        let batcher = PushBatcher::new(router.clone(), config.pushes_in_flight, config.max_push_bytes);
+        let batcher = PushBatcher::new(router.clone(), config.pushes_in_flight, config.max_push_bytes, metrics.clone());
         Self {
             router,
             batcher,
@@ -354,7 +354,7 @@ impl Ingester {
 /// same way every time for the same batch, so a retried request makes the same pushes.
 fn chunks(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
     let rows = batch.num_rows();
-    let bytes = batch.get_array_memory_size().max(1);
+    let bytes = spindle_schema::batch_bytes(batch).max(1);
     if bytes <= max_bytes || rows <= 1 {
         return vec![batch.clone()];
     }

@@ -17,6 +17,12 @@ pub struct IngestMetrics {
     pub requests: Family<Vec<(String, String)>, Counter>,
     /// Request bytes received (before decompression).
     pub request_bytes: Counter,
+    /// Rounds of pushes sent to storage (the exports waiting at the moment go in one).
+    pub push_rounds: Counter,
+    /// Exports sent in those rounds.
+    pub pushed_exports: Counter,
+    /// Pushes sent in those rounds (one per tenant and shard per round, or more for big ones).
+    pub pushes: Counter,
 }
 
 impl IngestMetrics {
@@ -33,6 +39,9 @@ impl IngestMetrics {
         );
         r.register("requests", "OTLP export requests, by protocol and outcome", m.requests.clone());
         r.register("request_bytes", "OTLP request bytes received", m.request_bytes.clone());
+        r.register("push_rounds", "Rounds of pushes sent to storage", m.push_rounds.clone());
+        r.register("pushed_exports", "Exports sent to storage in those rounds", m.pushed_exports.clone());
+        r.register("pushes", "Pushes (one tenant, one shard) sent in those rounds", m.pushes.clone());
         m
     }
 
