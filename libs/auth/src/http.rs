@@ -28,7 +28,7 @@ pub fn authorize_headers(
     auth: &Auth,
     headers: &HeaderMap,
     access: Access,
-) -> Result<Vec<spindle_storage::TenantId>, AuthError> {
+) -> Result<Vec<spindle_types::TenantId>, AuthError> {
     auth.authorize(header_text(headers, "authorization")?, header_text(headers, TENANT_HEADER)?, access)
 }
 

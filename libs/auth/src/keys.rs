@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use spindle_storage::TenantId;
+use spindle_types::TenantId;
 
 use crate::{Access, AuthError};
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use spindle_storage::TenantId;
+use spindle_types::TenantId;
 
 pub use keys::{hash_key, new_key, KeyTable};
 

@@ -3,7 +3,7 @@
 //! A storage shard turns its buffered spans into a [`block`] (one Parquet file, rows sorted by
 //! trace id then start time, zstd, dictionaries, page index, trace-id bloom filter) and records
 //! it in the per-tenant, per-shard [`index`] that queriers read instead of listing the bucket.
-//! [`tenant`] validates tenant ids, which become path segments; [`store`] opens the object store.
+//! [`tenant`] (from `spindle-types`) validates tenant ids, which become path segments; [`store`] opens the object store.
 
 pub mod block;
 pub mod block_writer;
@@ -18,7 +18,6 @@ pub mod reader;
 pub mod retention;
 pub mod store;
 pub mod tags;
-pub mod tenant;
 pub mod upload;
 
 pub use block::{
@@ -26,7 +25,7 @@ pub use block::{
     BlockMeta, BlockOptions,
 };
 pub use retention::{Retention, RetentionPolicy};
-pub use tenant::TenantId;
+pub use spindle_types::tenant::{self, TenantId};
 
 /// Errors of block storage.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +43,8 @@ pub enum StorageError {
     #[error("block index {path}: {source}")]
     Index { path: String, source: serde_json::Error },
     /// A tenant id is not usable.
-    #[error("{0}")]
-    InvalidTenant(String),
+    #[error(transparent)]
+    InvalidTenant(#[from] spindle_types::InvalidTenant),
     /// A `--storage-url` is not usable.
     #[error("invalid storage URL {url:?}: {reason}")]
     InvalidStoreUrl { url: String, reason: &'static str },

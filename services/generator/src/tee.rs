@@ -15,18 +15,13 @@ use spindle_proto::generator::generator_client::GeneratorClient;
 use spindle_proto::generator::PushSpans;
 use spindle_schema::col;
 use spindle_storage::TenantId;
+use spindle_types::SpanTee;
 use tokio::sync::mpsc;
 
 use crate::{Generator, GeneratorMetrics};
 
 /// How long one push to a generator may take before it is given up (and its spans counted).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Receives a copy of every batch an ingester accepted.
-pub trait SpanTee: Send + Sync {
-    /// Offers `tenant`'s accepted spans (span schema) and their encoded sizes; never blocks.
-    fn offer(&self, tenant: &TenantId, batch: &RecordBatch, sizes: &[u32]);
-}
 
 /// Bytes queued but not yet processed, with a ceiling.
 #[derive(Debug, Clone)]

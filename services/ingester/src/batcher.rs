@@ -20,8 +20,8 @@ use spindle_cluster_client::{Attempt, ShardRouter};
 use spindle_schema::batch_bytes;
 use spindle_schema::digest::{self, PushPart};
 use spindle_schema::ipc::EncodedBatch;
-use spindle_storage::TenantId;
 use spindle_storage_api::{ApiError, Push, ShardId};
+use spindle_types::TenantId;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::IngestMetrics;

@@ -28,12 +28,12 @@ use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use spindle_auth::{Access, Auth, AuthError};
 use spindle_cluster_client::ShardRouter;
-use spindle_generator::tee::SpanTee;
 use spindle_limits::{LimitsTable, RateLimiter};
 use spindle_otlp::limits::SpanLimits;
 use spindle_otlp::to_arrow::{resource_spans_to_batches, DEFAULT_MAX_EXPANDED_BYTES};
-use spindle_storage::TenantId;
 use spindle_storage_api::ApiError;
+use spindle_types::SpanTee;
+use spindle_types::TenantId;
 use tokio::sync::Semaphore;
 
 use crate::batcher::{Part, PushBatcher};

@@ -26,7 +26,7 @@ use spindle_cluster_client::watch::TopologyWatch;
 use spindle_cluster_client::{RouterConfig, ShardRouter};
 use spindle_compactor::{Compactor, CompactorConfig, CompactorMetrics};
 use spindle_generator::service::GeneratorGrpc;
-use spindle_generator::tee::{LocalTee, RemoteTee, SpanTee};
+use spindle_generator::tee::{LocalTee, RemoteTee};
 use spindle_generator::{Generator, GeneratorMetrics};
 use spindle_ingester::grpc::{busy_response, map_codec_errors, OtlpGrpc};
 use spindle_ingester::{IngestMetrics, Ingester, IngesterConfig};
@@ -45,6 +45,7 @@ use spindle_storage_node::raft_log::LogOptions;
 use spindle_storage_node::service::ClusterService;
 use spindle_storage_node::{BootstrapConfig, NodeConfig, ShardConfig, StorageMetrics, StorageNode};
 use spindle_tls::{Incoming, ServerConfig, ServerTls};
+use spindle_types::SpanTee;
 use tokio::sync::watch;
 
 use crate::config::{reload_policies, Command, Config, Options};

@@ -48,6 +48,9 @@ pub enum NodeError {
     /// Block storage failed.
     #[error(transparent)]
     Storage(#[from] spindle_storage::StorageError),
+    /// A tenant id in the shard's state is not usable.
+    #[error(transparent)]
+    Tenant(#[from] spindle_storage::tenant::InvalidTenant),
     /// openraft refused a configuration or stopped.
     #[error("raft: {0}")]
     Raft(String),

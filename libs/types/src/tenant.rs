@@ -2,13 +2,19 @@
 
 use std::fmt;
 
-use crate::StorageError;
-
 /// The tenant used when a request names none (as in Tempo).
 pub const DEFAULT_TENANT: &str = "single-tenant";
 
 /// Longest accepted tenant id.
 pub const MAX_TENANT_LEN: usize = 150;
+
+/// A tenant id that is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tenant id {id:?}: use 1-{MAX_TENANT_LEN} characters of A-Z a-z 0-9 _ - .")]
+pub struct InvalidTenant {
+    /// The id given (cut to one character over the limit).
+    pub id: String,
+}
 
 /// A validated tenant id: 1-150 characters of `A-Z a-z 0-9 _ - .`, not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,13 +22,10 @@ pub struct TenantId(String);
 
 impl TenantId {
     /// Validates a tenant id.
-    pub fn new(id: &str) -> Result<Self, StorageError> {
+    pub fn new(id: &str) -> Result<Self, InvalidTenant> {
         let ok_chars = id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if id.is_empty() || id.len() > MAX_TENANT_LEN || !ok_chars || id == "." || id == ".." {
-            return Err(StorageError::InvalidTenant(format!(
-                "invalid tenant id {:?}: use 1-{MAX_TENANT_LEN} characters of A-Z a-z 0-9 _ - .",
-                id.chars().take(MAX_TENANT_LEN + 1).collect::<String>()
-            )));
+            return Err(InvalidTenant { id: id.chars().take(MAX_TENANT_LEN + 1).collect() });
         }
         Ok(Self(id.to_string()))
     }
@@ -33,7 +36,7 @@ impl TenantId {
     }
 
     /// The tenant named by an `X-Scope-OrgID` value: the default tenant when absent or blank.
-    pub fn from_header(value: Option<&str>) -> Result<Self, StorageError> {
+    pub fn from_header(value: Option<&str>) -> Result<Self, InvalidTenant> {
         match value.map(str::trim) {
             None | Some("") => Ok(Self::default_tenant()),
             Some(v) => Self::new(v),
@@ -63,5 +66,6 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", "ü", &"x".repeat(151)] {
             assert!(TenantId::new(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(TenantId::from_header(Some(" ")).unwrap(), TenantId::default_tenant());
     }
 }
