@@ -39,6 +39,8 @@ struct Waiting {
     tenant: TenantId,
     parts: Vec<(ShardId, RecordBatch, PushPart)>,
     done: oneshot::Sender<Result<(), ApiError>>,
+    /// The export's share of the node's in-flight budget, until it is pushed.
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Sends the parts of concurrent exports together; see the module doc.
@@ -57,7 +59,14 @@ impl PushBatcher {
     }
 
     /// Pushes one export's parts; returns once every part is committed (or the first failure).
-    pub async fn push(&self, tenant: &TenantId, parts: Vec<Part>) -> Result<(), ApiError> {
+    /// `budget` (the export's share of the in-flight budget) is held until then, even if the
+    /// caller leaves; an export whose caller left before its round starts is not sent.
+    pub async fn push(
+        &self,
+        tenant: &TenantId,
+        parts: Vec<Part>,
+        budget: OwnedSemaphorePermit,
+    ) -> Result<(), ApiError> {
         let parts = parts
             .into_iter()
             .map(|p| {
@@ -68,7 +77,7 @@ impl PushBatcher {
             .collect();
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Waiting { tenant: tenant.clone(), parts, done })
+            .send(Waiting { tenant: tenant.clone(), parts, done, _budget: budget })
             .map_err(|_| ApiError::Unavailable("the ingester is stopping".into()))?;
         answer.await.map_err(|_| ApiError::Unavailable("the ingester stopped before answering".into()))?
     }
@@ -90,6 +99,11 @@ async fn send_loop(sender: Sender, mut queue: mpsc::UnboundedReceiver<Waiting>, 
         let mut round = vec![first];
         while let Ok(w) = queue.try_recv() {
             round.push(w);
+        }
+        // Nobody waits for these any more (the client left): not acknowledged, not sent.
+        round.retain(|w| !w.done.is_closed());
+        if round.is_empty() {
+            continue;
         }
         let sender = sender.clone();
         tokio::spawn(async move { send_round(&sender, round, slot).await });
@@ -211,7 +225,8 @@ mod tests {
                 (shard, b, part)
             })
             .collect();
-        Waiting { tenant, parts, done: oneshot::channel().0 }
+        let budget = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Waiting { tenant, parts, done: oneshot::channel().0, _budget: budget }
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub struct Ingester {
     limits: LimitsTable,
     rate: RateLimiter,
     /// The in-flight byte budget, in KiB.
-    inflight: Semaphore,
+    inflight: Arc<Semaphore>,
 }
 
 /// Budget units are KiB, so a semaphore's `u32` counts reach terabytes.
@@ -180,7 +180,8 @@ impl Ingester {
     /// An ingester writing to the shards `router` finds. Call within a Tokio runtime (it starts
     /// the task that sends pushes).
     pub fn new(router: Arc<ShardRouter>, config: IngesterConfig, metrics: IngestMetrics) -> Self {
-        let inflight = Semaphore::new((config.max_inflight_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS));
+        let inflight =
+            Arc::new(Semaphore::new((config.max_inflight_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS)));
         let batcher = PushBatcher::new(router.clone(), config.pushes_in_flight, config.max_push_bytes, metrics.clone());
         Self {
             router,
@@ -255,7 +256,8 @@ impl Ingester {
         };
         let units = u32::try_from(size.div_ceil(BUDGET_UNIT).clamp(1, self.config.max_inflight_bytes / BUDGET_UNIT))
             .unwrap_or(u32::MAX);
-        let _budget = self.inflight.try_acquire_many(units).map_err(|_| {
+        // Held until the spans are pushed (by the batcher, if the client leaves before that).
+        let budget = self.inflight.clone().try_acquire_many_owned(units).map_err(|_| {
             refuse(
                 "node_inflight_bytes",
                 IngestError::Overloaded(format!(
@@ -328,7 +330,7 @@ impl Ingester {
                     parts.push(Part { shard, batch });
                 }
             }
-            if let Err(e) = self.batcher.push(tenant, parts).await {
+            if let Err(e) = self.batcher.push(tenant, parts, budget).await {
                 let reason = match &e {
                     ApiError::Overloaded(_) => "overloaded",
                     ApiError::Unavailable(_) | ApiError::Unreachable(_) | ApiError::NotLeader { .. } => "unavailable",
