@@ -1,6 +1,6 @@
 //! How ingesters hand spans to the generator without ever waiting for it: [`LocalTee`] queues
 //! to the generator in the same process, [`RemoteTee`] sends each generator the traces it owns
-//! (rendezvous hashing of the trace id over the generators' addresses). Both are bounded by
+//! (rendezvous hashing of the trace id over the generators' addresses, `spindle_ring::rendezvous`). Both are bounded by
 //! bytes: what does not fit is dropped and counted in `spindle_generator_dropped_spans_total`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,13 +98,14 @@ impl SpanTee for LocalTee {
 }
 
 struct Target {
-    seed: u64,
     tx: mpsc::Sender<(PushSpans, usize, u64)>,
 }
 
 /// Sends spans to remote generators, each the traces it owns.
 pub struct RemoteTee {
     targets: Vec<Target>,
+    /// Each target's rendezvous id (a hash of its address), in the same order.
+    ids: Vec<u64>,
     budget: ByteBudget,
     metrics: GeneratorMetrics,
 }
@@ -121,19 +122,19 @@ impl RemoteTee {
     ) -> Result<Arc<Self>, spindle_cluster_client::ClientError> {
         let budget = ByteBudget::new(max_queue_bytes);
         let mut targets = Vec::new();
+        let mut ids = Vec::new();
         for addr in addrs {
             let client = GeneratorClient::new(channels.get(addr)?).max_encoding_message_size(usize::MAX);
             let (tx, rx) = mpsc::channel(1024);
             tokio::spawn(send_loop(client, rx, budget.clone(), metrics.clone(), addr.clone()));
-            targets.push(Target { seed: xxhash_rust::xxh3::xxh3_64(addr.as_bytes()), tx });
+            targets.push(Target { tx });
+            ids.push(xxhash_rust::xxh3::xxh3_64(addr.as_bytes()));
         }
-        Ok(Arc::new(Self { targets, budget, metrics }))
+        Ok(Arc::new(Self { targets, ids, budget, metrics }))
     }
 
     fn owner(&self, trace_id: &[u8]) -> usize {
-        (0..self.targets.len())
-            .max_by_key(|&i| xxhash_rust::xxh3::xxh3_64_with_seed(trace_id, self.targets[i].seed))
-            .unwrap_or(0)
+        spindle_ring::rendezvous(trace_id, &self.ids).unwrap_or(0)
     }
 
     fn send(&self, target: usize, tenant: &TenantId, batch: &RecordBatch, sizes: Vec<u32>) {
