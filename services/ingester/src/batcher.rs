@@ -176,8 +176,12 @@ fn merge(exports: &[Waiting], max_push_bytes: usize) -> Result<(Vec<Push>, Vec<V
             // At least one part per push; more while they fit.
             let mut bytes = batch_bytes(parts[start].1);
             let mut end = start + 1;
-            while end < parts.len() && bytes + batch_bytes(parts[end].1) <= max_push_bytes {
-                bytes += batch_bytes(parts[end].1);
+            while end < parts.len() {
+                let next = batch_bytes(parts[end].1);
+                if bytes + next > max_push_bytes {
+                    break;
+                }
+                bytes += next;
                 end += 1;
             }
             let chunk = &parts[start..end];

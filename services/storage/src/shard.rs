@@ -340,9 +340,28 @@ impl Shard {
         let rows = batch.num_rows() as u64;
         let parts = match parts {
             [] => vec![PushPart { digest: digest::of_bytes(tenant.as_str(), batch.ipc()), rows: rows as u32 }],
-            parts if parts.iter().map(|p| u64::from(p.rows)).sum::<u64>() == rows => parts.to_vec(),
-            _ => return Err(ApiError::InvalidArgument(format!("the push's parts do not add up to its {rows} rows"))),
+            parts
+                if parts.iter().all(|p| p.rows > 0) && parts.iter().map(|p| u64::from(p.rows)).sum::<u64>() == rows =>
+            {
+                parts.to_vec()
+            }
+            _ => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "the push's parts must each hold rows and add up to its {rows} rows"
+                )))
+            }
         };
+        // Reserved before looking at what was committed: a commit of the same spans ending in
+        // between cannot make them look new.
+        let digests: Vec<Digest> = parts.iter().map(|p| p.digest).collect();
+        {
+            let mut committing = self.committing.lock().unwrap_or_else(|e| e.into_inner());
+            if digests.iter().any(|d| committing.contains(d)) {
+                return Err(ApiError::Unavailable("the same spans are being committed now; retry shortly".into()));
+            }
+            committing.extend(digests.iter().copied());
+        }
+        let committing = Committing { set: self.committing.clone(), digests };
         let seen: Vec<bool> = {
             let state = shard_sm::read(&self.state);
             parts.iter().map(|p| state.recent.contains(&p.digest).is_some()).collect()
@@ -374,15 +393,6 @@ impl Shard {
                 self.config.max_pending_bytes
             )));
         };
-        let digests: Vec<Digest> = parts.iter().map(|p| p.digest).collect();
-        {
-            let mut committing = self.committing.lock().unwrap_or_else(|e| e.into_inner());
-            if digests.iter().any(|d| committing.contains(d)) {
-                return Err(ApiError::Unavailable("the same spans are being committed now; retry shortly".into()));
-            }
-            committing.extend(digests.iter().copied());
-        }
-        let committing = Committing { set: self.committing.clone(), digests };
         let (reply, answer) = oneshot::channel();
         let write =
             PendingWrite { tenant: tenant.to_string(), parts, batch, reply, _permit: permit, _committing: committing };

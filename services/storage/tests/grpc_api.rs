@@ -147,6 +147,10 @@ async fn three_nodes_replicate_route_and_flush() {
     let mut bad = push(&[export(13, 2), export(14, 2)]);
     bad.parts[1].rows = 1;
     assert!(matches!(router.push_one(bad).await, Err(ApiError::InvalidArgument(_))));
+    // ... and so are parts without rows (a flood of them would fill the retry window).
+    let mut empty = push(&[export(15, 2)]);
+    empty.parts.push(PushPart { digest: [1, 2], rows: 0 });
+    assert!(matches!(router.push_one(empty).await, Err(ApiError::InvalidArgument(_))));
 
     let all =
         ShardReadRequest { tenant: tenant.clone(), shard: 0, time_range: None, trace_ids: None, projection: None };
